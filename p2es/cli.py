@@ -1,0 +1,71 @@
+"""The ``p2es`` command line.
+
+Each package contributes its sub-commands through a ``register(subparsers)`` function, so this
+file only wires them together and turns every failure into one clear line on stderr.
+Set ``P2ES_DEBUG=1`` to see full tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from p2es import __version__
+from p2es.errors import P2esError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (plus the usual exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="p2es", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"p2es {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    from wearable import cli as wearable_cli
+
+    wearable_cli.register(sub)
+    try:  # the model commands need torch; the data commands must work without it
+        from engine import cli as engine_cli
+    except ImportError:  # pragma: no cover - engine not installed/importable
+        engine_cli = None
+    if engine_cli is not None and hasattr(engine_cli, "register"):
+        engine_cli.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = os.environ.get("P2ES_DEBUG", "") not in ("", "0")
+    try:
+        rc = args.func(args)
+    except P2esError as exc:
+        if debug:
+            raise
+        print(f"p2es: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("p2es: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - no traceback reaches a user
+        if debug:
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        print(
+            f"p2es: internal error: {type(exc).__name__}: {msg} (set P2ES_DEBUG=1 for details)",
+            file=sys.stderr,
+        )
+        return 1
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""``p2es data ...`` and ``p2es demo``: the simulator and real-data tools on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from p2es.errors import P2esError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not np.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="simulate, read and plot paired PPG / 12-lead ECG data")
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", parser_class=type(data))
+    dsub.required = True
+
+    s = dsub.add_parser("synth", help="generate paired PPG + 12-lead ECG records (.npz)")
+    s.add_argument("--records", type=_positive_int, required=True, help="number of records N")
+    s.add_argument("--seed", type=int, default=0, help="seed; different seeds give disjoint subjects")
+    s.add_argument("--out", required=True, help="output .npz path")
+    s.add_argument("--duration", type=_float, default=8.0, help="record length in seconds (default 8)")
+    s.add_argument("--fs", type=_float, default=128.0, help="sampling rate in Hz, >= 50 (default 128)")
+    s.add_argument("--subjects", type=_positive_int, default=None, help="number of subjects (default N/4)")
+    s.add_argument(
+        "--rhythm",
+        default=None,
+        help="rhythm mix, e.g. 'sinus=0.6,af=0.4' or one name; names: "
+        "sinus, sinus_brady, sinus_tachy, af, pvc, long_qt, st_elevation, st_depression",
+    )
+    s.add_argument("--hr", type=_float, default=None, help="force this heart rate (bpm) for every record")
+    s.add_argument("--noise", type=_float, default=1.0, help="noise scale (0 = clean, default 1)")
+    s.add_argument("--no-noisy-ecg", action="store_true", help="do not store the noisy ECG copy")
+    s.set_defaults(func=cmd_synth)
+
+    p = dsub.add_parser("plot", help="draw a record as a 12-lead ECG on ECG paper (PNG)")
+    p.add_argument("file", help="simulator .npz")
+    p.add_argument("--index", type=int, default=0, help="record index (default 0)")
+    p.add_argument("--out", required=True, help="output PNG path")
+    p.add_argument("--noisy", action="store_true", help="plot the noisy ECG copy instead of the clean one")
+    p.set_defaults(func=cmd_plot)
+
+    r = dsub.add_parser("read", help="read a real recording (WFDB, DICOM, CSV) and summarise or plot it")
+    r.add_argument("file", help="WFDB record (.hea), DICOM waveform (.dcm) or CSV")
+    r.add_argument("--fs", type=_float, default=None, help="sampling rate for a CSV without a time column")
+    r.add_argument("--plot", default=None, help="draw the 12-lead ECG (if present) to this PNG")
+    r.set_defaults(func=cmd_read)
+
+    d = sub.add_parser("demo", help="the main job on an embedded default (no services needed)")
+    d.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    d.add_argument("--records", type=_positive_int, default=256)
+    d.add_argument("--seed", type=int, default=2026)
+    d.set_defaults(func=cmd_demo)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from wearable.sim import save_npz, synthesize
+
+    if args.duration <= 0:
+        raise P2esError(f"--duration must be positive, got {args.duration:g}")
+    if args.fs < 50:
+        raise P2esError(f"--fs must be at least 50 Hz, got {args.fs:g}")
+    if args.fs > 2000:
+        raise P2esError(f"--fs must be at most 2000 Hz, got {args.fs:g}")
+    if args.noise < 0:
+        raise P2esError(f"--noise must be >= 0, got {args.noise:g}")
+    if args.hr is not None and not 20 <= args.hr <= 250:
+        raise P2esError(f"--hr must be within 20-250 bpm, got {args.hr:g}")
+    t0 = time.perf_counter()
+    try:
+        data = synthesize(
+            args.records,
+            args.seed,
+            duration_s=args.duration,
+            fs=args.fs,
+            n_subjects=args.subjects,
+            rhythm_mix=args.rhythm,
+            hr_bpm=args.hr,
+            noise=args.noise,
+            noisy_ecg=not args.no_noisy_ecg,
+        )
+    except ValueError as exc:
+        raise P2esError(str(exc)) from None
+    path = save_npz(args.out, data)
+    dt = time.perf_counter() - t0
+    counts = {k: int(v) for k, v in zip(*np.unique(data["rhythm"], return_counts=True))}
+    print(
+        f"wrote {path}: {args.records} records x {data['ppg'].shape[1]} samples at {args.fs:g} Hz, "
+        f"{len(np.unique(data['subject']))} subjects, {dt:.2f} s; rhythms {counts}"
+    )
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from p2es.plot import plot_ecg_paper, record_header
+    from wearable.sim import load_npz
+
+    data = load_npz(args.file)
+    n = data["ecg"].shape[0]
+    if not 0 <= args.index < n:
+        raise P2esError(f"--index {args.index} out of range: {args.file} has {n} records")
+    key = "ecg_noisy" if args.noisy else "ecg"
+    if key not in data:
+        raise P2esError(f"{args.file} has no '{key}' array")
+    title, subtitle = record_header(data, args.index)
+    out = plot_ecg_paper(
+        data[key][args.index], float(data["fs"]), args.out, ppg=data["ppg"][args.index], title=title, subtitle=subtitle,
+        disclaimer="Simulated waveform - not a diagnostic ECG",
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    from p2es.leads import LEADS
+    from wearable.readers import read_any
+
+    rec = read_any(args.file, fs=args.fs)
+    t = (rec.ppg if rec.ppg is not None else rec.ecg[0]).shape[-1]
+    print(f"{rec.source}: fs {rec.fs:g} Hz, {t} samples ({t / rec.fs:.1f} s)")
+    print(f"  PPG: {'yes' if rec.ppg is not None else 'no'}; ECG leads: {', '.join(rec.ecg_present) or 'none'}")
+    if args.plot:
+        if rec.ecg is None:
+            raise P2esError(f"{args.file} has no ECG to plot")
+        from p2es.plot import plot_ecg_paper
+
+        ecg = np.where(np.isnan(rec.ecg), 0.0, rec.ecg)
+        out = plot_ecg_paper(ecg, rec.fs, args.plot, ppg=rec.ppg, title=Path(args.file).name,
+                             subtitle=f"leads present: {', '.join(rec.ecg_present)}",
+                             disclaimer=None)
+        print(f"wrote {out} ({', '.join(l for l in LEADS if l not in rec.ecg_present) or 'no'} leads missing)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Simulate a small ward cohort and draw one 12-lead picture per rhythm."""
+    from tqdm import tqdm
+
+    from p2es.plot import plot_ecg_paper, record_header
+    from wearable.sim import RHYTHMS, save_npz, synthesize
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    data = synthesize(args.records, args.seed)
+    path = save_npz(out / "cohort.npz", data)
+    print(f"simulated {args.records} records in {time.perf_counter() - t0:.2f} s -> {path}")
+    for name in tqdm(RHYTHMS, desc="plotting one record per rhythm", unit="fig"):
+        idx = np.flatnonzero(data["rhythm"] == name)
+        if idx.size == 0:
+            continue
+        i = int(idx[0])
+        title, subtitle = record_header(data, i)
+        plot_ecg_paper(data["ecg"][i], float(data["fs"]), out / f"{name}.png", ppg=data["ppg"][i],
+                       title=title, subtitle=subtitle, disclaimer="Simulated waveform - not a diagnostic ECG")
+    print(f"wrote {len(RHYTHMS)} pictures to {out}/ (one 12-lead ECG on 25 mm/s, 10 mm/mV paper per rhythm)")
+    return 0

@@ -1,0 +1,12 @@
+"""Physiological simulator of paired wearable PPG and 12-lead ECG (see README, "Simulator").
+
+Modules follow the physiology: ``demographics`` (subjects and what their age, sex, height and
+weight do to their physiology), ``rhythm`` (beat timing), ``heart`` (3-D dipole -> 12 leads),
+``core`` (PPG from the same beats, noise, the output contract) and ``io`` (the ``.npz`` file).
+"""
+
+from wearable.sim.core import synthesize
+from wearable.sim.io import load_npz, save_npz
+from wearable.sim.rhythm import DEFAULT_MIX, RHYTHMS, parse_mix
+
+__all__ = ["synthesize", "save_npz", "load_npz", "RHYTHMS", "DEFAULT_MIX", "parse_mix"]

@@ -31,7 +31,7 @@ test: install services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install
-	$(BIN)/python bench/synth_speed.py
+	$(BIN)/python bench/synth_speed.py --records 2000 --repeats 7
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -22,8 +22,6 @@ CHUNK = 256  # records rendered at once
 
 # PPG systolic wave: (x^k) exp(k(1-x)), x = tau / t_peak.  Its tangent-defined foot lies at
 # (1 - 1/sqrt(k))^2 * t_peak after the pulse onset (max-slope tangent meets the baseline).
-PPG_K = 3.0
-PPG_FOOT_FRAC = (1.0 - 1.0 / np.sqrt(PPG_K)) ** 2
 
 
 def _rhythm_hr(rng, rhythm: np.ndarray, hr_rest: np.ndarray) -> np.ndarray:
@@ -196,9 +194,9 @@ def _render(subj: Subjects, subj_idx, mix, rng_rec, rng_noise, t_len, duration_s
         terr_names = np.array(list(heart.ST_TERRITORY))
         st_territory[is_st] = terr_names[rng_rec.integers(0, 3, int(is_st.sum()))]
         elev = rhythm == "st_elevation"
-        st_mv[elev] = rng_rec.uniform(0.12, 0.40, int(elev.sum()))
+        st_mv[elev] = rng_rec.uniform(0.15, 0.45, int(elev.sum()))
         dep = rhythm == "st_depression"
-        st_mv[dep] = -rng_rec.uniform(0.08, 0.25, int(dep.sum()))
+        st_mv[dep] = -rng_rec.uniform(0.10, 0.30, int(dep.sum()))
         st_vec = np.zeros((n, 3))
         for name, v in heart.ST_TERRITORY.items():
             sel = st_territory == name
@@ -246,8 +244,9 @@ def _render(subj: Subjects, subj_idx, mix, rng_rec, rng_noise, t_len, duration_s
 
     # ---- PPG from the same beats ------------------------------------------------------------
     hr_factor = 0.0004 * (hr - 70.0)  # PEP shortens with rate (s per bpm)
-    path_m = 0.5 * subj.height_cm / 100.0  # heart -> finger arterial path ~ half the height
-    pat0 = np.clip(subj.pep_s - hr_factor, 0.05, 0.14) + path_m / subj.pwv_ms
+    path_m = 0.55 * subj.height_cm / 100.0  # heart -> finger arterial path, ~0.55 x height
+    # PAT = PEP + PTT, kept within the 150-400 ms that finger PAT spans in adults at rest/stress
+    pat0 = np.clip(np.clip(subj.pep_s - hr_factor, 0.06, 0.14) + path_m / subj.pwv_ms, 0.16, 0.39)
     pat_beat = (
         pat0[:, None]
         + 0.004 * rng_rec.standard_normal((n, b))
@@ -260,7 +259,8 @@ def _render(subj: Subjects, subj_idx, mix, rng_rec, rng_noise, t_len, duration_s
     amp = np.where(btype == rh.BEAT_PVC, amp * rng_rec.uniform(0.0, 0.25, (n, b)), amp)
     amp = np.clip(amp, 0.0, None)
     tpk = subj.ppg_tpeak_s[:, None] * np.ones((1, b))
-    foot_off = PPG_FOOT_FRAC * tpk  # onset -> tangent foot
+    kk = subj.ppg_k[:, None] * np.ones((1, b))
+    foot_off = (1.0 - 1.0 / np.sqrt(kk)) ** 2 * tpk  # onset -> tangent foot
     onset = times + pat_beat - foot_off
 
     rec_q, beat_q = np.nonzero(valid)
@@ -269,7 +269,8 @@ def _render(subj: Subjects, subj_idx, mix, rng_rec, rng_noise, t_len, duration_s
     start_idx = np.ceil(onset[rec_q, beat_q] * fs).astype(np.int64)
     tau = start_idx[:, None] / fs - onset[rec_q, beat_q][:, None] + tau  # exact onset offset
     x = np.maximum(tau / tpk[rec_q, beat_q][:, None], 0.0)
-    sys_w = x**PPG_K * np.exp(PPG_K * (1.0 - x))
+    k_q = kk[rec_q, beat_q][:, None]
+    sys_w = x**k_q * np.exp(k_q * (1.0 - x))
     tp_q = tpk[rec_q, beat_q][:, None]
     dia_c = tp_q + subj.ppg_dt_dia_s[rec_q][:, None]
     dia_w = subj.ppg_dia_width_s[rec_q][:, None]

@@ -64,6 +64,7 @@ class Subjects:
     ppg_dt_dia_s: np.ndarray  # systolic -> diastolic peak (height / stiffness index)
     ppg_dia_ratio: np.ndarray  # diastolic / systolic wave height
     ppg_dia_width_s: np.ndarray
+    ppg_k: np.ndarray  # systolic wave shape exponent (larger = sharper)
     ppg_amp: np.ndarray  # a.u.
     ppg_rr_gain: np.ndarray  # amplitude sensitivity to the preceding RR (Frank-Starling)
 
@@ -125,13 +126,15 @@ def physiology(
     chest_gain = (1.0 - 0.12 * female) * np.exp(-0.01 * db)
     transfer_jitter = rng.standard_normal((n, 8, 3))
 
-    pep_s = np.clip(0.095 + 0.01 * z(), 0.07, 0.125)
+    pep_s = np.clip(0.100 + 0.01 * z(), 0.08, 0.13)
     pwv = np.clip(5.5 + 0.085 * (age - 20.0) + 0.05 * db + 0.8 * z(), 4.5, 14.0)
     tpeak = np.clip(0.13 + 0.0012 * (age - 20.0) + 0.012 * z(), 0.09, 0.28)
-    stiffness = np.clip(5.8 + 0.11 * (age - 20.0) + 0.6 * z(), 4.5, 16.0)  # m/s
+    stiffness = np.clip(5.8 + 0.08 * (age - 20.0) + 0.6 * z(), 4.5, 16.0)  # m/s
     dt_dia = np.clip((height_cm / 100.0) / stiffness, 0.10, 0.40)
-    dia_ratio = np.clip(0.55 - 0.0045 * (age - 20.0) + 0.06 * z(), 0.08, 0.75)
-    dia_width = np.clip(0.07 + 0.0008 * (age - 20.0) + 0.008 * z(), 0.05, 0.14)
+    dia_ratio = np.clip(0.78 - 0.0065 * (age - 20.0) + 0.08 * z(), 0.05, 0.95)
+    dia_width = np.clip(0.055 + 0.0005 * (age - 20.0) + 0.007 * z(), 0.04, 0.12)
+    # systolic wave sharpness: a narrow, fast-decaying systolic wave in compliant young arteries
+    ppg_k = np.clip(4.6 - 0.025 * (age - 20.0) + 0.3 * z(), 2.2, 6.0)
     ppg_amp = np.clip((1.0 - 0.006 * da) * np.exp(-0.02 * db) * ln(0.3), 0.1, 5.0)
     ppg_rr_gain = np.clip(0.8 + 0.15 * z(), 0.3, 1.3)
 
@@ -160,6 +163,7 @@ def physiology(
         ppg_dt_dia_s=dt_dia,
         ppg_dia_ratio=dia_ratio,
         ppg_dia_width_s=dia_width,
+        ppg_k=ppg_k,
         ppg_amp=ppg_amp,
         ppg_rr_gain=ppg_rr_gain,
     )

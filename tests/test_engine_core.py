@@ -1,0 +1,264 @@
+"""Fast checks of the engine core: DCT, schedules vs a float64 reference, model invariants,
+sampler, training, checkpoints.  Tiny configs, one thread, stand-in data (< 60 s total)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.fft
+import torch
+
+from engine import checkpoint as ckpt
+from engine.config import ScheduleConfig, variant
+from engine.data import demographics, fake_synthesize, ppg_features, prepare
+from engine.diffusion import (BlurringSchedule, GaussianSchedule, dct_matrix, reference_q_sample,
+                              reference_step)
+from engine.groups import demographic_positives, fit_groups, supcon_loss
+from engine.model import P2ES
+from engine.sampler import sample
+from engine.train import TrainConfig, train
+from p2es.errors import P2esError
+from p2es.leads import einthoven_residual
+
+TINY = dict(T=256, widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_model(name="p2es", seed=0):
+    torch.manual_seed(seed)
+    mc, sc = variant(name, **TINY)
+    from engine.diffusion import make_schedule
+    return P2ES(mc).eval(), make_schedule(sc, mc.T)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return prepare(fake_synthesize(6, seed=3, duration_s=2.0), ecg_scale=2.0)
+
+
+# -- diffusion -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("T", [8, 257, 1024])
+def test_dct_matrix_equals_scipy(T):
+    V = dct_matrix(T).double().numpy()
+    x = np.random.default_rng(0).standard_normal((3, T))
+    np.testing.assert_allclose(x @ V.T, scipy.fft.dct(x, type=2, norm="ortho", axis=-1), atol=1e-5)
+    np.testing.assert_allclose(V @ V.T, np.eye(T), atol=1e-5)
+
+
+@pytest.mark.parametrize("cls,blur", [(BlurringSchedule, True), (GaussianSchedule, False)])
+def test_q_sample_matches_reference(cls, blur):
+    cfg = ScheduleConfig(kind="blur" if blur else "gaussian")
+    T, rng = 128, np.random.default_rng(1)
+    sch = cls(T, cfg)
+    x0 = rng.standard_normal((4, 2, T))
+    noise = rng.standard_normal((4, 2, T))
+    ts = [0.0, 0.13, 0.6, 1.0]
+    got = sch.q_sample(torch.tensor(x0, dtype=torch.float32), torch.tensor(ts),
+                       torch.tensor(noise, dtype=torch.float32)).double().numpy()
+    for i, t in enumerate(ts):
+        ref = reference_q_sample(x0[i], t, noise[i], cfg, blur=blur)
+        np.testing.assert_allclose(got[i], ref, atol=2e-5)
+
+
+@pytest.mark.parametrize("blur", [True, False])
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+def test_step_matches_reference(blur, eta):
+    cfg = ScheduleConfig(kind="blur" if blur else "gaussian")
+    T, rng = 96, np.random.default_rng(2)
+    sch = (BlurringSchedule if blur else GaussianSchedule)(T, cfg)
+    xt, x0h, z = (rng.standard_normal((3, 8, T)) for _ in range(3))
+    f = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    for t, s in [(1.0, 0.9), (0.55, 0.3), (0.2, 0.1)]:
+        got = sch.step(f(xt), f(x0h), t, s, eta=eta, noise=f(z)).double().numpy()
+        ref = np.stack([reference_step(xt[i], x0h[i], t, s, cfg, blur=blur, eta=eta, z=z[i])
+                        for i in range(3)])
+        np.testing.assert_allclose(got, ref, atol=5e-5, rtol=1e-4)
+
+
+def test_blur_endpoints():
+    T, fs = 1024, 128.0
+    sch = BlurringSchedule(T, ScheduleConfig())
+    n = torch.arange(T, dtype=torch.float64)
+    # DCT basis cosines at 0.5 Hz and 20 Hz (k = f * 2T / fs): no leakage from window edges
+    x = torch.stack([torch.cos(math.pi * k * (2 * n + 1) / (2 * T)) for k in (8, 320)])[None].float()
+    zero = torch.zeros_like(x)
+    # t -> 0: identity (up to alpha_0 = 1 - eps)
+    np.testing.assert_allclose(sch.q_sample(x, 0.0, zero).numpy(), x.numpy(), atol=2e-4)
+    # t = 1: the blur operator D_1 removes everything above a few Hz
+    V = dct_matrix(T)
+    d1 = sch.blur(torch.ones(1))[0]
+    blurred = (x @ V.T * d1) @ V
+    assert blurred[0, 1].abs().max() < 1e-2            # 20 Hz gone
+    assert blurred[0, 0].abs().max() > 0.85            # 0.5 Hz kept (gain exp(-0.12))
+    f_hz = torch.arange(T) * fs / (2 * T)
+    assert float(d1[f_hz >= 3.0].max()) < 0.02
+    assert sch.alpha_sigma(torch.ones(1))[0].item() < 1e-6   # pure noise at t = 1
+
+
+# -- model / sampler ---------------------------------------------------------------------
+
+def test_einthoven_by_construction(batch):
+    model, sch = tiny_model()
+    x8 = 3.0 * torch.randn(6, 8, 256)
+    with torch.no_grad():
+        ecg = model.to_12(model(x8, torch.rand(6), batch["ppg"], batch["demo"], batch["demo_mask"]) * 50)
+    assert float(ecg.abs().max()) > 1.0  # a non-trivial output
+    assert einthoven_residual(ecg.numpy()) <= 1e-5
+    assert einthoven_residual(model.to_12(x8).numpy()) <= 1e-5
+
+
+def test_sampler_shapes_determinism_and_spread(batch):
+    model, sch = tiny_model("p2es")
+    kw = dict(steps=4, k=3)
+    r1 = sample(model, sch, batch["ppg"], (batch["demo"], batch["demo_mask"]), **kw,
+                generator=torch.Generator().manual_seed(7))
+    r2 = sample(model, sch, batch["ppg"], (batch["demo"], batch["demo_mask"]), **kw,
+                generator=torch.Generator().manual_seed(7))
+    assert r1.mean.shape == (6, 12, 256) and r1.std.shape == (6, 12, 256)
+    assert r1.samples.shape == (6, 3, 12, 256)
+    assert torch.equal(r1.mean, r2.mean) and torch.equal(r1.samples, r2.samples)
+    assert float(r1.std.mean()) > 0
+    assert einthoven_residual(r1.samples.numpy(), axis=-2) <= 1e-5
+    r3 = sample(model, sch, batch["ppg"], None, steps=2, k=2, eta=1.0,
+                generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(r3.mean).all()
+
+    reg, rsch = tiny_model("unet_regression")
+    r = sample(reg, rsch, batch["ppg"], (batch["demo"], batch["demo_mask"]), steps=10, k=5)
+    assert r.mean.shape == (6, 12, 256) and r.samples is None
+    assert float(r.std.abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("name", ["p2es", "p2es_no_groups", "ddpm"])
+def test_missing_demographics(batch, name):
+    model, sch = tiny_model(name)
+    demo_nan = torch.full((6, 5), float("nan"))
+    r = sample(model, sch, batch["ppg"], demo_nan, steps=2, k=2, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(r.mean).all() and torch.isfinite(r.std).all()
+    v, m = demographics(age=[np.nan] * 2, sex=[np.nan, 3], height_cm=None, weight_kg=[np.nan, 80.0])
+    assert m.sum() == 1 and np.isfinite(v).all()
+
+
+def test_param_counts_and_variants():
+    for name in ["p2es", "unet_regression", "ddpm", "p2es_no_blur", "p2es_no_groups", "p2es_no_deblur"]:
+        mc, _ = variant(name)
+        n = P2ES(mc).num_params()
+        assert 2e5 < n < 1e6, (name, n)
+
+
+# -- groups / data ------------------------------------------------------------------------
+
+def test_group_fit_recovers_clusters():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    lab = torch.arange(200) % 4
+    Z = torch.nn.functional.normalize(centres[lab] + 0.05 * torch.randn(200, 8, generator=g), dim=-1)
+    c, got = fit_groups(Z, 4, seed=0)
+    # same partition up to a permutation
+    pairs = {(int(a), int(b)) for a, b in zip(lab, got)}
+    assert len(pairs) == 4
+    c2, got2 = fit_groups(Z, 4, seed=0)
+    assert torch.equal(got, got2)
+    c3, got3 = fit_groups(Z, 4, init=c, seed=5)   # warm start keeps identities
+    assert torch.equal(got, got3)
+
+
+def test_contrastive_positives_and_loss():
+    demo = torch.tensor([[0.5, 1, 0, 0, 0], [0.52, 1, 0, 0, 0], [0.2, -1, 1, 1, 1], [0, 0, 0, 0, 0]])
+    mask = torch.ones(4, 5)
+    mask[3] = 0
+    pos = demographic_positives(demo, mask, k=1)
+    assert pos[0, 1] and pos[1, 0] and not pos[3].any() and not pos.diagonal().any()
+    z = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    loss = supcon_loss(z, pos, 0.1)
+    assert torch.isfinite(loss)
+
+
+def test_ppg_features_zscored():
+    raw = fake_synthesize(3, seed=0, duration_s=2.0)
+    f = ppg_features(raw["ppg"], 128.0)
+    assert f.shape == (3, 3, 256) and f.dtype == np.float32
+    np.testing.assert_allclose(f.std(-1), 1.0, atol=1e-3)
+
+
+# -- training / checkpoints ----------------------------------------------------------------
+
+def _tiny_train_cfg(**kw):
+    base = dict(variant="p2es", model={k: v for k, v in TINY.items() if k != "T"}, steps=60, batch_size=8,
+                lr=3e-3, warmup=5, data="fake", duration_s=2.0, chunk_records=32, ckpt_every=0,
+                group_refit_every=20, group_reservoir=64, log_every=10, progress=False, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _fixed_eval_loss(model, sch, data):
+    g = torch.Generator().manual_seed(123)
+    x0 = data["x0"]
+    t = torch.linspace(0.05, 0.95, x0.shape[0])
+    x_t = sch.q_sample(x0, t, torch.randn(x0.shape, generator=g))
+    with torch.no_grad():
+        return float(((model(x_t, t, data["ppg"], data["demo"], data["demo_mask"]) - x0) ** 2).mean())
+
+
+def test_training_reduces_loss_and_round_trips(tmp_path):
+    data = prepare(fake_synthesize(16, seed=99, duration_s=2.0), ecg_scale=2.0)
+    cfg = _tiny_train_cfg()
+    from engine.train import build
+    torch.manual_seed(cfg.seed)
+    m0, sch = build(cfg)
+    before = _fixed_eval_loss(m0.eval(), sch, data)
+    out = tmp_path / "set.pt"
+    res = train(cfg, out)
+    after = _fixed_eval_loss(res["model"], sch, data)
+    assert after < 0.7 * before, (before, after)
+    assert int(res["model"].groups.bank_fits) >= 1
+
+    # round trip: identical outputs from the stored (fp32) EMA weights
+    e = ckpt.load_model(out, "p2es")
+    x = torch.randn(2, 8, 256)
+    t = torch.tensor([0.3, 0.8])
+    args = (x, t, data["ppg"][:2], data["demo"][:2], data["demo_mask"][:2])
+    with torch.no_grad():
+        assert torch.equal(res["model"](*args), e.model(*args))
+    assert e.meta["steps"] == 60 and e.train_config["variant"] == "p2es"
+    assert torch.equal(e.model.groups.bank, res["model"].groups.bank)
+
+    # fp16 storage, second model in the same set
+    ckpt.add_to_set(out, "p2es_half", ckpt.pack(res["model"], sch, half=True))
+    assert set(ckpt.list_models(out)) == {"p2es", "p2es_half"}
+    eh = ckpt.load_model(out, "p2es_half")
+    with torch.no_grad():
+        torch.testing.assert_close(eh.model(*args), e.model(*args), atol=5e-2, rtol=5e-2)
+    assert next(eh.model.parameters()).dtype == torch.float32
+
+
+def test_resume_is_exact(tmp_path):
+    cfg = _tiny_train_cfg(steps=4, variant="p2es_no_deblur", group_refit_every=2, ckpt_every=2, log_every=1)
+    full = train(cfg, tmp_path / "a.pt")
+    train(_tiny_train_cfg(**{**cfg.__dict__, "steps": 2}), tmp_path / "b.pt")
+    res = train(cfg, tmp_path / "b.pt", resume=True)
+    for (n, p), q in zip(full["model"].state_dict().items(), res["model"].state_dict().values()):
+        assert torch.equal(p, q), n
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(P2esError, match="not found"):
+        ckpt.load_model(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(P2esError, match="corrupt"):
+        ckpt.load_model(bad)
+    model, sch = tiny_model()
+    ckpt.save_set(tmp_path / "s.pt", {"p2es": ckpt.pack(model, sch)})
+    with pytest.raises(P2esError, match="not in"):
+        ckpt.load_model(tmp_path / "s.pt", "ddpm")

@@ -13,6 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=train_main)
 
     register_eval(sub)
+    register_reconstruct(sub)
 
 
 # --------------------------------------------------------------------------- p2es eval
@@ -78,3 +79,14 @@ def _default_checkpoint():
     from engine.evaluate import DEFAULT_CHECKPOINT
 
     return DEFAULT_CHECKPOINT
+
+
+# --------------------------------------------------------------------------- p2es reconstruct
+
+
+def register_reconstruct(sub: argparse._SubParsersAction) -> None:
+    from engine.reconstruct import add_reconstruct_arguments, reconstruct_main
+
+    r = sub.add_parser("reconstruct", help="reconstruct a 12-lead ECG (CSV, mV) from a PPG recording")
+    add_reconstruct_arguments(r)
+    r.set_defaults(func=reconstruct_main)

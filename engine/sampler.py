@@ -79,7 +79,8 @@ def sample(model, schedule, ppg_feats: torch.Tensor, demo=None, *, steps: int = 
             x = schedule.step(x, x0, t, s, eta=eta, generator=generator)
         ecg = model.to_12(x0).reshape(B, k, 12, T)
         mean = ecg.mean(1)
-        std = ecg.std(1, unbiased=False)
+        # sample std (K is small, 4-8: the population std would understate the spread); 0 for K = 1
+        std = ecg.std(1, unbiased=True) if k > 1 else torch.zeros_like(mean)
         return SampleResult(mean, std, ecg if keep_samples else None)
     finally:
         model.train(was_training)

@@ -73,11 +73,24 @@ class TrainConfig:
     duration_s: float = 8.0            # window length; ModelConfig.T = duration_s * fs
     fs: float = 128.0
     noise: float = 1.0                 # simulator wearable-noise level
+    ppg_frontend: float = 0.0          # fraction of records with random PPG sensor front-ends
     rhythm_mix: str | None = None      # simulator rhythm mix (None: its default)
     chunk_records: int = 256           # records per simulator call
     workers: int = 0                   # DataLoader workers for the simulator (0: in-process)
     half_weights: bool = False         # store fp16 weights in the checkpoint set
     progress: bool = True              # tqdm bar
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "chunk_records"):
+            if int(getattr(self, name)) < 1:
+                raise P2esError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise P2esError(f"lr must be > 0, got {self.lr}")
+        if self.duration_s <= 0 or not 25.0 <= self.fs <= 2000.0:
+            raise P2esError(f"duration-s must be > 0 and fs within 25-2000 Hz, got {self.duration_s}, {self.fs}")
+        for name in ("warmup", "ckpt_every", "workers", "num_threads", "group_refit_every"):
+            if int(getattr(self, name)) < 0:
+                raise P2esError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -100,6 +113,8 @@ def build(cfg: TrainConfig):
 def make_stream(cfg: TrainConfig, ecg_scale: float, start_batch: int):
     if cfg.data in ("sim", "fake"):
         sim_kwargs = {"duration_s": cfg.duration_s, "fs": cfg.fs, "noise": cfg.noise}
+        if cfg.data == "sim":
+            sim_kwargs["ppg_frontend"] = cfg.ppg_frontend
         if cfg.rhythm_mix is not None:
             sim_kwargs["rhythm_mix"] = cfg.rhythm_mix
         if cfg.data == "sim" and "noisy_ecg" in inspect.signature(get_synthesize("sim")).parameters:
@@ -184,6 +199,8 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike, resume: bool = False) -
     ema = EMA(model, cfg.ema_decay)
     gen = torch.Generator(device=_rng_device(dev)).manual_seed(cfg.seed + 1)
     step, history = 0, []
+    if os.path.exists(out_path):  # fail now, not after hours of training, if the set is unusable
+        ckpt.read_set(out_path)
     rpath = ckpt.resume_path(out_path, name)
     if resume and os.path.exists(rpath):
         st = ckpt.load_resume(rpath)
@@ -252,6 +269,11 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike, resume: bool = False) -
         n_win += batch["x0"].shape[0]
         if step % cfg.log_every == 0 or step == cfg.steps:
             history.append({"step": step, **{k: round(v, 6) for k, v in terms.items()}, "lr": lr_at(step - 1, cfg)})
+            if bar is None:  # no bar (logs, background runs): one line per log interval
+                el = time.perf_counter() - t_start
+                print(f"{name} step {step}/{cfg.steps} loss {smooth:.4f} "
+                      f"({', '.join(f'{k} {v:.4f}' for k, v in terms.items() if k != 'loss')}) "
+                      f"{el:.0f} s", file=sys.stderr, flush=True)
         if bar is not None:
             bar.update(1)
             if step % 5 == 0 or step == cfg.steps:

@@ -114,3 +114,19 @@ def test_npz_round_trip(tmp_path, batch):
     for k in batch:
         np.testing.assert_array_equal(back[k], batch[k])
     assert tuple(LEADS) == ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+
+
+def test_ppg_sensor_front_ends():
+    plain = synthesize(64, seed=9, ppg_frontend=0.0, noisy_ecg=False)
+    dev = synthesize(64, seed=9, ppg_frontend=1.0, noisy_ecg=False)
+    np.testing.assert_array_equal(plain["ecg"], dev["ecg"])  # only the device PPG changes
+    np.testing.assert_array_equal(plain["ppg_clean"], dev["ppg_clean"])
+    assert np.all(np.any(plain["ppg"] != dev["ppg"], axis=1))
+    # AC coupling removes the pulse's DC level (mean near 0 relative to the pulse height)
+    rel_mean = np.abs(dev["ppg"].mean(axis=1)) / np.ptp(dev["ppg"], axis=1)
+    assert np.median(rel_mean) < np.median(np.abs(plain["ppg"].mean(axis=1)) / np.ptp(plain["ppg"], axis=1))
+    # ADC saturation: some records have flat tops (many samples at the maximum)
+    at_max = (dev["ppg"] >= dev["ppg"].max(axis=1, keepdims=True) - 1e-7).sum(axis=1)
+    assert np.mean(at_max > 10) > 0.2
+    with pytest.raises(ValueError, match="ppg_frontend"):
+        synthesize(2, seed=0, ppg_frontend=1.5)

@@ -52,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--hr", type=_float, default=None, help="force this heart rate (bpm) for every record")
     s.add_argument("--noise", type=_float, default=1.0, help="noise scale (0 = clean, default 1)")
     s.add_argument("--no-noisy-ecg", action="store_true", help="do not store the noisy ECG copy")
+    s.add_argument("--ppg-frontend", type=_float, default=0.5,
+                   help="fraction of records whose PPG passes a random sensor front-end "
+                        "(AC coupling, low-pass, ADC clipping; default 0.5)")
     s.set_defaults(func=cmd_synth)
 
     p = dsub.add_parser("plot", help="draw a record as a 12-lead ECG on ECG paper (PNG)")
@@ -85,6 +88,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
         raise P2esError(f"--fs must be at most 2000 Hz, got {args.fs:g}")
     if args.noise < 0:
         raise P2esError(f"--noise must be >= 0, got {args.noise:g}")
+    if not 0.0 <= args.ppg_frontend <= 1.0:
+        raise P2esError(f"--ppg-frontend must be within 0-1, got {args.ppg_frontend:g}")
     if args.hr is not None and not 20 <= args.hr <= 250:
         raise P2esError(f"--hr must be within 20-250 bpm, got {args.hr:g}")
     t0 = time.perf_counter()
@@ -99,6 +104,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
             hr_bpm=args.hr,
             noise=args.noise,
             noisy_ecg=not args.no_noisy_ecg,
+            ppg_frontend=args.ppg_frontend,
         )
     except ValueError as exc:
         raise P2esError(str(exc)) from None

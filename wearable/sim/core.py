@@ -19,6 +19,7 @@ from wearable.sim.kernels import Canvas, colored_noise
 
 SUBJECT_ID_STRIDE = 1_000_000  # subject id = seed * stride + index: disjoint across seeds
 CHUNK = 256  # records rendered at once
+FRONTEND_ON = 0.5  # default fraction of records whose PPG passes a random sensor front-end
 
 # PPG systolic wave: (x^k) exp(k(1-x)), x = tau / t_peak.  Its tangent-defined foot lies at
 # (1 - 1/sqrt(k))^2 * t_peak after the pulse onset (max-slope tangent meets the baseline).
@@ -48,6 +49,7 @@ def synthesize(
     noise: float = 1.0,
     noisy_ecg: bool = True,
     subjects: Subjects | None = None,
+    ppg_frontend: float = FRONTEND_ON,
 ) -> dict[str, np.ndarray]:
     """Generate ``n_records`` paired records.  Same arguments -> the same arrays.
 
@@ -55,7 +57,8 @@ def synthesize(
     disjoint subjects: use one seed per split for subject-disjoint train/val/test sets.
     ``hr_bpm`` forces the heart rate (sinus-family labels then follow the rate);
     ``noise`` scales all noise (0 = clean signals); ``subjects`` overrides the drawn subjects
-    (one per record) for controlled experiments.
+    (one per record) for controlled experiments; ``ppg_frontend`` is the fraction of records
+    whose PPG passes a random sensor front-end (AC coupling, low-pass, ADC clipping).
     """
     if n_records < 1:
         raise ValueError("need at least one record")
@@ -65,6 +68,8 @@ def synthesize(
         raise ValueError(f"fs must be at least 50 Hz, got {fs}")
     if noise < 0:
         raise ValueError("noise must be >= 0")
+    if not 0.0 <= ppg_frontend <= 1.0:
+        raise ValueError("ppg_frontend must be within 0-1")
     mix = rh.parse_mix(rhythm_mix)
     n = int(n_records)
     t_len = int(round(duration_s * fs))
@@ -101,7 +106,7 @@ def synthesize(
         rng_noise = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x9E3779B1, k, 2])
         parts.append(_render(
             pool.take(subj_idx[sel]), subj_idx[sel], mix, rng_rec, rng_noise, t_len, duration_s, fs,
-            None if hr_all is None else hr_all[sel], noise, noisy_ecg,
+            None if hr_all is None else hr_all[sel], noise, noisy_ecg, ppg_frontend,
         ))
     out = _concat(parts)
     out["subject"] = (int(seed) * SUBJECT_ID_STRIDE + subj_idx).astype(np.int64)
@@ -122,7 +127,8 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return out
 
 
-def _render(subj: Subjects, subj_idx, mix, rng_rec, rng_noise, t_len, duration_s, fs, hr_forced, noise, noisy_ecg):
+def _render(subj: Subjects, subj_idx, mix, rng_rec, rng_noise, t_len, duration_s, fs, hr_forced, noise, noisy_ecg,
+            ppg_frontend=0.0):
     """Render one chunk of records (all per-record randomness comes from ``rng_rec``/``rng_noise``)."""
     n = subj.age.shape[0]
     names = list(mix)
@@ -288,6 +294,8 @@ def _render(subj: Subjects, subj_idx, mix, rng_rec, rng_noise, t_len, duration_s
     if noise > 0:
         ppg = ppg_clean + noise * _ppg_noise(rng_noise, n, t_len, fs, subj.ppg_amp)
         ecg_noisy = ecg + noise * _ecg_noise(rng_noise, n, t_len, fs, resp_hz, resp_ph) if noisy_ecg else None
+        if ppg_frontend > 0:
+            ppg = _ppg_frontend(rng_noise, ppg, fs, ppg_frontend)
     else:
         ppg = ppg_clean.copy()
         ecg_noisy = ecg.copy() if noisy_ecg else None
@@ -391,4 +399,38 @@ def _ppg_noise(rng, n: int, t: int, fs: float, amp: np.ndarray) -> np.ndarray:
         d = rng.uniform(0.5, 2.5, moving.size)[:, None]
         env = np.clip(1.0 - np.abs(tt[None, :] - c) / d, 0.0, None) ** 2
         out[moving] += burst * env * (amp[moving] * rng.uniform(0.3, 2.0, moving.size))[:, None]
+    return out
+
+
+# Front-ends of real PPG sensors differ: many are AC-coupled (a hardware high-pass with a time
+# constant of ~0.1-2 s that turns the pulse into a sharp peak with an undershoot, e.g. the
+# common "Pulse Sensor" and heartpy's recordings), low-pass filter at 3-15 Hz, and saturate
+# the ADC on strong pulses.  FRONTEND_ON is the default fraction of records with such a front-end.
+def _ppg_frontend(rng, x: np.ndarray, fs: float, fraction: float) -> np.ndarray:
+    """Apply random device front-ends (AC coupling, low-pass, ADC clipping) to some records."""
+    from scipy.signal import butter, lfilter
+
+    n = x.shape[0]
+    out = x.copy()
+    on = rng.random(n) < fraction
+    hp_hz = np.array([0.3, 0.7, 1.2, 2.0])  # AC-coupling corner frequencies (first order)
+    hp = rng.integers(0, hp_hz.size, n)
+    for j, fc in enumerate(hp_hz):
+        sel = np.flatnonzero(on & (hp == j))
+        if sel.size:
+            b, a = butter(1, fc, btype="high", fs=fs)
+            # start the causal filter in its steady state for the record's first value
+            pad = int(3 * fs / fc)
+            seg = np.concatenate([np.repeat(out[sel, :1], pad, axis=1), out[sel]], axis=1)
+            out[sel] = lfilter(b, a, seg, axis=1)[:, pad:]
+    lp = on & (rng.random(n) < 0.5)
+    if lp.any():
+        b, a = butter(2, min(rng.uniform(3.0, 15.0), 0.45 * fs), btype="low", fs=fs)
+        out[lp] = lfilter(b, a, out[lp], axis=1)
+    clip = np.flatnonzero(on & (rng.random(n) < 0.4))
+    if clip.size:  # saturate the top (and sometimes the bottom) 5-30 % of the pulse range
+        lo, hi = np.percentile(out[clip], [2, 98], axis=1)
+        top = hi - rng.uniform(0.05, 0.3, clip.size) * (hi - lo)
+        bottom = np.where(rng.random(clip.size) < 0.3, lo + 0.1 * (hi - lo), -np.inf)
+        out[clip] = np.clip(out[clip], bottom[:, None], top[:, None])
     return out

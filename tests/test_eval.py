@@ -1,0 +1,228 @@
+"""Evaluation: metric sanity on known inputs, FD vs a float64 brute-force reference,
+``evaluate`` end to end on a tiny checkpoint set, ``p2es eval`` errors.  One thread, < 60 s."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from engine import checkpoint as ckpt
+from engine import metrics as M
+from engine.config import variant
+from engine.data import fixed_set
+from engine.diffusion import make_schedule
+from engine.evaluate import DERIVED, HEADLINE, derangement, evaluate, figure, markdown_table
+from engine.model import P2ES
+from p2es.cli import main as cli_main
+from p2es.errors import P2esError
+from p2es.leads import LEADS
+
+TINY = dict(T=256, widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8)
+FS = 128.0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ecg():
+    """8 clean simulated test windows, 8 s at 128 Hz, mV."""
+    return np.asarray(fixed_set("test", 8, 7, noisy_ecg=False)["ecg"], dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    """Checkpoint set of tiny models (2 s windows): p2es trained a few steps, others fresh."""
+    from engine.train import TrainConfig, train
+
+    path = tmp_path_factory.mktemp("ckpt") / "set.pt"
+    cfg = TrainConfig(variant="p2es", model={k: v for k, v in TINY.items() if k != "T"}, steps=3,
+                      batch_size=8, lr=3e-3, warmup=1, data="fake", duration_s=2.0, chunk_records=16,
+                      ckpt_every=0, group_refit_every=2, group_reservoir=16, log_every=10,
+                      progress=False, seed=0)
+    train(cfg, path)
+    for i, name in enumerate(["ddpm", "unet_regression"]):
+        torch.manual_seed(i)
+        mc, sc = variant(name, **TINY)
+        ckpt.add_to_set(path, name, ckpt.pack(P2ES(mc).eval(), make_schedule(sc, mc.T)))
+    return path
+
+
+# -- metrics ---------------------------------------------------------------------------
+
+def test_perfect_reconstruction(ecg):
+    r = M.compute_all(ecg, ecg.copy(), FS)
+    assert r["rmse"] == 0 and r["mae"] == 0 and r["prd"] == 0
+    assert r["pearson"] == pytest.approx(1.0, abs=1e-12)
+    assert abs(r["fd"]) < 1e-8 and r["fd_batch"] == 16           # 8 windows x 1024 / 512
+    assert r["hr_mae_bpm"] == 0 and r["hr_fail_rate"] == 0
+    assert r["qrs_ms_mae"] == 0 and r["qt_ms_mae"] == 0 and r["qrs_valid"] > 0.5
+    assert r["spectral_distance"] == 0
+    assert r["einthoven_max_abs"] <= 1e-5
+    assert set(r["per_lead"]["rmse"]) == set(LEADS)
+
+
+def test_scaled_and_shifted(ecg):
+    a = 0.7
+    rms = np.sqrt((ecg**2).mean(axis=(0, 2)))
+    r = M.rmse(ecg, a * ecg)
+    np.testing.assert_allclose(r.per_lead, (1 - a) * rms, rtol=1e-12)
+    assert r.mean == pytest.approx(float(((1 - a) * rms).mean()))
+    np.testing.assert_allclose(M.prd(ecg, a * ecg).per_lead, 100 * (1 - a), rtol=1e-10)
+    np.testing.assert_allclose(M.pearson(ecg, a * ecg).per_lead, 1.0, atol=1e-12)
+    c = 0.1
+    np.testing.assert_allclose(M.rmse(ecg, ecg + c).per_lead, c, rtol=1e-10)
+    np.testing.assert_allclose(M.mae(ecg, ecg - c).per_lead, c, rtol=1e-10)
+    np.testing.assert_allclose(M.pearson(ecg, ecg + c).per_lead, 1.0, atol=1e-12)
+    # a shift moves only the FD mean term: |mu1 - mu2|^2 = 512 c^2 per lead
+    np.testing.assert_allclose(M.fd(ecg, ecg + c).per_lead, 512 * c * c, rtol=1e-6)
+    # HR is unchanged by amplitude; a flat output has no beats (failure, not an HR of 0)
+    assert M.hr_mae_bpm(ecg, a * ecg, FS).mae == pytest.approx(0.0, abs=1e-9)
+    h = M.hr_mae_bpm(ecg, np.zeros_like(ecg), FS)
+    assert h.fail_rate == 1.0 and math.isnan(h.mae) and h.n == 0
+
+
+def test_noise_increases_fd_and_spectral_distance(ecg):
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal(ecg.shape)
+    f = [M.fd(ecg, ecg + s * z).mean for s in (0.02, 0.05, 0.2)]
+    assert 0 < f[0] < f[1] < f[2]
+    s = [M.spectral_distance(ecg, ecg + s * z, FS).mean for s in (0.02, 0.2)]
+    assert 0 < s[0] < s[1]
+
+
+def _fd_ref(a, b):
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    d = a.mean(0) - b.mean(0)
+    return d @ d + np.trace(s1) + np.trace(s2) - 2 * np.trace(scipy.linalg.sqrtm(s1 @ s2).real)
+
+
+@pytest.mark.parametrize("m1,m2,d", [(60, 50, 12), (40, 40, 40), (200, 100, 32)])
+def test_fd_matches_sqrtm_reference(m1, m2, d):
+    rng = np.random.default_rng(m1 + d)
+    a = rng.standard_normal((m1, d))
+    b = 0.3 + rng.standard_normal((m2, d)) @ rng.standard_normal((d, d)) * 0.4
+    assert M.frechet_distance(a, b) == pytest.approx(_fd_ref(a, b), rel=1e-8, abs=1e-8)
+
+
+def test_fd_rank_deficient_and_lead_layout():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 12, 1024)).astype(np.float32)
+    y = x + 0.5 * rng.standard_normal(x.shape).astype(np.float32)
+    r = M.fd(x, y)
+    assert r.batch == 12 and r.per_lead.shape == (12,)
+    for l in (0, 7):  # 12 vectors of 512 dims: singular covariances, eigenvalue reference
+        a = x[:, l].astype(np.float64).reshape(-1, 512)
+        b = y[:, l].astype(np.float64).reshape(-1, 512)
+        s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+        tr = np.sqrt(np.linalg.eigvals(s1 @ s2).astype(complex)).real.sum()
+        d = a.mean(0) - b.mean(0)
+        ref = d @ d + np.trace(s1) + np.trace(s2) - 2 * tr
+        # RDDM's eigvals route: sqrt of ~500 round-off eigenvalues (~1e-13) adds ~1e-4
+        assert r.per_lead[l] == pytest.approx(ref, rel=1e-5)
+
+
+def test_derangement():
+    for n in (2, 3, 8, 33):
+        src = derangement(n, 5)
+        assert sorted(src) == list(range(n)) and (src != np.arange(n)).all()
+    assert np.array_equal(derangement(8, 5), derangement(8, 5))
+
+
+# -- evaluate ------------------------------------------------------------------------
+
+def test_evaluate_end_to_end(tiny_set, tmp_path):
+    res = evaluate(tiny_set, records=8, seed=3, steps=2, k=2, batch=4, progress=False, threads=1)
+    names = ["p2es", *DERIVED, "unet_regression", "ddpm"]
+    assert set(res["models"]) == set(names)
+    assert res["records"] == 8 and res["seed"] == 3 and res["T"] == 256 and res["threads"] == 1
+    json.dumps(res, allow_nan=False)                       # strict JSON (NaN -> null)
+    for name, row in res["models"].items():
+        for m in HEADLINE:
+            assert m in row, (name, m)
+        assert row["einthoven_max_abs"] <= 1e-5
+        assert row["fd_batch"] == 4                          # 8 x 256 samples / 512
+        assert set(row["per_lead"]) == set(M.LEAD_METRICS)
+        assert set(row["per_lead"]["rmse"]) == set(LEADS)
+        assert set(row["per_rhythm"]) <= {"sinus", "af", "pvc", "other"} and row["per_rhythm"]
+        assert sum(v["n"] for v in row["per_rhythm"].values()) == 8
+        for key in ("hr_fail_rate", "qrs_valid", "qt_valid"):
+            assert key in row
+        assert row["rmse"] > 0 and row["ms_per_window"] > 0
+        # every row scores the same held-out records from the same PPG
+        assert row["targets_sha1"] == res["models"]["p2es"]["targets_sha1"]
+        assert row["ppg_sha1"] == res["models"]["p2es"]["ppg_sha1"]
+    p, sh, mk = (res["models"][n] for n in ("p2es", "p2es_shuffled_demographics", "p2es_mean_of_k"))
+    assert sh["demo_sha1"] != p["demo_sha1"] and sh["rmse"] != p["rmse"]   # demographics matter
+    assert mk["samples_per_window"] == 2 and p["samples_per_window"] == 1
+    for row in (p, mk, res["models"]["ddpm"]):
+        assert row["uncertainty_mean_std"] > 0 and -1 <= row["uncertainty_error_corr"] <= 1
+        assert 0 <= row["band_coverage"] <= 1
+    assert "uncertainty_mean_std" not in res["models"]["unet_regression"]
+
+    table = markdown_table(res)
+    assert table.count("\n| ") == len(names) and "**" in table
+
+    # deterministic, and a model subset scores the same records identically
+    again = evaluate(tiny_set, records=8, seed=3, steps=2, k=2, batch=4, progress=False, threads=1,
+                     models="p2es")
+    assert list(again["models"]) == ["p2es"]
+    assert again["models"]["p2es"]["rmse"] == p["rmse"]
+
+    png = figure(tiny_set, tmp_path / "fig.png", 3, steps=2, k=2, threads=1)
+    assert png.exists() and png.stat().st_size > 10_000
+
+
+def test_evaluate_errors(tiny_set):
+    with pytest.raises(P2esError, match="unknown model"):
+        evaluate(tiny_set, records=2, models="p2es,nope", progress=False)
+    with pytest.raises(P2esError, match="records"):
+        evaluate(tiny_set, records=0, progress=False)
+
+
+def _cli(capsys, *argv):
+    try:
+        rc = cli_main(["eval", "--no-progress", *argv])
+    except SystemExit as e:  # argparse usage errors
+        rc = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    return rc, err
+
+
+def test_cli_bad_inputs(tiny_set, tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    cases = [
+        (["--checkpoint", str(tmp_path / "missing.pt")], "not found"),
+        (["--checkpoint", str(bad)], "corrupt"),
+        (["--checkpoint", str(tiny_set), "--records", "0"], "records"),
+        (["--checkpoint", str(tiny_set), "--models", "p2es,nope"], "unknown model"),
+        (["--checkpoint", str(tiny_set), "--steps", "0"], "steps"),
+        (["--checkpoint", str(tiny_set), "--records", "abc"], "invalid int"),
+    ]
+    for argv, needle in cases:
+        rc, err = _cli(capsys, *argv)
+        assert rc == 2, argv
+        assert len(err) == 1 and needle in err[0], (argv, err)
+
+
+def test_cli_runs(tiny_set, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    rc = cli_main(["eval", "--checkpoint", str(tiny_set), "--records", "2", "--seed", "1", "--steps", "1",
+                   "--k", "2", "--models", "p2es,unet_regression", "--threads", "1", "--json", str(out),
+                   "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "| p2es |" in text and "| unet_regression |" in text
+    res = json.loads(out.read_text())
+    assert list(res["models"]) == ["p2es", "unet_regression"] and res["records"] == 2

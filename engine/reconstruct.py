@@ -52,6 +52,7 @@ from scipy.signal import resample_poly
 
 from engine import sampler
 from engine.data import bandpass, demographics as _demographics, ppg_features
+from p2es.argtypes import finite_float as _num, positive_int as _pos_int
 from p2es.errors import InputError, P2esError
 from p2es.leads import LEADS, derive_12, independent_of
 
@@ -405,26 +406,6 @@ def plot_first_window(res: Reconstruction, out, *, title: str = "", subtitle: st
 # ---------------------------------------------------------------------------------------
 # command line: p2es reconstruct
 # ---------------------------------------------------------------------------------------
-
-def _pos_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
-
-
-def _num(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return v
-
 
 def add_reconstruct_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ppg", required=True, metavar="FILE",

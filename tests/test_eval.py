@@ -26,12 +26,7 @@ TINY = dict(T=256, widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8)
 FS = 128.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

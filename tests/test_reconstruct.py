@@ -30,12 +30,7 @@ from p2es.signal import detect_ppg_beats, detect_r_peaks, heart_rate_bpm
 T_MODEL, FS_MODEL = 1024, 128.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

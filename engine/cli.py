@@ -15,6 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     register_eval(sub)
     register_reconstruct(sub)
 
+    from engine.cli_live import register_live
+
+    register_live(sub)
+
 
 # --------------------------------------------------------------------------- p2es eval
 

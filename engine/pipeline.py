@@ -1,0 +1,478 @@
+"""The live pipeline: MQTT ingest -> micro-batched reconstruction -> stitching -> InfluxDB.
+
+::
+
+    pipe = Pipeline(PipelineConfig(broker="mqtt://127.0.0.1:1883", influx_url="http://127.0.0.1:8086"))
+    await pipe.start()
+    ...
+    await pipe.stop()          # flushes stitchers and the writer; nothing accepted is lost
+
+Data flow per window (one asyncio event loop):
+
+* :class:`ingest.service.IngestService` emits :class:`ingest.messages.Window` (already band-passed
+  and resampled to the model rate; no extra filter is added here).
+* Each window becomes a :class:`engine.runtime.WindowRequest` and is submitted to the
+  :class:`engine.runtime.MicroBatcher` at once (windows of all patients are batched together).
+* Results of one patient are consumed strictly in window order by a per-patient task, fed to
+  that patient's :class:`engine.runtime.PatientStitcher` (hop = ``hop_s * fs``), and written:
+
+  - ``ecg``: every stitched sample exactly once;
+  - ``ppg``: the window samples covering the same span (each window's first hop; the rest of
+    the last window when a segment ends or at shutdown), each sample once;
+  - ``vitals``: one point per window (at the window start).
+
+  Timestamps: a stitcher (one per patient *segment*) converts its first window's ``t0`` to
+  integer ns once; every block is written with ``start = sample index``, so all samples sit on
+  one exact ``1/fs`` grid (see :func:`sink.lineprotocol.sample_times_ns`).  A new ingest
+  segment (long gap, rate change, seq reset) flushes the old stitcher and starts a new one.
+
+``influx_url=None`` runs without a sink (results go to ``stats()`` and to ``on_ecg`` /
+``on_vitals`` callbacks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from p2es.errors import P2esError
+
+log = logging.getLogger("p2es.pipeline")
+
+__all__ = ["PipelineConfig", "Pipeline"]
+
+
+class PipelineConfig(BaseModel):
+    """Everything ``p2es run`` needs.  Secrets may come from the environment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    broker: str = "mqtt://127.0.0.1:1883"
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    client_id: str = "p2es-engine"
+    influx_url: str | None = "http://127.0.0.1:8086"
+    influx_api: Literal["v1", "v2"] = "v1"
+    influx_db: str = "p2es"
+    influx_org: str | None = None
+    influx_bucket: str | None = None
+    influx_token: str | None = None
+    window_s: float = Field(8.0, gt=0)
+    hop_s: float = Field(4.0, gt=0)
+    backend: Literal["torch"] = "torch"
+    device: str = "cpu"
+    steps: int = Field(10, ge=1)
+    k: int = Field(4, ge=1)
+    seed: int = 0
+    threads: int | None = None
+    max_batch: int = Field(32, ge=1)
+    max_wait_ms: float = Field(50.0, ge=0)
+    checkpoint: str | None = None
+    spool_dir: str = ".run/spool"
+    metrics_port: int = Field(0, ge=0, le=65535)
+    metrics_addr: str = "127.0.0.1"
+    writer_batch_lines: int = Field(5000, ge=1)
+    writer_flush_interval_s: float = Field(1.0, gt=0)
+    writer_backoff_cap_s: float = Field(30.0, gt=0)
+    stream_reorder_wait_s: float = Field(2.0, gt=0)
+    max_inflight: int = Field(256, ge=1)  # windows submitted but not yet written (back-pressure)
+    idle_flush_s: float = Field(20.0, gt=0)  # flush a patient's stitcher after this long silent
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, v: str) -> str:
+        if not (v.startswith("mqtt://") or v.startswith("mqtts://")):
+            raise ValueError(f"broker must be mqtt://HOST:PORT or mqtts://HOST:PORT, got {v!r}")
+        return v
+
+    @field_validator("influx_url")
+    @classmethod
+    def _influx_url(cls, v: str | None) -> str | None:
+        if v is not None and not (v.startswith("http://") or v.startswith("https://")):
+            raise ValueError(f"influx_url must be http(s)://HOST:PORT, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _env_and_checks(self) -> PipelineConfig:
+        if self.mqtt_username is None and os.environ.get("P2ES_MQTT_USERNAME"):
+            self.mqtt_username = os.environ["P2ES_MQTT_USERNAME"]
+        if self.mqtt_password is None and os.environ.get("P2ES_MQTT_PASSWORD"):
+            self.mqtt_password = os.environ["P2ES_MQTT_PASSWORD"]
+        if self.influx_token is None and os.environ.get("P2ES_INFLUX_TOKEN"):
+            self.influx_token = os.environ["P2ES_INFLUX_TOKEN"]
+        if self.hop_s > self.window_s:
+            raise ValueError("hop_s must be <= window_s")
+        if self.influx_url and self.influx_api == "v2" and not (self.influx_org and self.influx_token):
+            raise ValueError("influx api v2 needs influx_org and influx_token "
+                             "(token also from P2ES_INFLUX_TOKEN)")
+        return self
+
+
+@dataclass
+class _PatientState:
+    patient: str
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)  # (Window, Task) in order
+    task: asyncio.Task | None = None
+    stitcher: Any = None
+    segment: int | None = None
+    t0_ns: int = 0
+    t_ref: float = 0.0
+    ppg_emitted: int = 0  # next PPG sample index (stitcher grid) not yet written
+    last_win: tuple[int, np.ndarray] | None = None  # (start index, samples) of the last window
+    windows: int = 0
+    ecg_samples: int = 0
+    ppg_samples: int = 0
+    vitals: int = 0
+    hr_ppg: float = math.nan
+    hr_ecg: float = math.nan
+    sqi: float = math.nan
+    last_device_end: float | None = None  # device time just after the last emitted ECG sample
+    errors: int = 0
+    last_window_mono: float = 0.0
+    flushed: bool = True  # nothing held in the stitcher since the last (idle) flush
+
+
+class Pipeline:
+    """Ingest -> engine -> sink (see the module docstring)."""
+
+    def __init__(self, config: PipelineConfig, *, backend: Any = None,
+                 on_ecg: Callable[[Any], None] | None = None,
+                 on_vitals: Callable[[Any], None] | None = None) -> None:
+        self.config = config
+        self.on_ecg, self.on_vitals = on_ecg, on_vitals
+        self._backend = backend
+        self.ingest = None
+        self.batcher = None
+        self.writer = None
+        self.metrics = None
+        self._patients: dict[str, _PatientState] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._started_mono: float | None = None
+        self._running = False
+        self._windows_done = 0
+        self._held = None
+        self._batch_sizes: deque[int] = deque(maxlen=1000)
+        self._lat: dict[str, deque[float]] = {k: deque(maxlen=1000)
+                                              for k in ("queue", "compute", "sink", "e2e")}
+        self.fs = 128.0
+        self.T = 1024
+
+    # ------------------------------------------------------------------ lifecycle
+    def _make_backend(self):
+        from engine.checkpoint import load_model
+        from engine.reconstruct import DEFAULT_CHECKPOINT
+        from engine.runtime import TorchBackend
+
+        path = self.config.checkpoint or str(DEFAULT_CHECKPOINT)
+        if not Path(path).exists():
+            raise P2esError(f"checkpoint not found: {path}")
+        try:
+            entry = load_model(path, "p2es")
+        except KeyError as e:
+            raise P2esError(f"checkpoint {path} holds no 'p2es' model") from e
+        return TorchBackend(entry, device=self.config.device, steps=self.config.steps,
+                            k=self.config.k, seed=self.config.seed, threads=self.config.threads)
+
+    async def start(self) -> None:
+        from engine.runtime import MicroBatcher
+        from ingest.service import IngestService
+        from ingest.stream import StreamConfig
+
+        cfg = self.config
+        if self._backend is None:
+            self._backend = self._make_backend()
+        self.fs = float(getattr(self._backend, "fs", 128.0))
+        self.T = int(getattr(self._backend, "T", round(cfg.window_s * self.fs)))
+        if int(round(cfg.window_s * self.fs)) != self.T:
+            raise P2esError(f"window_s={cfg.window_s:g} gives {round(cfg.window_s * self.fs)} samples "
+                            f"at {self.fs:g} Hz but the model takes T={self.T}")
+        self.hop = int(round(cfg.hop_s * self.fs))
+        self.ingest = IngestService(
+            cfg.broker, username=cfg.mqtt_username, password=cfg.mqtt_password,
+            client_id=cfg.client_id,
+            stream_config=StreamConfig(fs_model=self.fs, window_s=cfg.window_s, hop_s=cfg.hop_s,
+                                       reorder_wait_s=cfg.stream_reorder_wait_s))
+        self.batcher = MicroBatcher(self._backend, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms)
+        if cfg.metrics_port:
+            from engine.metrics_http import PipelineMetrics
+
+            self.metrics = PipelineMetrics(self)
+            try:
+                self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
+            except OSError as e:
+                raise P2esError(f"cannot serve metrics on {cfg.metrics_addr}:{cfg.metrics_port}: "
+                                f"{e.strerror or e}") from None
+        if cfg.influx_url:
+            from sink.writer import Writer, make_transport
+
+            transport = make_transport(
+                cfg.influx_url, version=1 if cfg.influx_api == "v1" else 2, database=cfg.influx_db,
+                org=cfg.influx_org, bucket=cfg.influx_bucket, token=cfg.influx_token)
+            self.writer = Writer(transport, cfg.spool_dir, batch_lines=cfg.writer_batch_lines,
+                                 flush_interval=cfg.writer_flush_interval_s,
+                                 backoff_cap=max(cfg.writer_backoff_cap_s, 0.5))
+            self.writer.start()
+        self._started_mono = time.monotonic()
+        self._running = True
+        self._inflight = asyncio.Semaphore(cfg.max_inflight)
+        self._tasks = [asyncio.create_task(self.batcher.run(), name="p2es-batcher"),
+                       asyncio.create_task(self._consume(), name="p2es-consume"),
+                       asyncio.create_task(self._housekeeping(), name="p2es-housekeeping")]
+        self.ingest.start()
+
+    async def __aenter__(self) -> Pipeline:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def run_forever(self) -> None:
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop ingest, finish every accepted window, flush the stitchers and the writer."""
+        if not self._running:
+            return
+        self._running = False
+        await self.ingest.stop()
+        for t in self._tasks[1:]:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self._held is not None:  # taken from ingest, waiting for room in the engine
+            self._dispatch(self._held, acquired=False)
+            self._held = None
+        while True:  # windows already queued by ingest are still processed
+            try:
+                self._dispatch(self.ingest.windows.get_nowait(), acquired=False)
+            except asyncio.QueueEmpty:
+                break
+        for st in self._patients.values():
+            st.queue.put_nowait(None)  # end marker: the consumer flushes and exits
+        pts = [st.task for st in self._patients.values() if st.task is not None]
+        if pts:
+            done, pending = await asyncio.wait(pts, timeout=timeout)
+            for t in pending:
+                t.cancel()
+        self._tasks[0].cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._tasks[0]
+        if self.writer is not None:
+            await self.writer.close(timeout=timeout)
+        if self.metrics is not None:
+            self.metrics.shutdown()
+
+    # ------------------------------------------------------------------ per window
+    async def _consume(self) -> None:
+        while True:
+            w = await self.ingest.windows.get()
+            # back-pressure: while max_inflight windows are in the engine, ingest's bounded queue
+            # fills (and drops its oldest windows) instead of memory growing here
+            self._held = w
+            await self._inflight.acquire()
+            self._held = None
+            self._dispatch(w)
+
+    async def _housekeeping(self) -> None:
+        """Flush the stitcher of a patient that has sent nothing for ``idle_flush_s``."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for st in self._patients.values():
+                if not st.flushed and now - st.last_window_mono > self.config.idle_flush_s:
+                    st.flushed = True
+                    st.queue.put_nowait("flush")
+
+    def _dispatch(self, w, acquired: bool = True) -> None:
+        from engine.runtime import WindowRequest
+
+        st = self._patients.get(w.patient)
+        if st is None:
+            st = self._patients[w.patient] = _PatientState(w.patient)
+            st.task = asyncio.create_task(self._patient_loop(st), name=f"p2es-patient:{w.patient}")
+        demo = None
+        if w.demographics is not None:
+            demo = {k: v for k, v in w.demographics.model_dump().items() if v is not None}
+        req = WindowRequest(w.patient, float(w.t0), float(w.fs), np.asarray(w.samples, np.float64),
+                            demo, float(w.sqi), time.monotonic())
+        st.last_window_mono = time.monotonic()
+        st.flushed = False
+        st.queue.put_nowait((w, asyncio.ensure_future(self.batcher.submit(req)), acquired))
+
+    async def _patient_loop(self, st: _PatientState) -> None:
+        while True:
+            item = await st.queue.get()
+            if item is None:
+                await self._finish_segment(st)
+                return
+            if item == "flush":
+                try:
+                    await self._finish_segment(st)
+                except Exception:  # noqa: BLE001
+                    log.exception("idle flush failed for %s", st.patient)
+                    st.errors += 1
+                continue
+            w, fut, acquired = item
+            try:
+                res = await fut
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - one failed batch must not stop the patient
+                log.exception("reconstruction failed for %s window %d", w.patient, w.index)
+                st.errors += 1
+                res = None
+            try:
+                if res is not None:
+                    await self._on_result(st, w, res)
+            except Exception:  # noqa: BLE001
+                log.exception("post-processing failed for %s window %d", w.patient, w.index)
+                st.errors += 1
+            finally:
+                if acquired:
+                    self._inflight.release()
+
+    async def _finish_segment(self, st: _PatientState) -> None:
+        if st.stitcher is None:
+            return
+        chunks = st.stitcher.flush()
+        await self._emit_ppg(st, until=None)
+        await self._emit_ecg(st, chunks)
+
+    async def _on_result(self, st: _PatientState, w, res) -> None:
+        from engine.runtime import PatientStitcher, window_vitals
+        from sink.lineprotocol import sample_times_ns, vitals_line
+
+        if st.stitcher is None or w.segment != st.segment:
+            await self._finish_segment(st)
+            st.stitcher = PatientStitcher(st.patient, self.T, self.fs, self.hop)
+            st.segment = w.segment
+            st.t_ref = float(w.t0)
+            st.t0_ns = int(round(st.t_ref * 1e9))
+            st.ppg_emitted, st.last_win = 0, None
+        s = int(round((float(w.t0) - st.t_ref) * self.fs))
+        chunks = st.stitcher.add(float(w.t0), res.ecg, res.std)
+        # PPG: what the previous window left before this one starts, then this window's first hop
+        await self._emit_ppg(st, until=s)
+        st.last_win = (s, np.asarray(w.samples))
+        await self._emit_ppg(st, until=s + self.hop)
+        await self._emit_ecg(st, chunks)
+        try:
+            v = window_vitals(res)
+        except Exception:  # noqa: BLE001 - vitals of a garbage window are just missing
+            v = None
+        st.windows += 1
+        st.sqi = float(w.sqi)
+        self._windows_done += 1
+        self._batch_sizes.append(res.batch_size)
+        self._lat["queue"].append(res.queued_s)
+        self._lat["compute"].append(res.compute_s)
+        if self.metrics is not None:
+            self.metrics.observe_window(res)
+        if v is not None:
+            st.hr_ppg, st.hr_ecg = v.hr_ppg_bpm, v.hr_bpm
+            fields = {"hr_bpm": v.hr_bpm, "hr_ppg_bpm": v.hr_ppg_bpm, "qrs_ms": v.qrs_ms,
+                      "qtc_ms": v.qtc_ms, "sqi": v.sqi, "uncertainty": v.uncertainty}
+            t_ns = int(sample_times_ns(st.t0_ns, self.fs, 1, s)[0])
+            if self.writer is not None:
+                ln = vitals_line(st.patient, t_ns, fields)
+                if ln:
+                    st.vitals += 1
+                    await self.writer.put(ln)
+            else:
+                st.vitals += 1
+            if self.on_vitals is not None:
+                self.on_vitals(v)
+        e2e = time.time() - float(w.created_at)
+        self._lat["e2e"].append(e2e)
+        if self.metrics is not None:
+            self.metrics.observe_e2e(e2e)
+
+    async def _emit_ppg(self, st: _PatientState, until: int | None) -> None:
+        from sink.lineprotocol import ppg_lines
+
+        if st.last_win is None:
+            return
+        s, x = st.last_win
+        lo = max(st.ppg_emitted, s)
+        hi = s + x.size if until is None else min(until, s + x.size)
+        if hi <= lo:
+            return
+        if self.writer is not None:
+            await self.writer.put(ppg_lines(st.patient, st.t0_ns, self.fs, x[lo - s:hi - s], start=lo))
+        st.ppg_samples += hi - lo
+        st.ppg_emitted = hi
+
+    async def _emit_ecg(self, st: _PatientState, chunks: list) -> None:
+        from sink.lineprotocol import ecg_lines
+
+        t_sink = time.monotonic()
+        for c in chunks:
+            n = c.ecg.shape[1]
+            if n == 0:
+                continue
+            start = int(round((c.t0 - st.t_ref) * self.fs))
+            if self.writer is not None:
+                await self.writer.put(ecg_lines(st.patient, st.t0_ns, self.fs, c.ecg, start=start))
+            st.ecg_samples += n
+            st.last_device_end = st.t_ref + (start + n) / self.fs
+            if self.on_ecg is not None:
+                self.on_ecg(c)
+        if chunks:
+            dt = time.monotonic() - t_sink
+            self._lat["sink"].append(dt)
+            if self.metrics is not None:
+                self.metrics.observe_stage("sink", dt)
+
+    # ------------------------------------------------------------------ stats
+    def stats(self) -> dict[str, Any]:
+        now = time.time()
+        up = (time.monotonic() - self._started_mono) if self._started_mono else 0.0
+
+        def pct(xs: deque[float]) -> dict[str, float]:
+            if not xs:
+                return {"p50": math.nan, "p95": math.nan, "max": math.nan}
+            a = np.asarray(xs)
+            return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
+                    "max": float(a.max())}
+
+        patients = {
+            p: {"windows": st.windows, "ecg_samples": st.ecg_samples, "ppg_samples": st.ppg_samples,
+                "vitals": st.vitals, "hr_ppg_bpm": st.hr_ppg, "hr_ecg_bpm": st.hr_ecg, "sqi": st.sqi,
+                "lag_s": (now - st.last_device_end) if st.last_device_end is not None else math.nan,
+                "segment": st.segment, "pending": st.queue.qsize(), "errors": st.errors}
+            for p, st in self._patients.items()
+        }
+        bs = list(self._batch_sizes)
+        return {
+            "patients": patients,
+            "windows": self._windows_done,
+            "windows_per_s": self._windows_done / up if up > 0 else 0.0,
+            "batch_size_mean": float(np.mean(bs)) if bs else math.nan,
+            "batch_size_max": max(bs) if bs else 0,
+            "queue_depth": {"ingest": self.ingest.windows.qsize() if self.ingest else 0,
+                            "batcher": self.batcher.queue.qsize() if self.batcher else 0},
+            "latency_s": {k: pct(v) for k, v in self._lat.items()},
+            "ingest": self.ingest.counters() if self.ingest else {},
+            "writer": self.writer.counters if self.writer is not None else {},
+        }
+
+
+def new_client_id(prefix: str = "p2es-engine") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"

@@ -24,7 +24,7 @@ __all__ = ["register_live", "load_config", "run_main", "simulate_main"]
 
 # flag -> PipelineConfig field
 _RUN_FLAGS = {
-    "broker": "broker", "mqtt_username": "mqtt_username", "mqtt_password": "mqtt_password",
+    "broker": "broker", "mqtt_username": "mqtt_username", "mqtt_password": "mqtt_password", "mqtt_version": "mqtt_version",
     "client_id": "client_id", "influx_url": "influx_url", "influx_api": "influx_api",
     "influx_db": "influx_db", "influx_org": "influx_org", "influx_bucket": "influx_bucket",
     "influx_token": "influx_token", "window_s": "window_s", "hop_s": "hop_s", "backend": "backend",
@@ -41,6 +41,8 @@ def register_live(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--broker", help="mqtt://HOST:PORT or mqtts://HOST:PORT")
     r.add_argument("--mqtt-username")
     r.add_argument("--mqtt-password", help="(better: env P2ES_MQTT_PASSWORD)")
+    r.add_argument("--mqtt-version", choices=("5", "3.1.1"), default=None,
+                   help="MQTT protocol (default 5; 3.1.1 for brokers without MQTT 5)")
     r.add_argument("--client-id")
     r.add_argument("--influx-url", help="InfluxDB URL; 'none' runs without a sink")
     r.add_argument("--influx-api", choices=("v1", "v2"))

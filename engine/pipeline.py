@@ -62,6 +62,7 @@ class PipelineConfig(BaseModel):
     broker: str = "mqtt://127.0.0.1:1883"
     mqtt_username: str | None = None
     mqtt_password: str | None = None
+    mqtt_version: Literal["5", "3.1.1"] = "5"
     client_id: str = "p2es-engine"
     influx_url: str | None = "http://127.0.0.1:8086"
     influx_api: Literal["v1", "v2"] = "v1"
@@ -201,7 +202,7 @@ class Pipeline:
         self.hop = int(round(cfg.hop_s * self.fs))
         self.ingest = IngestService(
             cfg.broker, username=cfg.mqtt_username, password=cfg.mqtt_password,
-            client_id=cfg.client_id,
+            client_id=cfg.client_id, mqtt_version=cfg.mqtt_version,
             stream_config=StreamConfig(fs_model=self.fs, window_s=cfg.window_s, hop_s=cfg.hop_s,
                                        reorder_wait_s=cfg.stream_reorder_wait_s))
         self.batcher = MicroBatcher(self._backend, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms)

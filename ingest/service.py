@@ -70,7 +70,9 @@ from ingest.messages import (
 )
 from ingest.stream import StreamConfig, StreamRegistry
 
-__all__ = ["IngestService", "parse_url"]
+__all__ = ["IngestService", "parse_url", "MQTT_VERSIONS"]
+
+MQTT_VERSIONS = ("5", "3.1.1")  # v5 by default; 3.1.1 for brokers without v5 (e.g. amqtt)
 
 log = logging.getLogger("p2es.ingest")
 
@@ -108,7 +110,11 @@ class IngestService:
         tick_s: float = 1.0,
         tls_context: ssl.SSLContext | None = None,
         prefix: str = TOPIC_PREFIX,
+        mqtt_version: str = "5",
     ) -> None:
+        if mqtt_version not in MQTT_VERSIONS:
+            raise ValueError(f"mqtt_version must be one of {', '.join(MQTT_VERSIONS)}, got {mqtt_version!r}")
+        self.mqtt_version = mqtt_version
         host, port, tls, url_user, url_pw = parse_url(url)
         self.host, self.port = host, port
         self.username = username if username is not None else url_user
@@ -195,11 +201,14 @@ class IngestService:
         self._c["connect_attempts"] += 1
         # A fresh client per connection: aiomqtt's reuse after an unexpected disconnect does
         # not wait for the new CONNACK.  The broker-side session (client_id) carries over.
+        if self.mqtt_version == "5":
+            session = dict(protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=props)
+        else:  # MQTT 3.1.1 brokers: a persistent session instead of a session expiry interval
+            session = dict(protocol=aiomqtt.ProtocolVersion.V311, clean_session=False)
         client = aiomqtt.Client(
             self.host, self.port, username=self.username, password=self.password,
-            identifier=self.client_id, protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False, properties=props, keepalive=self.keepalive_s,
-            tls_context=self.tls_context, timeout=10,
+            identifier=self.client_id, keepalive=self.keepalive_s,
+            tls_context=self.tls_context, timeout=10, **session,
         )
         async with client:
             self._client = client

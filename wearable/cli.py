@@ -51,10 +51,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--plot", default=None, help="draw the 12-lead ECG (if present) to this PNG")
     r.set_defaults(func=cmd_read)
 
-    d = sub.add_parser("demo", help="the main job on an embedded default (no services needed)")
-    d.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
-    d.add_argument("--records", type=_positive_int, default=256)
-    d.add_argument("--seed", type=int, default=2026)
+    d = sub.add_parser("demo", help="the live ward demo on an embedded default (no services needed); "
+                       "--offline: one 12-lead picture per simulated rhythm")
+    from engine.demo import register_demo_args
+
+    register_demo_args(d)
     d.set_defaults(func=cmd_demo)
 
 
@@ -141,25 +142,7 @@ def cmd_read(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Simulate a small ward cohort and draw one 12-lead picture per rhythm."""
-    from tqdm import tqdm
+    """``p2es demo``: the live ward demo (see :mod:`engine.demo`); ``--offline``: the cohort pictures."""
+    from engine.demo import cmd_demo as _cmd_demo
 
-    from p2es.plot import plot_ecg_paper, record_header
-    from wearable.sim import RHYTHMS, save_npz, synthesize
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    data = synthesize(args.records, args.seed)
-    path = save_npz(out / "cohort.npz", data)
-    print(f"simulated {args.records} records in {time.perf_counter() - t0:.2f} s -> {path}")
-    for name in tqdm(RHYTHMS, desc="plotting one record per rhythm", unit="fig"):
-        idx = np.flatnonzero(data["rhythm"] == name)
-        if idx.size == 0:
-            continue
-        i = int(idx[0])
-        title, subtitle = record_header(data, i)
-        plot_ecg_paper(data["ecg"][i], float(data["fs"]), out / f"{name}.png", ppg=data["ppg"][i],
-                       title=title, subtitle=subtitle, disclaimer="Simulated waveform - not a diagnostic ECG")
-    print(f"wrote {len(RHYTHMS)} pictures to {out}/ (one 12-lead ECG on 25 mm/s, 10 mm/mV paper per rhythm)")
-    return 0
+    return _cmd_demo(args)

@@ -76,7 +76,7 @@ async def simulate_async(broker_url: str, patients: int | list[SimPatient] = 3, 
                          binary: float = 0.0, reorder: float = 0.0, duplicate: float = 0.0,
                          username: str | None = None, password: str | None = None,
                          t_start: float | None = None, loop_s: float = 600.0,
-                         stop: asyncio.Event | None = None) -> dict:
+                         stop: asyncio.Event | None = None, mqtt_version: str = "5") -> dict:
     """Publish until ``duration_s`` of signal is sent (or ``stop`` is set); returns counters."""
     import aiomqtt
 
@@ -119,8 +119,9 @@ async def simulate_async(broker_url: str, patients: int | list[SimPatient] = 3, 
         nonlocal client
         delay = 0.2
         while not stop.is_set():
+            proto = aiomqtt.ProtocolVersion.V5 if mqtt_version == "5" else aiomqtt.ProtocolVersion.V311
             c = aiomqtt.Client(host, port, username=username or url_user, password=password or url_pw,
-                               protocol=aiomqtt.ProtocolVersion.V5, tls_context=tls_ctx, timeout=10)
+                               protocol=proto, tls_context=tls_ctx, timeout=10)
             fut = getattr(c, "_disconnected", None)  # aiomqtt sets an error here on a lost
             if isinstance(fut, asyncio.Future):       # connection; we handle it via publish()
                 fut.add_done_callback(lambda f: f.cancelled() or f.exception())

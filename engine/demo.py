@@ -1,0 +1,486 @@
+"""``p2es demo``: the live ward demo on an embedded default, needing no external services.
+
+::
+
+    p2es demo                      # in-process MQTT broker + simulated wearables + pipeline
+    p2es demo --offline            # the old demo: simulate a cohort, one picture per rhythm
+
+Without ``--broker`` an in-process `amqtt <https://github.com/Yakifo/amqtt>`_ broker is started
+on ``127.0.0.1`` (a free port).  The simulated wearables (:func:`wearable.publisher.simulate_async`)
+publish PPG of a handful of patients (mixed demographics, rhythms and device rates) and the live
+:class:`engine.pipeline.Pipeline` (no InfluxDB unless ``--influx-url``) reconstructs the 12-lead
+ECG.  A rich live table shows one row per patient (a compact line per refresh when stdout is not
+a terminal).  At the end (or on Ctrl-C / SIGTERM) every patient's last seconds of stitched ECG
+are drawn on ECG paper with the uncertainty band and the PPG under it.
+
+amqtt speaks MQTT 3.1.1 only, so with the embedded broker ingest and the simulator are configured
+with ``mqtt_version="3.1.1"`` (a persistent session instead of MQTT 5's session expiry); an
+external ``--broker`` gets MQTT 5.
+
+:func:`run_demo` returns a :class:`DemoSummary` (used by the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from p2es.errors import P2esError
+
+log = logging.getLogger("p2es.demo")
+
+__all__ = ["DemoPatient", "DemoSummary", "register_demo_args", "cmd_demo", "run_demo", "demo_patients"]
+
+DEFAULT_RHYTHMS = ("sinus", "af", "sinus_tachy", "pvc", "sinus_brady", "long_qt",
+                   "st_elevation", "st_depression")
+DEFAULT_RATES = (64.0, 100.0, 25.0, 250.0, 125.0, 500.0)
+DISCLAIMER = "Reconstructed from PPG - not a diagnostic ECG"
+
+
+# ------------------------------------------------------------------------------ results
+@dataclass
+class DemoPatient:
+    id: str
+    age: float
+    sex: str
+    rhythm: str
+    fs_device: float
+    ppg: np.ndarray  # the published signal, at fs_device
+    t_start: float  # device time of ppg[0]
+    windows: int = 0
+    chunks: list = field(default_factory=list)  # EcgChunk, in emission order
+    hr_ecg: list = field(default_factory=list)
+    hr_ppg: list = field(default_factory=list)
+    uncertainty: float = math.nan
+    sqi: float = math.nan
+    png: Path | None = None
+
+    @property
+    def ecg_samples(self) -> int:
+        return int(sum(c.ecg.shape[1] for c in self.chunks))
+
+    def stitched(self) -> tuple[float, float, np.ndarray, np.ndarray] | None:
+        """(t0, fs, ecg [12,n], std [12,n]) of the last continuous run of emitted chunks."""
+        if not self.chunks:
+            return None
+        fs = float(self.chunks[0].fs)
+        run = [self.chunks[-1]]
+        for c in reversed(self.chunks[:-1]):
+            if abs(c.t0 + c.ecg.shape[1] / fs - run[0].t0) > 0.5 / fs:
+                break
+            run.insert(0, c)
+        return (float(run[0].t0), fs, np.concatenate([c.ecg for c in run], axis=1),
+                np.concatenate([c.std for c in run], axis=1))
+
+    @property
+    def continuous(self) -> bool:
+        """Every emitted chunk starts exactly where the previous one ended (no gap, no overlap)."""
+        if not self.chunks:
+            return False
+        fs = float(self.chunks[0].fs)
+        return all(abs(b.t0 - (a.t0 + a.ecg.shape[1] / fs)) <= 0.5 / fs
+                   for a, b in zip(self.chunks, self.chunks[1:]))
+
+    @property
+    def hr_error(self) -> float:
+        """Mean |HR_ecg - HR_ppg| over the windows where both are known (bpm)."""
+        d = [abs(e - p) for e, p in zip(self.hr_ecg, self.hr_ppg) if np.isfinite(e) and np.isfinite(p)]
+        return float(np.mean(d)) if d else math.nan
+
+
+@dataclass
+class DemoSummary:
+    patients: dict[str, DemoPatient]
+    out: Path
+    wall_s: float
+    windows: int
+    interrupted: bool
+    broker: str
+    stats: dict[str, Any]
+
+    @property
+    def pngs(self) -> list[Path]:
+        return [p.png for p in self.patients.values() if p.png is not None]
+
+
+# ------------------------------------------------------------------------------ CLI
+def register_demo_args(d: argparse.ArgumentParser) -> None:
+    from p2es.argtypes import finite_float as _float, positive_int as _positive_int
+
+    d.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    d.add_argument("--offline", action="store_true",
+                   help="no live pipeline: simulate a cohort and draw one 12-lead picture per rhythm")
+    d.add_argument("--records", type=_positive_int, default=256, help="(--offline) cohort size")
+    d.add_argument("--seed", type=int, default=2026)
+    d.add_argument("--patients", type=_positive_int, default=4, help="simulated patients (default 4)")
+    d.add_argument("--duration", type=_float, default=40.0, help="seconds of signal (default 40)")
+    d.add_argument("--speed", type=_float, default=2.0, help="time-lapse factor (default 2)")
+    d.add_argument("--broker", default=None,
+                   help="use this mqtt://HOST:PORT broker instead of the embedded one")
+    d.add_argument("--influx-url", default=None, help="also write to this InfluxDB (default: no sink)")
+    d.add_argument("--influx-db", default="p2es")
+    d.add_argument("--checkpoint", default=None, help="checkpoint set (default: the shipped one)")
+    d.add_argument("--steps", type=_positive_int, default=10, help="sampler steps (default 10)")
+    d.add_argument("--k", type=_positive_int, default=2, help="samples per window (default 2)")
+    d.add_argument("--threads", type=_positive_int, default=2, help="torch threads (default 2)")
+    d.add_argument("--plot-s", type=_float, default=9.0, help="seconds of ECG per picture (default 9)")
+    d.add_argument("--refresh", type=_float, default=None,
+                   help="live view refresh interval in s (default 0.5; 2 when stdout is not a terminal)")
+    d.add_argument("--no-live", action="store_true", help="compact log lines instead of the live table")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if getattr(args, "offline", False):
+        return cmd_demo_offline(args)
+    s = run_demo(args)
+    return 130 if s.interrupted else 0
+
+
+def cmd_demo_offline(args: argparse.Namespace) -> int:
+    """Simulate a small ward cohort and draw one 12-lead picture per rhythm."""
+    from tqdm import tqdm
+
+    from p2es.plot import plot_ecg_paper, record_header
+    from wearable.sim import RHYTHMS, save_npz, synthesize
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    data = synthesize(args.records, args.seed)
+    path = save_npz(out / "cohort.npz", data)
+    print(f"simulated {args.records} records in {time.perf_counter() - t0:.2f} s -> {path}")
+    n = 0
+    for name in tqdm(RHYTHMS, desc="plotting one record per rhythm", unit="fig"):
+        idx = np.flatnonzero(data["rhythm"] == name)
+        if idx.size == 0:
+            continue
+        i = int(idx[0])
+        title, subtitle = record_header(data, i)
+        plot_ecg_paper(data["ecg"][i], float(data["fs"]), out / f"{name}.png", ppg=data["ppg"][i],
+                       title=title, subtitle=subtitle, disclaimer="Simulated waveform - not a diagnostic ECG")
+        n += 1
+    print(f"wrote {n} pictures to {out}/ (one 12-lead ECG on 25 mm/s, 10 mm/mV paper per rhythm)")
+    return 0
+
+
+# ------------------------------------------------------------------------------ pieces
+def demo_patients(n: int, *, seed: int, duration_s: float):
+    """``n`` simulated wearables with mixed rhythms, demographics and device rates."""
+    from wearable.publisher import SimPatient, _resample
+    from wearable.sim import synthesize
+
+    pats = []
+    for i in range(n):
+        rhythm = DEFAULT_RHYTHMS[i % len(DEFAULT_RHYTHMS)]
+        d = synthesize(1, seed + 7919 * i, duration_s=float(duration_s), fs=128.0, rhythm_mix=rhythm,
+                       noisy_ecg=False)
+        fs = DEFAULT_RATES[i % len(DEFAULT_RATES)]
+        prof = {"age": float(d["age"][0]), "sex": "M" if int(d["sex"][0]) == 1 else "F",
+                "height_cm": float(d["height_cm"][0]), "weight_kg": float(d["weight_kg"][0])}
+        pats.append(SimPatient(f"ward-{i:03d}", fs, _resample(d["ppg"][0], 128.0, fs), prof,
+                               str(d["rhythm"][0])))
+    return pats
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _start_broker():
+    """An in-process amqtt broker on 127.0.0.1:<free port>; returns (broker, url)."""
+    try:
+        from amqtt.broker import Broker
+    except ImportError as e:  # pragma: no cover
+        raise P2esError("the embedded broker needs amqtt (pip install amqtt), or pass --broker") from e
+    for logger in ("amqtt", "transitions", "passlib"):
+        logging.getLogger(logger).setLevel(logging.ERROR)
+    last: Exception | None = None
+    for _ in range(5):
+        port = _free_port()
+        broker = Broker({"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+                         "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin":
+                                     {"allow_anonymous": True}}})
+        try:
+            await broker.start()
+            return broker, f"mqtt://127.0.0.1:{port}"
+        except Exception as e:  # noqa: BLE001 - port taken in between: try another
+            last = e
+    raise P2esError(f"cannot start the embedded MQTT broker: {last}")
+
+
+def _fmt(x: float, spec: str = ".0f") -> str:
+    return "-" if x is None or not np.isfinite(x) else format(x, spec)
+
+
+class _View:
+    """The live view: a rich table on a terminal, a compact line per refresh otherwise."""
+
+    def __init__(self, live: bool, speed: float, t_start: float, duration: float) -> None:
+        self.live_mode = live
+        self.speed, self.t_start, self.duration = speed, t_start, duration
+        self._live = None
+
+    def lag(self, p: DemoPatient) -> float:
+        if not p.chunks:
+            return math.nan
+        c = p.chunks[-1]
+        end = c.t0 + c.ecg.shape[1] / c.fs - self.t_start  # signal seconds reconstructed
+        return time.time() - (self.t_start + end / self.speed)  # wall s since the wearable sent it
+
+    def table(self, pats: dict[str, DemoPatient], st: dict, elapsed: float):
+        from rich.table import Table
+
+        from rich import box
+
+        t = Table(title=f"p2es live ward demo - {elapsed:5.1f} s (speed x{self.speed:g})",
+                  caption=self.footer(st), expand=False, box=box.SIMPLE_HEAD,
+                  pad_edge=False, collapse_padding=True)
+        for col, j in [("patient", "left"), ("age/sex", "left"), ("rhythm", "left"), ("HRppg", "right"),
+                       ("HRecg", "right"), ("SQI", "right"), ("unc mV", "right"), ("lag s", "right"),
+                       ("win", "right")]:
+            t.add_column(col, justify=j, no_wrap=True)
+        for p in pats.values():
+            t.add_row(p.id, f"{p.age:.0f}/{p.sex}", p.rhythm,
+                      _fmt(p.hr_ppg[-1] if p.hr_ppg else math.nan),
+                      _fmt(p.hr_ecg[-1] if p.hr_ecg else math.nan), _fmt(p.sqi, ".2f"),
+                      _fmt(p.uncertainty, ".3f"), _fmt(self.lag(p), ".1f"), str(p.windows))
+        return t
+
+    @staticmethod
+    def footer(st: dict) -> str:
+        q = st.get("queue_depth", {})
+        return (f"windows {st.get('windows', 0)} ({st.get('windows_per_s', 0.0):.2f}/s) | "
+                f"batch mean {_fmt(st.get('batch_size_mean', math.nan), '.1f')} "
+                f"max {st.get('batch_size_max', 0)} | queue ingest {q.get('ingest', 0)} "
+                f"engine {q.get('batcher', 0)}")
+
+    def line(self, pats: dict[str, DemoPatient], st: dict, elapsed: float) -> str:
+        parts = [f"{p.id} {p.rhythm} w{p.windows} "
+                 f"hr {_fmt(p.hr_ppg[-1] if p.hr_ppg else math.nan)}/"
+                 f"{_fmt(p.hr_ecg[-1] if p.hr_ecg else math.nan)} lag {_fmt(self.lag(p), '.1f')}"
+                 for p in pats.values()]
+        return f"[{elapsed:5.1f}s] " + "; ".join(parts) + " | " + self.footer(st)
+
+    def __enter__(self):
+        if self.live_mode:
+            from rich.live import Live
+
+            self._live = Live(refresh_per_second=4, transient=False)
+            self._live.__enter__()
+        return self
+
+    def update(self, pats, st, elapsed) -> None:
+        if self._live is not None:
+            self._live.update(self.table(pats, st, elapsed))
+        else:
+            print(self.line(pats, st, elapsed), flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+            self._live = None
+
+
+def _draw(p: DemoPatient, out: Path, plot_s: float) -> Path | None:
+    from p2es.plot import plot_ecg_paper
+
+    s = p.stitched()
+    if s is None:
+        return None
+    t0, fs, ecg, std = s
+    n = min(ecg.shape[1], int(round(plot_s * fs)))
+    ecg, std = ecg[:, -n:], std[:, -n:]
+    total = s[2].shape[1]
+    t = t0 + np.arange(total - n, total) / fs
+    tp = p.t_start + np.arange(p.ppg.size) / p.fs_device
+    ppg = np.interp(t, tp, p.ppg, left=np.nan, right=np.nan)
+    ppg = np.where(np.isfinite(ppg), ppg, np.nanmean(ppg) if np.isfinite(ppg).any() else 0.0)
+    he = p.hr_ecg[-1] if p.hr_ecg else math.nan
+    hp = p.hr_ppg[-1] if p.hr_ppg else math.nan
+    title = f"{p.id} - {p.age:.0f} y {p.sex} - simulated rhythm: {p.rhythm}"
+    sub = (f"last {n / fs:.1f} s of the live stitched ECG; HR ecg {_fmt(he)} / ppg {_fmt(hp)} bpm; "
+           f"device {p.fs_device:g} Hz; band = mean +/- 2 sd of the model's samples")
+    return plot_ecg_paper(ecg, fs, out / f"{p.id}.png", ppg=ppg, band=(ecg - 2 * std, ecg + 2 * std),
+                          title=title, subtitle=sub, disclaimer=DISCLAIMER)
+
+
+# ------------------------------------------------------------------------------ run
+def _validate(args: argparse.Namespace) -> None:
+    from engine.reconstruct import DEFAULT_CHECKPOINT
+
+    if not args.speed > 0:
+        raise P2esError(f"--speed must be > 0, got {args.speed:g}")
+    if not args.duration >= 8.0:
+        raise P2esError(f"--duration must be >= 8 s (one model window), got {args.duration:g}")
+    if not args.plot_s > 0:
+        raise P2esError(f"--plot-s must be > 0, got {args.plot_s:g}")
+    if args.refresh is not None and not args.refresh > 0:
+        raise P2esError(f"--refresh must be > 0, got {args.refresh:g}")
+    ckpt = Path(args.checkpoint) if args.checkpoint else Path(DEFAULT_CHECKPOINT)
+    if not ckpt.is_file():
+        raise P2esError(f"checkpoint not found: {ckpt}")
+    if args.broker and not (args.broker.startswith("mqtt://") or args.broker.startswith("mqtts://")):
+        raise P2esError(f"--broker must be mqtt://HOST:PORT or mqtts://HOST:PORT, got {args.broker!r}")
+    if args.influx_url and not (args.influx_url.startswith("http://") or args.influx_url.startswith("https://")):
+        raise P2esError(f"--influx-url must be http(s)://HOST:PORT, got {args.influx_url!r}")
+
+
+def run_demo(args: argparse.Namespace, *, live: bool | None = None) -> DemoSummary:
+    """Run the live demo (blocking); SIGINT/SIGTERM end it early, cleanly, with the pictures."""
+    _validate(args)
+    if live is None:
+        live = sys.stdout.isatty() and not getattr(args, "no_live", False)
+    if args.refresh is None:
+        args.refresh = 0.5 if live else 2.0
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return asyncio.run(_run(args, live))
+
+
+async def _run(args: argparse.Namespace, live: bool) -> DemoSummary:
+    from engine.pipeline import Pipeline, PipelineConfig, new_client_id
+    from wearable.publisher import simulate_async
+
+    wall0 = t_view = time.monotonic()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+
+    # one extra second of signal: the streaming resampler holds back a few input samples, so
+    # the window ending exactly at --duration needs a little more to be complete
+    sims = demo_patients(args.patients, seed=args.seed, duration_s=args.duration + 2.0)
+    t_start = time.time()
+    pats = {s.id: DemoPatient(s.id, float(s.profile["age"]), s.profile["sex"], s.rhythm, s.fs,
+                              s.ppg, t_start) for s in sims}
+
+    def on_ecg(c) -> None:
+        p = pats.get(c.patient)
+        if p is not None:
+            p.chunks.append(c)
+
+    def on_vitals(v) -> None:
+        p = pats.get(v.patient)
+        if p is not None:
+            p.windows += 1
+            p.hr_ecg.append(float(v.hr_bpm))
+            p.hr_ppg.append(float(v.hr_ppg_bpm))
+            p.uncertainty, p.sqi = float(v.uncertainty), float(v.sqi)
+
+    broker = None
+    pipe = None
+    sim_task = None
+    interrupted = False
+    stats: dict[str, Any] = {}
+    # the embedded amqtt broker speaks MQTT 3.1.1 only; an external broker gets MQTT 5
+    mqtt_version = "5" if args.broker else "3.1.1"
+    try:
+        if args.broker:
+            url = args.broker
+        else:
+            broker, url = await _start_broker()
+        try:
+            cfg = PipelineConfig(broker=url, client_id=new_client_id("p2es-demo"), mqtt_version=mqtt_version,
+                                 influx_url=args.influx_url, influx_db=args.influx_db,
+                                 checkpoint=args.checkpoint, steps=args.steps, k=args.k,
+                                 threads=args.threads, max_wait_ms=100.0, seed=args.seed,
+                                 stream_reorder_wait_s=1.0, spool_dir=str(out / ".spool"))
+        except ValueError as e:
+            raise P2esError(str(e).splitlines()[0]) from None
+        pipe = Pipeline(cfg, on_ecg=on_ecg, on_vitals=on_vitals)
+        try:
+            await pipe.start()
+        except ValueError as e:
+            raise P2esError(str(e)) from None
+        # the wearables start once ingest listens, so no chunk is published before
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(
+                asyncio.shield(pipe.ingest.connected.wait()), 15.0)
+        if not pipe.ingest.connected.is_set():
+            raise P2esError(f"ingest could not connect to the broker {url}")
+        sim_stop = asyncio.Event()
+        sim_task = asyncio.create_task(simulate_async(
+            url, sims, speed=args.speed, seed=args.seed, duration_s=args.duration + 1.0,
+            t_start=t_start, stop=sim_stop, mqtt_version=mqtt_version), name="p2es-demo-sim")
+        expected = int((args.duration - 8.0) // 4.0) + 1  # at most, full windows per patient
+        t_sim_done = t_quiet = None
+        last_windows = -1
+        with _View(live, args.speed, t_start, args.duration) as view:
+            while True:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), args.refresh if not t_sim_done else 0.25)
+                st = pipe.stats()
+                now = time.monotonic()
+                if now - t_view >= args.refresh or stop.is_set():
+                    view.update(pats, st, now - wall0)
+                    t_view = now
+                if stop.is_set():
+                    interrupted = True
+                    break
+                if sim_task.done():
+                    if sim_task.exception() is not None:
+                        raise P2esError(f"simulated wearables failed: {sim_task.exception()}")
+                    t_sim_done = t_sim_done or now
+                    # all published: done once every window is in, or nothing moved for a while
+                    busy = (st["queue_depth"]["ingest"] or st["queue_depth"]["batcher"]
+                            or any(v["pending"] for v in st["patients"].values()))
+                    if st["windows"] != last_windows or busy:
+                        last_windows, t_quiet = st["windows"], now
+                    if all(p.windows >= expected for p in pats.values()) \
+                            or now - t_quiet > 2.5 or now - t_sim_done > 30.0:
+                        break
+            sim_stop.set()
+            if sim_task is not None and not sim_task.done():
+                with contextlib.suppress(asyncio.TimeoutError, Exception):
+                    await asyncio.wait_for(sim_task, 5.0)
+            await pipe.stop(timeout=10.0 if interrupted else 30.0)
+            stats = pipe.stats()
+            view.update(pats, stats, time.monotonic() - wall0)
+    finally:
+        if sim_task is not None and not sim_task.done():
+            sim_task.cancel()
+            with contextlib.suppress(BaseException):
+                await sim_task
+        if pipe is not None:
+            with contextlib.suppress(Exception):
+                await pipe.stop(timeout=5.0)
+        if broker is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(broker.shutdown(), 5.0)
+        for sig in installed:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+
+    # pictures + summary (also after Ctrl-C: what was reconstructed so far)
+    for p in pats.values():
+        try:
+            p.png = await asyncio.to_thread(_draw, p, out, args.plot_s)
+        except Exception as e:  # noqa: BLE001 - one bad picture must not hide the others
+            log.warning("cannot draw %s: %s", p.id, e)
+    wall = time.monotonic() - wall0
+    print(f"p2es demo: {'interrupted' if interrupted else 'done'} in {wall:.1f} s, "
+          f"{stats.get('windows', 0)} windows ({stats.get('windows_per_s', 0.0):.2f}/s), "
+          f"broker {'embedded ' if broker is not None else ''}{url}")
+    for p in pats.values():
+        print(f"  {p.id}  {p.age:3.0f}/{p.sex}  {p.rhythm:<14s} windows {p.windows:3d}  "
+              f"ECG {p.ecg_samples / 128.0:5.1f} s  mean |HR_ecg - HR_ppg| {_fmt(p.hr_error, '.1f')} bpm"
+              f"  -> {p.png if p.png else 'no picture (no ECG yet)'}")
+    return DemoSummary(pats, out, wall, int(stats.get("windows", 0)), interrupted, url, stats)

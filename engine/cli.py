@@ -19,6 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     register_live(sub)
 
+    from engine.cli_bench import register_bench
+
+    register_bench(sub)
+
 
 # --------------------------------------------------------------------------- p2es eval
 

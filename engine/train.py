@@ -79,6 +79,7 @@ class TrainConfig:
     workers: int = 0                   # DataLoader workers for the simulator (0: in-process)
     half_weights: bool = False         # store fp16 weights in the checkpoint set
     progress: bool = True              # tqdm bar
+    stop_at: int = 0                   # stop (resumably) after this step; 0 = run to `steps`
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "chunk_records"):
@@ -88,7 +89,7 @@ class TrainConfig:
             raise P2esError(f"lr must be > 0, got {self.lr}")
         if self.duration_s <= 0 or not 25.0 <= self.fs <= 2000.0:
             raise P2esError(f"duration-s must be > 0 and fs within 25-2000 Hz, got {self.duration_s}, {self.fs}")
-        for name in ("warmup", "ckpt_every", "workers", "num_threads", "group_refit_every"):
+        for name in ("warmup", "ckpt_every", "workers", "num_threads", "group_refit_every", "stop_at"):
             if int(getattr(self, name)) < 0:
                 raise P2esError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
 
@@ -249,7 +250,8 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike, resume: bool = False) -
         bar = tqdm(total=cfg.steps, initial=step, desc=name, unit="step", dynamic_ncols=True)
     model.train()
     t_start, smooth, n_win, t_win = time.perf_counter(), None, 0, time.perf_counter()
-    while step < cfg.steps:
+    last = min(cfg.steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.steps
+    while step < last:
         batch = {k: v.to(dev, non_blocking=True) for k, v in next(it).items()}
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
@@ -284,7 +286,7 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike, resume: bool = False) -
             save()
     if bar is not None:
         bar.close()
-    save(final=True)
+    save(final=step >= cfg.steps)
     return {"name": name, "steps": step, "history": history, "params": model.num_params(),
             "seconds": time.perf_counter() - t_start, "model": ema.model, "schedule": schedule}
 

@@ -16,6 +16,7 @@ BATCH=${BATCH:-16}
 DEVICE=${DEVICE:-cpu}
 PARALLEL=${PARALLEL:-2}
 PPG_FRONTEND=${PPG_FRONTEND:-0.0}
+STOP_AT=${STOP_AT:-0}
 OUT=${OUT:-engine/weights/p2es_set.pt}
 P2ES=${P2ES:-.venv/bin/p2es}
 LOG=${LOG:-out/train}
@@ -24,7 +25,7 @@ mkdir -p "$(dirname "$OUT")" "$LOG"
 run() {
   "$P2ES" train --variant "$1" --steps "$STEPS" --batch-size "$BATCH" --lr 1e-3 --warmup 200 \
     --seed 0 --device "$DEVICE" --num-threads 1 --ckpt-every 250 --half-weights true \
-    --ppg-frontend "$PPG_FRONTEND" --progress false --log-every 50 --out "$OUT" --resume \
+    --ppg-frontend "$PPG_FRONTEND" --stop-at "$STOP_AT" --progress false --log-every 50 --out "$OUT" --resume \
     > "$LOG/$1.steps$STEPS.log" 2>&1
 }
 i=0

@@ -56,3 +56,16 @@ def test_train_tiny_run_writes_a_loadable_set(tmp_path, capsys):
     assert "ddpm" in list_models(out)
     entry = load_model(out, "ddpm")
     assert entry is not None
+
+
+def test_stop_at_then_resume_finishes_the_same_schedule(tmp_path, capsys):
+    from engine.checkpoint import list_models
+
+    out = tmp_path / "s.pt"
+    args = ["train", "--out", str(out), *TINY[2:], "--variant", "ddpm", "--steps", "4", "--resume"]
+    assert run(capsys, *args, "--stop-at", "2")[0] == 0
+    meta = list_models(out)["ddpm"]
+    assert meta["steps"] == 2 and meta["final"] is False
+    assert run(capsys, *args)[0] == 0
+    meta = list_models(out)["ddpm"]
+    assert meta["steps"] == 4 and meta["final"] is True

@@ -171,7 +171,7 @@ class _bar:
 async def _live(backend, *, patients: int, duration_s: float, window_s: float, hop_s: float,
                 steps: int, k: int, threads: int | None, device: str, max_batch: int, seed: int,
                 checkpoint: str | None, progress: bool) -> dict[str, Any]:
-    from engine.demo import _start_broker
+    from engine.demo import _start_broker, shutdown_live
     from engine.pipeline import Pipeline, PipelineConfig, new_client_id
     from wearable.publisher import simulate_async
 
@@ -234,16 +234,7 @@ async def _live(backend, *, patients: int, duration_s: float, window_s: float, h
         await pipe.stop(timeout=30.0)
         st = pipe.stats()
     finally:
-        if sim_task is not None and not sim_task.done():
-            sim_task.cancel()
-            with contextlib.suppress(BaseException):
-                await sim_task
-        if pipe is not None:
-            with contextlib.suppress(Exception):
-                await pipe.stop(timeout=5.0)
-        if broker is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(broker.shutdown(), 5.0)
+        await shutdown_live(sim_task, pipe, broker)
     done = int(st["windows"])
     dropped = int(st["ingest"].get("windows_dropped", 0) or 0)
     errors = sum(int(v.get("errors", 0)) for v in st["patients"].values())

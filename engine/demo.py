@@ -222,6 +222,20 @@ async def _start_broker():
     raise P2esError(f"cannot start the embedded MQTT broker: {last}")
 
 
+
+async def shutdown_live(sim_task, pipe, broker) -> None:
+    """Cancel the simulated wearables, stop the pipeline and the embedded broker; never raises."""
+    if sim_task is not None and not sim_task.done():
+        sim_task.cancel()
+        with contextlib.suppress(BaseException):
+            await sim_task
+    if pipe is not None:
+        with contextlib.suppress(Exception):
+            await pipe.stop(timeout=5.0)
+    if broker is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(broker.shutdown(), 5.0)
+
 def _fmt(x: float, spec: str = ".0f") -> str:
     return "-" if x is None or not np.isfinite(x) else format(x, spec)
 
@@ -455,16 +469,7 @@ async def _run(args: argparse.Namespace, live: bool) -> DemoSummary:
             stats = pipe.stats()
             view.update(pats, stats, time.monotonic() - wall0)
     finally:
-        if sim_task is not None and not sim_task.done():
-            sim_task.cancel()
-            with contextlib.suppress(BaseException):
-                await sim_task
-        if pipe is not None:
-            with contextlib.suppress(Exception):
-                await pipe.stop(timeout=5.0)
-        if broker is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(broker.shutdown(), 5.0)
+        await shutdown_live(sim_task, pipe, broker)
         for sig in installed:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)

@@ -172,7 +172,7 @@ async def _live(backend, *, patients: int, duration_s: float, window_s: float, h
                 steps: int, k: int, threads: int | None, device: str, max_batch: int, seed: int,
                 checkpoint: str | None, progress: bool) -> dict[str, Any]:
     from engine.demo import _start_broker, shutdown_live
-    from engine.pipeline import Pipeline, PipelineConfig, new_client_id
+    from engine.pipeline import Pipeline, PipelineConfig, is_busy, new_client_id
     from wearable.publisher import simulate_async
 
     for name in ("amqtt", "transitions", "passlib", "aiomqtt"):
@@ -222,8 +222,7 @@ async def _live(backend, *, patients: int, duration_s: float, window_s: float, h
                     if sim_task.exception() is not None:
                         raise P2esError(f"simulated wearables failed: {sim_task.exception()}")
                     t_sim_done = t_sim_done or now
-                    busy = (st["queue_depth"]["ingest"] or st["queue_depth"]["batcher"]
-                            or any(v["pending"] for v in st["patients"].values()))
+                    busy = is_busy(st)
                     if st["windows"] != last or busy:
                         last, t_quiet = st["windows"], now
                     if st["windows"] >= expected * patients or now - t_quiet > 3.0 \

@@ -365,7 +365,7 @@ def run_demo(args: argparse.Namespace, *, live: bool | None = None) -> DemoSumma
 
 
 async def _run(args: argparse.Namespace, live: bool) -> DemoSummary:
-    from engine.pipeline import Pipeline, PipelineConfig, new_client_id
+    from engine.pipeline import Pipeline, PipelineConfig, is_busy, new_client_id
     from wearable.publisher import simulate_async
 
     wall0 = t_view = time.monotonic()
@@ -454,8 +454,7 @@ async def _run(args: argparse.Namespace, live: bool) -> DemoSummary:
                         raise P2esError(f"simulated wearables failed: {sim_task.exception()}")
                     t_sim_done = t_sim_done or now
                     # all published: done once every window is in, or nothing moved for a while
-                    busy = (st["queue_depth"]["ingest"] or st["queue_depth"]["batcher"]
-                            or any(v["pending"] for v in st["patients"].values()))
+                    busy = is_busy(st)
                     if st["windows"] != last_windows or busy:
                         last_windows, t_quiet = st["windows"], now
                     if all(p.windows >= expected for p in pats.values()) \

@@ -477,3 +477,10 @@ class Pipeline:
 
 def new_client_id(prefix: str = "p2es-engine") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def is_busy(stats: dict[str, Any]) -> bool:
+    """True while work is still in flight: windows queued in ingest or the batcher, or
+    windows taken but not yet stitched (``stats`` is :meth:`Pipeline.stats`)."""
+    return bool(stats["queue_depth"]["ingest"] or stats["queue_depth"]["batcher"]
+                or any(v["pending"] for v in stats["patients"].values()))

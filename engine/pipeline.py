@@ -90,6 +90,8 @@ class PipelineConfig(BaseModel):
     stream_reorder_wait_s: float = Field(2.0, gt=0)
     max_inflight: int = Field(256, ge=1)  # windows submitted but not yet written (back-pressure)
     idle_flush_s: float = Field(20.0, gt=0)  # flush a patient's stitcher after this long silent
+    publish_vitals: bool = True  # vitals JSON on p2es/v1/patients/{id}/vitals (alerts consume it)
+    health_interval_s: float = Field(10.0, ge=0)  # `pipeline` measurement every N s (0 = off)
 
     @field_validator("broker")
     @classmethod
@@ -292,10 +294,18 @@ class Pipeline:
             self._dispatch(w)
 
     async def _housekeeping(self) -> None:
-        """Flush the stitcher of a patient that has sent nothing for ``idle_flush_s``."""
+        """Flush the stitcher of a patient that has sent nothing for ``idle_flush_s``; write
+        the ``pipeline`` health point every ``health_interval_s``."""
+        next_health = time.monotonic() + self.config.health_interval_s
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
+            if self.config.health_interval_s and now >= next_health and self.writer is not None:
+                next_health = now + self.config.health_interval_s
+                try:
+                    await self.writer.put(self.health_line())
+                except Exception:  # noqa: BLE001 - health reporting must never stop the pipeline
+                    log.exception("could not write the pipeline health point")
             for st in self._patients.values():
                 if not st.flushed and now - st.last_window_mono > self.config.idle_flush_s:
                     st.flushed = True
@@ -388,8 +398,7 @@ class Pipeline:
             self.metrics.observe_window(res)
         if v is not None:
             st.hr_ppg, st.hr_ecg = v.hr_ppg_bpm, v.hr_bpm
-            fields = {"hr_bpm": v.hr_bpm, "hr_ppg_bpm": v.hr_ppg_bpm, "qrs_ms": v.qrs_ms,
-                      "qtc_ms": v.qtc_ms, "sqi": v.sqi, "uncertainty": v.uncertainty}
+            fields = v.fields()
             t_ns = int(sample_times_ns(st.t0_ns, self.fs, 1, s)[0])
             if self.writer is not None:
                 ln = vitals_line(st.patient, t_ns, fields)
@@ -398,6 +407,8 @@ class Pipeline:
                     await self.writer.put(ln)
             else:
                 st.vitals += 1
+            if self.config.publish_vitals and self.ingest is not None:
+                await self.ingest.publish(vitals_topic(st.patient), vitals_json(v), qos=1)
             if self.on_vitals is not None:
                 self.on_vitals(v)
         e2e = time.time() - float(w.created_at)
@@ -442,6 +453,50 @@ class Pipeline:
                 self.metrics.observe_stage("sink", dt)
 
     # ------------------------------------------------------------------ stats
+    def health_fields(self) -> dict[str, float | int]:
+        """One snapshot of pipeline health (the ``pipeline`` measurement; see the README)."""
+        s = self.stats()
+        ing, wr, lat = s["ingest"], s["writer"], s["latency_s"]
+        now = time.monotonic()
+        active = sum(1 for st in self._patients.values() if now - st.last_window_mono < 30.0)
+        return {
+            "windows_total": int(s["windows"]),
+            "windows_per_s": float(self._recent_rate(now)),
+            "patients_active": int(active),
+            "batch_size_mean": float(s["batch_size_mean"]),
+            "queue_ingest": int(s["queue_depth"]["ingest"]),
+            "queue_batcher": int(s["queue_depth"]["batcher"]),
+            "latency_e2e_p50_s": float(lat["e2e"]["p50"]),
+            "latency_e2e_p95_s": float(lat["e2e"]["p95"]),
+            "latency_compute_p50_s": float(lat["compute"]["p50"]),
+            "latency_queue_p50_s": float(lat["queue"]["p50"]),
+            "messages_in_total": int(ing.get("messages_in", 0)),
+            "deadletters_total": int(ing.get("invalid_total", 0)),
+            "windows_dropped_total": int(ing.get("windows_dropped", 0)),
+            "points_written_total": int(wr.get("points_written", 0)),
+            "sink_deadletter_batches_total": int(wr.get("dead_letters", 0)),
+            "spool_batches": int(wr.get("spool_records", 0) or 0),
+            "spool_bytes": int(wr.get("spool_bytes", 0) or 0),
+            "influx_down": int(wr.get("db_down", 0) or 0),
+            "errors_total": int(sum(st.errors for st in self._patients.values())),
+        }
+
+    def _recent_rate(self, now: float) -> float:
+        """Windows per second over the last health interval (whole uptime for the first)."""
+        prev = getattr(self, "_rate_mark", None)
+        self._rate_mark = (now, self._windows_done)
+        if prev is None:
+            up = now - (self._started_mono or now)
+            return self._windows_done / up if up > 0 else 0.0
+        dt = now - prev[0]
+        return (self._windows_done - prev[1]) / dt if dt > 0 else 0.0
+
+    def health_line(self, time_ns: int | None = None) -> str:
+        from sink.lineprotocol import line
+
+        t = time.time_ns() if time_ns is None else int(time_ns)
+        return line(PIPELINE_MEASUREMENT, {"instance": self.config.client_id}, self.health_fields(), t) + "\n"
+
     def stats(self) -> dict[str, Any]:
         now = time.time()
         up = (time.monotonic() - self._started_mono) if self._started_mono else 0.0
@@ -473,6 +528,23 @@ class Pipeline:
             "ingest": self.ingest.counters() if self.ingest else {},
             "writer": self.writer.counters if self.writer is not None else {},
         }
+
+
+PIPELINE_MEASUREMENT = "pipeline"
+
+
+def vitals_topic(patient: str, prefix: str = "p2es/v1") -> str:
+    return f"{prefix}/patients/{patient}/vitals"
+
+
+def vitals_json(v: Any) -> str:
+    """The MQTT vitals message: ``{"patient", "t", <field>: value | null, ...}``."""
+    import json
+
+    d: dict[str, Any] = {"patient": v.patient, "t": float(v.t)}
+    for k, x in v.fields().items():
+        d[k] = None if not math.isfinite(x) else round(x, 6)
+    return json.dumps(d, separators=(",", ":"))
 
 
 def new_client_id(prefix: str = "p2es-engine") -> str:

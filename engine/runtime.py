@@ -33,8 +33,8 @@ import torch
 from engine import sampler
 from engine.data import demographics as demo_arrays, ppg_features
 from engine.reconstruct import crossfade_weights
-from p2es.leads import LEAD_INDEX
-from p2es.signal import delineate, detect_ppg_beats, detect_r_peaks, heart_rate_bpm
+from p2es.leads import LEAD_INDEX, st_group_deviation
+from p2es.signal import delineate, detect_ppg_beats, detect_r_peaks, heart_rate_bpm, rr_irregularity
 
 
 # ------------------------------------------------------------------------------ messages
@@ -82,6 +82,20 @@ class Vitals:
     qtc_ms: float  # Fridericia
     sqi: float
     uncertainty: float  # median per-sample std over the 12 leads (mV)
+    rr_irregularity: float = math.nan  # nRMSSD of the reconstructed lead II RR intervals
+    st_septal_mv: float = math.nan  # signed ST deviation per lead group (p2es.leads.st_group_deviation)
+    st_anterior_mv: float = math.nan
+    st_lateral_mv: float = math.nan
+    st_inferior_mv: float = math.nan
+
+    def fields(self) -> dict[str, float]:
+        """The numeric values by InfluxDB / MQTT field name (NaN = not measurable)."""
+        return {k: float(getattr(self, k)) for k in VITALS_FIELDS}
+
+
+VITALS_FIELDS: tuple[str, ...] = (
+    "hr_bpm", "hr_ppg_bpm", "qrs_ms", "qtc_ms", "sqi", "uncertainty", "rr_irregularity",
+    "st_septal_mv", "st_anterior_mv", "st_lateral_mv", "st_inferior_mv")
 
 
 # ------------------------------------------------------------------------------ backends
@@ -300,5 +314,7 @@ def window_vitals(res: WindowResult) -> Vitals:
     feet = detect_ppg_beats(np.asarray(req.ppg, dtype=np.float64), fs)["feet"]
     hr_ppg = heart_rate_bpm(feet, fs)
     unc = float(np.median(res.std)) if np.isfinite(res.std).any() else math.nan
+    st = st_group_deviation(d.st_mv)
     return Vitals(req.patient, req.t0, float(hr), float(hr_ppg), float(d.qrs_ms), float(d.qtc_fridericia_ms),
-                  float(req.sqi), unc)
+                  float(req.sqi), unc, float(rr_irregularity(r, fs)),
+                  st["septal"], st["anterior"], st["lateral"], st["inferior"])

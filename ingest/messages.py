@@ -129,6 +129,18 @@ def profile_topic(patient_id: str, *, prefix: str = TOPIC_PREFIX) -> str:
     return f"{prefix}/patients/{patient_id}/profile"
 
 
+# Sub-topics p2es itself publishes under patients/{id}/ (vitals from the engine, alert
+# transitions from alerts/): the ingest sees them through its wildcard and skips them silently.
+OUTPUT_SUBTOPICS: tuple[str, ...] = ("vitals", "alerts")
+_OUTPUT_RE = re.compile(r"^(?P<prefix>.+)/patients/[^/]*/(?:" + "|".join(OUTPUT_SUBTOPICS) + r")$")
+
+
+def is_output_topic(topic: str, prefix: str = TOPIC_PREFIX) -> bool:
+    """True for p2es's own output topics (``patients/{id}/vitals``, ``patients/{id}/alerts``)."""
+    m = _OUTPUT_RE.match(str(topic))
+    return bool(m) and m["prefix"] == prefix
+
+
 def subscription_topic(prefix: str = TOPIC_PREFIX) -> str:
     """What the service subscribes to: everything under ``patients/`` (a superset of the three
     contract topics, so that unknown sub-topics can be dead-lettered instead of ignored)."""

@@ -65,6 +65,7 @@ from ingest.messages import (
     ParsedPpg,
     ParsedProfile,
     Window,
+    is_output_topic,
     parse_message,
     subscription_topic,
 )
@@ -233,6 +234,9 @@ class IngestService:
 
     # -- messages -------------------------------------------------------------------------
     async def _handle(self, topic: str, payload: Any) -> None:
+        if is_output_topic(topic, self.prefix):  # our own vitals/alerts, not wearable input
+            self._c["own_outputs_skipped"] += 1
+            return
         self._c["messages_in"] += 1
         if isinstance(payload, str):
             payload = payload.encode()
@@ -272,6 +276,24 @@ class IngestService:
             self._c["deadletter_publish_errors"] += 1
             log.warning("could not publish a dead letter: %s", e)
 
+    async def publish(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False,
+                      timeout: float = 5.0) -> bool:
+        """Publish on the ingest's connection (vitals, alerts).  Best effort: False (and a
+        counter) when not connected or the publish fails; never raises an MQTT error."""
+        client = self._client
+        if client is None:
+            self._c["publish_errors"] += 1
+            return False
+        try:
+            await client.publish(topic, payload.encode() if isinstance(payload, str) else payload,
+                                 qos=qos, retain=retain, timeout=timeout)
+            self._c["published"] += 1
+            return True
+        except aiomqtt.MqttError as e:
+            self._c["publish_errors"] += 1
+            log.warning("could not publish on %s: %s", topic, e)
+            return False
+
     def _emit(self, windows: list[Window]) -> None:
         for w in windows:
             if self.windows.full():
@@ -300,6 +322,8 @@ class IngestService:
             "invalid_total": sum(self._invalid.values()),
             "deadletters_published": c["deadletters_published"],
             "deadletter_publish_errors": c["deadletter_publish_errors"],
+            "published": c["published"],
+            "publish_errors": c["publish_errors"],
             "windows_out": c["windows_out"],
             "windows_dropped": c["windows_dropped"],
             "queue_depth": self.windows.qsize(),

@@ -67,3 +67,35 @@ def einthoven_residual(ecg12: np.ndarray, axis: int = -2) -> float:
         avf - (ii - i / 2),
     ]
     return float(max(np.max(np.abs(r)) if r.size else 0.0 for r in res))
+
+
+# Contiguous lead groups used for ST monitoring (the usual territories of a 12-lead read-out).
+ST_GROUPS: dict[str, tuple[str, ...]] = {
+    "septal": ("V1", "V2"),
+    "anterior": ("V3", "V4"),
+    "lateral": ("I", "aVL", "V5", "V6"),
+    "inferior": ("II", "III", "aVF"),
+}
+
+
+def st_group_deviation(st_mv) -> dict[str, float]:
+    """Signed ST deviation per lead group, requiring agreement of two leads of the group.
+
+    ``st_mv``: ST level per lead (float[12] in :data:`LEADS` order, mV, NaN = unmeasured).
+    Per group: ``hi`` = the 2nd-highest level (>= it in at least two leads), ``lo`` = the
+    2nd-lowest; the group value is ``hi`` if ``|hi| >= |lo|`` else ``lo``.  So a group reads
+    +0.15 mV only when two of its leads are elevated by at least 0.15 mV (the "two contiguous
+    leads" of the STEMI criteria), and one noisy lead cannot move it.  NaN when fewer than two
+    of the group's leads were measured.
+    """
+    st = np.asarray(st_mv, dtype=np.float64).reshape(-1)
+    out: dict[str, float] = {}
+    for g, names in ST_GROUPS.items():
+        v = np.sort(st[[LEAD_INDEX[n] for n in names]])
+        v = v[np.isfinite(v)]
+        if v.size < 2:
+            out[g] = float("nan")
+            continue
+        hi, lo = float(v[-2]), float(v[1])
+        out[g] = hi if abs(hi) >= abs(lo) else lo
+    return out

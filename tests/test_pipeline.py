@@ -473,3 +473,56 @@ def test_cli_simulate_until_sigint(mqtt_broker, repo_root):
     assert p.returncode == 0, err
     res = json.loads(out.strip().splitlines()[-1])
     assert res["chunks"] >= 2 and res["profiles"] == 2
+
+
+def test_vitals_on_mqtt_and_health_measurement(tiny_ckpt, mqtt_broker, influxdb, tmp_path):
+    """Each window's vitals go to p2es/v1/patients/{id}/vitals (the alerts' input) with every
+    documented field, and the pipeline writes its own health to the `pipeline` measurement."""
+    import aiomqtt
+
+    from engine.pipeline import Pipeline
+    from engine.runtime import VITALS_FIELDS
+    from wearable.publisher import make_patients, simulate_async
+
+    tag = uuid.uuid4().hex[:6]
+    t_start = float(int(time.time()))
+    cfg = make_config(tiny_ckpt, influxdb, tmp_path, health_interval_s=1.0, idle_flush_s=2.0)
+    got: list[dict] = []
+
+    async def main():
+        async with aiomqtt.Client(services.HOST, services.mqtt_port(),
+                                  protocol=aiomqtt.ProtocolVersion.V5) as sub:
+            await sub.subscribe("p2es/v1/patients/+/vitals", qos=1)
+
+            async def listen():
+                async for m in sub.messages:
+                    got.append({"topic": str(m.topic), **json.loads(m.payload)})
+
+            lt = asyncio.create_task(listen())
+            pipe = Pipeline(cfg)
+            await pipe.start()
+            await pipe.ingest.wait_connected(10)
+            pats = make_patients(2, seed=5, duration_s=24, fs_list=[100, 125], prefix=f"v{tag}")
+            await simulate_async(services.mqtt_url(), pats, speed=30, duration_s=24, t_start=t_start, seed=4)
+            await drain(pipe, 2, expected_windows(24))
+            await asyncio.sleep(1.5)
+            await pipe.stop()
+            lt.cancel()
+            return pipe, pats
+
+    pipe, pats = asyncio.run(main())
+    s = pipe.stats()
+    for p in pats:
+        mine = [g for g in got if g["patient"] == p.id]
+        assert len(mine) == s["patients"][p.id]["windows"] == expected_windows(24)
+        assert all(g["topic"] == f"p2es/v1/patients/{p.id}/vitals" for g in mine)
+        assert all(set(VITALS_FIELDS) <= set(g) for g in mine)
+        ts = [g["t"] for g in mine]
+        assert ts == sorted(ts) and abs(ts[0] - t_start) < 1e-6
+        assert all(g["sqi"] is None or 0.0 <= g["sqi"] <= 1.0 for g in mine)
+        # the same fields land in InfluxDB (NaN ones omitted, never written as strings)
+        assert count("vitals", "uncertainty", p.id) == len(mine)
+    rows = services.influx_points(
+        f"SELECT windows_total, queue_ingest, latency_e2e_p50_s FROM pipeline WHERE instance='{cfg.client_id}'")
+    assert rows, "no pipeline health point written"
+    assert max(r["windows_total"] for r in rows) >= 1

@@ -23,6 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     register_bench(sub)
 
+    try:
+        from engine.cli_export import register_export
+    except ModuleNotFoundError as e:
+        if e.name != "engine.cli_export":
+            raise
+    else:
+        register_export(sub)
+
 
 # --------------------------------------------------------------------------- p2es eval
 

@@ -38,6 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
         engine_cli = None
     if engine_cli is not None and hasattr(engine_cli, "register"):
         engine_cli.register(sub)
+    import importlib
+
+    for mod in ("alerts.cli", "dashboards.cli"):  # downstream stages: `p2es alerts`, `p2es dashboards`
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+            continue
+        m.register(sub)
     return parser
 
 

@@ -1,0 +1,177 @@
+"""Delivery of alert events: MQTT, InfluxDB and signed webhooks (through the durable outbox).
+
+Data flow for every :class:`alerts.state.AlertEvent`::
+
+    Dispatcher.dispatch(ev)
+      -> MQTT   p2es/v1/patients/{id}/alerts   AlertMessage JSON, QoS 1  (every event; queued
+                                                in memory while the broker is away)
+      -> Influx measurement `alerts`           sink.lineprotocol.alert_line through sink.writer.Writer
+                                                (every event; the Writer retries and spools)
+      -> webhooks (only when ev.notify)        one outbox row per webhook, then WebhookSender
+
+:class:`WebhookSender` runs one task per webhook: it takes the oldest pending row, signs it for
+this attempt (fresh ``webhook-timestamp``, same ``webhook-id``) and POSTs it in a worker thread
+(``urllib``), then applies the outbox rules (see :mod:`alerts.outbox`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from alerts.messages import AlertMessage, alerts_topic
+from alerts.outbox import Outbox, OutboxRow, backoff_delay
+from alerts.state import AlertEvent
+from alerts.webhook import PostResult, alertmanager_body, new_message_id, post
+
+__all__ = ["WebhookTarget", "WebhookSender", "Dispatcher", "alert_message"]
+
+log = logging.getLogger("p2es.alerts.delivery")
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    name: str
+    url: str
+    secret: str  # whsec_...
+    timeout_s: float = 15.0
+
+
+class WebhookSender:
+    """Outbox -> HTTP, in order per webhook, with backoff, max age and dead letters."""
+
+    def __init__(self, outbox: Outbox, targets: list[WebhookTarget], *, external_url: str = "",
+                 backoff_base_s: float = 1.0, backoff_cap_s: float = 300.0,
+                 max_age_s: float = 86400.0, rng: random.Random | None = None,
+                 poster: Callable[..., PostResult] = post) -> None:
+        self.outbox = outbox
+        self.targets = {t.name: t for t in targets}
+        self.external_url = external_url
+        self.base, self.cap, self.max_age = float(backoff_base_s), float(backoff_cap_s), float(max_age_s)
+        self.rng = rng or random.Random()
+        self._post = poster
+        self._wake: dict[str, asyncio.Event] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.last_error: dict[str, str | None] = {t.name: None for t in targets}
+        self.attempts = 0
+
+    def enqueue(self, ev: AlertEvent, now: float | None = None) -> list[str]:
+        """Store one row per webhook (committed before this returns); the webhook-ids."""
+        ids = []
+        for t in self.targets.values():
+            msg_id = new_message_id()
+            body = alertmanager_body(ev, receiver=t.name, external_url=self.external_url)
+            self.outbox.enqueue(t.name, msg_id, body, now)
+            ids.append(msg_id)
+            if t.name in self._wake:
+                self._wake[t.name].set()
+        return ids
+
+    def start(self) -> None:
+        for name in self.targets:
+            self._wake[name] = asyncio.Event()
+            self._tasks.append(asyncio.create_task(self._worker(name), name=f"webhook:{name}"))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks.clear()
+
+    async def _sleep(self, name: str, delay: float) -> None:
+        ev = self._wake[name]
+        ev.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(ev.wait(), max(0.0, delay))
+
+    async def _worker(self, name: str) -> None:
+        target = self.targets[name]
+        while True:
+            try:
+                row = self.outbox.head(name)
+                if row is None:
+                    await self._sleep(name, 3600.0)
+                    continue
+                now = time.time()
+                if row.next_attempt > now:
+                    await self._sleep(name, row.next_attempt - now)
+                    continue
+                await self._attempt(target, row)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the sender must never die
+                log.exception("webhook %s: unexpected error; retrying in 1 s", name)
+                await asyncio.sleep(1.0)
+
+    async def _attempt(self, target: WebhookTarget, row: OutboxRow) -> None:
+        self.attempts += 1
+        res = await asyncio.to_thread(self._post, target.url, row.body, row.msg_id, target.secret,
+                                      timeout=target.timeout_s)
+        now = time.time()
+        if res.ok:
+            self.outbox.delivered(row)
+            if self.last_error.get(target.name):
+                log.warning("webhook %s: delivered again after failures", target.name)
+            self.last_error[target.name] = None
+            return
+        err = res.error or "unknown error"
+        self.last_error[target.name] = err
+        if res.permanent:
+            self.outbox.dead_letter(row, f"permanent failure: {err}", now, attempts=row.attempts + 1)
+            log.error("webhook %s: %s rejected for good (%s); dead-lettered", target.name, row.msg_id, err)
+            return
+        if now - row.created >= self.max_age:
+            self.outbox.dead_letter(row, f"gave up after {row.attempts + 1} attempts over "
+                                         f"{now - row.created:.0f} s: {err}", now, attempts=row.attempts + 1)
+            log.error("webhook %s: gave up on %s after %.0f s (%s)", target.name, row.msg_id,
+                      now - row.created, err)
+            return
+        delay = backoff_delay(row.attempts, self.base, self.cap, self.rng, res.retry_after)
+        delay = min(delay, max(0.0, row.created + self.max_age - now))
+        self.outbox.failed(row, err, now + delay)
+        log.warning("webhook %s: attempt %d of %s failed (%s); retry in %.2f s", target.name,
+                    row.attempts + 1, row.msg_id, err, delay)
+
+
+def alert_message(ev: AlertEvent) -> AlertMessage:
+    return AlertMessage(patient=ev.patient, rule=ev.rule, priority=ev.priority, state=ev.kind, t=ev.t,
+                        metric=ev.metric, op=ev.op, threshold=ev.threshold, value=ev.value,
+                        message=ev.message, starts_at=ev.starts_at, ends_at=ev.ends_at,
+                        fingerprint=ev.fingerprint, labels=ev.labels, gate=ev.gate,
+                        silenced_by=ev.silenced_by, acknowledged_by=ev.acknowledged_by)
+
+
+class Dispatcher:
+    """Fan one event out to MQTT, InfluxDB and the webhook outbox."""
+
+    def __init__(self, *, publish: Callable[[str, bytes], Awaitable[None]] | None,
+                 writer=None, sender: WebhookSender | None = None, prefix: str = "p2es/v1") -> None:
+        self.publish, self.writer, self.sender, self.prefix = publish, writer, sender, prefix
+        self.counts: dict[str, int] = {"events": 0, "mqtt": 0, "influx": 0, "webhook_rows": 0}
+
+    async def dispatch(self, ev: AlertEvent) -> None:
+        from sink.lineprotocol import alert_line
+
+        self.counts["events"] += 1
+        log.info("alert %s %s/%s: %s%s", ev.kind, ev.patient, ev.rule, ev.message,
+                 f" [silenced by {ev.silenced_by}]" if ev.silenced_by else "")
+        if self.sender is not None and ev.notify:  # durable first
+            self.counts["webhook_rows"] += len(self.sender.enqueue(ev))
+        if self.writer is not None:
+            try:
+                self.writer.put_nowait(alert_line(ev.patient, ev.rule, ev.priority, int(round(ev.t * 1e9)),
+                                                  state=ev.kind, value=ev.value, message=ev.message))
+                self.counts["influx"] += 1
+            except Exception:  # noqa: BLE001 - a sink problem must not stop alerting
+                log.exception("could not queue the alert for InfluxDB")
+        if self.publish is not None:
+            await self.publish(alerts_topic(ev.patient, self.prefix),
+                               alert_message(ev).model_dump_json().encode())
+            self.counts["mqtt"] += 1

@@ -1,0 +1,248 @@
+"""Signed webhooks: the Standard Webhooks signature and an Alertmanager-compatible body.
+
+Signature (Standard Webhooks 1.0, symmetric scheme; https://www.standardwebhooks.com/)::
+
+    webhook-id:        msg_<32 hex>          same on every retry of one notification
+    webhook-timestamp: 1718000000            Unix seconds of *this attempt*
+    webhook-signature: v1,<base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}"))>
+
+The secret is written ``whsec_<base64 key>``; the HMAC key is the base64-decoded part after
+``whsec_`` (at least 24 bytes, per the spec).  The body is signed exactly as sent (the bytes
+stored in the outbox).  :func:`verify` is what a receiver runs: constant-time comparison, every
+space-separated ``v1,`` signature tried (secret rotation), timestamp within ``tolerance_s``.
+
+Body (Alertmanager webhook format, version "4", so existing Alertmanager receivers work)::
+
+    {"version": "4", "groupKey": "{}:{alertname=\\"hr_high\\", patient=\\"bed-7\\"}",
+     "truncatedAlerts": 0, "status": "firing" | "resolved", "receiver": "<webhook name>",
+     "groupLabels": {"alertname": "hr_high", "patient": "bed-7"},
+     "commonLabels": {...labels of the alert...}, "commonAnnotations": {...},
+     "externalURL": "<external_url>",
+     "alerts": [{"status": ..., "labels": {"alertname", "patient", "priority", ...rule labels},
+                 "annotations": {"summary", "description"}, "startsAt": RFC 3339,
+                 "endsAt": RFC 3339 | "0001-01-01T00:00:00Z" while firing,
+                 "generatorURL": "<external_url>/alerts/<rule>", "fingerprint": "<16 hex>"}]}
+
+One notification carries one alert (grouped by rule and patient); ``repeat`` notifications have
+status ``firing`` (as Alertmanager's repeat_interval re-sends do).  p2es additions live under
+the alert's annotations (``p2es_event``: firing | repeat | resolved, ``value``), which
+Alertmanager receivers ignore.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import secrets
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from alerts.state import AlertEvent
+
+__all__ = [
+    "SECRET_PREFIX",
+    "WebhookVerificationError",
+    "decode_secret",
+    "generate_secret",
+    "new_message_id",
+    "sign",
+    "verify",
+    "alertmanager_body",
+    "PostResult",
+    "post",
+]
+
+SECRET_PREFIX = "whsec_"
+MIN_KEY_BYTES = 24
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+class WebhookVerificationError(ValueError):
+    """A webhook that does not verify (missing headers, bad signature, stale timestamp)."""
+
+
+def decode_secret(secret: str | bytes) -> bytes:
+    """``whsec_<base64>`` (or bare base64, or raw bytes) -> HMAC key bytes."""
+    if isinstance(secret, bytes):
+        key = secret
+    else:
+        s = secret.strip()
+        if s.startswith(SECRET_PREFIX):
+            s = s[len(SECRET_PREFIX):]
+        try:
+            key = base64.b64decode(s + "=" * (-len(s) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("a webhook secret must be whsec_ followed by base64") from None
+    if not key:
+        raise ValueError("a webhook secret may not be empty")
+    return key
+
+
+def generate_secret(nbytes: int = 32) -> str:
+    """A new random secret, ``whsec_<base64 of nbytes random bytes>``."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(nbytes)).decode()
+
+
+def new_message_id() -> str:
+    return "msg_" + secrets.token_hex(16)
+
+
+def sign(secret: str | bytes, msg_id: str, timestamp: int, body: bytes | str) -> str:
+    """The ``webhook-signature`` value ``v1,<base64>`` for one attempt."""
+    if "." in msg_id:
+        raise ValueError("a webhook id must not contain '.'")
+    b = body.encode("utf-8") if isinstance(body, str) else body
+    to_sign = f"{msg_id}.{int(timestamp)}.".encode() + b
+    mac = hmac.new(decode_secret(secret), to_sign, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+def verify(secret: str | bytes, headers: Mapping[str, str], body: bytes | str, *,
+           tolerance_s: float = 300.0, now: float | None = None) -> None:
+    """Raise :class:`WebhookVerificationError` unless the request is authentic and fresh.
+
+    ``headers`` may use any case.  ``body`` must be the raw bytes received (not re-serialised
+    JSON).  ``now`` defaults to the wall clock."""
+    h = {k.lower(): v for k, v in headers.items()}
+    msg_id, ts, sigs = h.get("webhook-id"), h.get("webhook-timestamp"), h.get("webhook-signature")
+    if not (msg_id and ts and sigs):
+        raise WebhookVerificationError("missing webhook-id, webhook-timestamp or webhook-signature")
+    try:
+        t = int(ts)
+    except ValueError:
+        raise WebhookVerificationError(f"bad webhook-timestamp {ts!r}") from None
+    now = time.time() if now is None else now
+    if abs(now - t) > tolerance_s:
+        raise WebhookVerificationError(f"webhook-timestamp {t} is more than {tolerance_s:g} s from now")
+    try:
+        expected = base64.b64decode(sign(secret, msg_id, t, body).split(",", 1)[1])
+    except ValueError as e:
+        raise WebhookVerificationError(str(e)) from None
+    for item in sigs.split():
+        version, _, value = item.partition(",")
+        if version != "v1":
+            continue
+        try:
+            got = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        if hmac.compare_digest(expected, got):
+            return
+    raise WebhookVerificationError("no matching v1 signature")
+
+
+def _rfc3339(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def alertmanager_body(ev: AlertEvent, *, receiver: str, external_url: str) -> bytes:
+    """The Alertmanager-format JSON body (compact UTF-8 bytes) for one event."""
+    status = "resolved" if ev.kind == "resolved" else "firing"
+    base = external_url.rstrip("/")
+    annotations = dict(ev.annotations)
+    annotations["p2es_event"] = ev.kind
+    if ev.value is not None:
+        annotations["value"] = f"{ev.value:g}"
+    annotations["message"] = ev.message
+    alert = {
+        "status": status,
+        "labels": dict(ev.labels),
+        "annotations": annotations,
+        "startsAt": _rfc3339(ev.starts_at),
+        "endsAt": _rfc3339(ev.ends_at) if ev.ends_at is not None else ZERO_TIME,
+        "generatorURL": f"{base}/alerts/{ev.rule}" if base else "",
+        "fingerprint": ev.fingerprint,
+    }
+    group = {"alertname": ev.rule, "patient": ev.patient}
+    body = {
+        "version": "4",
+        "groupKey": "{}:{" + ", ".join(f'{k}="{v}"' for k, v in sorted(group.items())) + "}",
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": receiver,
+        "groupLabels": group,
+        "commonLabels": dict(ev.labels),
+        "commonAnnotations": annotations,
+        "externalURL": base,
+        "alerts": [alert],
+    }
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class PostResult:
+    status: int | None  # HTTP status, None when no response (connection error, timeout)
+    error: str | None  # None on 2xx
+    retry_after: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def permanent(self) -> bool:
+        """4xx other than 408 and 429: the receiver will not accept this, ever."""
+        return self.status is not None and 400 <= self.status < 500 and self.status not in (408, 429)
+
+
+def post(url: str, body: bytes, msg_id: str, secret: str | bytes, *, timeout: float = 15.0,
+         now: float | None = None, extra_headers: Mapping[str, str] | None = None) -> PostResult:
+    """One signed POST (blocking; run it in a thread).  Never raises for network errors."""
+    ts = int(time.time() if now is None else now)
+    headers = {
+        "content-type": "application/json",
+        "user-agent": "p2es-alerts",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(ts),
+        "webhook-signature": sign(secret, msg_id, ts, body),
+    }
+    if extra_headers:
+        headers.update(extra_headers)
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - configured URL
+            r.read(65536)
+            status = r.status
+            if 200 <= status < 300:
+                return PostResult(status, None)
+            return PostResult(status, f"HTTP {status}")
+    except urllib.error.HTTPError as e:
+        ra = _retry_after(e.headers.get("Retry-After") if e.headers else None)
+        try:
+            detail = e.read(300).decode("utf-8", "replace").strip()
+        except Exception:  # noqa: BLE001
+            detail = ""
+        msg = f"HTTP {e.code}" + (f": {' '.join(detail.split())[:200]}" if detail else "")
+        return PostResult(e.code, msg, ra)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        return PostResult(None, f"{type(e).__name__}: {reason}")
+
+
+def _retry_after(v: str | None) -> float | None:
+    if not v:
+        return None
+    try:
+        return max(0.0, float(v))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(0.0, parsedate_to_datetime(v).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def event_dict(ev: AlertEvent) -> dict[str, Any]:
+    """An event as a plain dict (for logs and tests)."""
+    from dataclasses import asdict
+
+    return asdict(ev)

@@ -131,12 +131,15 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 class Gate(BaseModel):
     """Quality gate: a window is evaluated only if ``uncertainty <= max_uncertainty_mv`` and
-    ``sqi >= min_sqi`` (a null uncertainty/SQI fails the gate)."""
+    ``sqi >= min_sqi`` (a null uncertainty/SQI fails the gate), and, when ``max_hr_bpm`` is
+    set, ``hr_bpm <= max_hr_bpm`` (a null HR then fails too): ST measured at a fixed J + 60 ms
+    runs into the T wave at fast rates, so ST rules hold their evaluation during tachycardia."""
 
     model_config = ConfigDict(extra="forbid")
 
     max_uncertainty_mv: float = Field(0.05, gt=0)
     min_sqi: float = Field(0.6, ge=0, le=1)
+    max_hr_bpm: float | None = Field(None, gt=0)
 
 
 class GateOverride(BaseModel):
@@ -144,6 +147,7 @@ class GateOverride(BaseModel):
 
     max_uncertainty_mv: float | None = Field(None, gt=0)
     min_sqi: float | None = Field(None, ge=0, le=1)
+    max_hr_bpm: float | None = Field(None, gt=0)
 
 
 class Defaults(BaseModel):
@@ -279,7 +283,8 @@ class RuleFile(BaseModel):
             return g
         return Gate(max_uncertainty_mv=o.max_uncertainty_mv if o.max_uncertainty_mv is not None
                     else g.max_uncertainty_mv,
-                    min_sqi=o.min_sqi if o.min_sqi is not None else g.min_sqi)
+                    min_sqi=o.min_sqi if o.min_sqi is not None else g.min_sqi,
+                    max_hr_bpm=o.max_hr_bpm if o.max_hr_bpm is not None else g.max_hr_bpm)
 
     def repeat_for(self, rule: Rule) -> float:
         return self.defaults.repeat if rule.repeat is None else rule.repeat

@@ -235,8 +235,14 @@ class AlertEngine:
         unc, sqi = values.get("uncertainty"), values.get("sqi")
         ok = (unc is not None and math.isfinite(unc) and unc <= gate.max_uncertainty_mv
               and sqi is not None and math.isfinite(sqi) and sqi >= gate.min_sqi)
-        return {"uncertainty": unc, "max_uncertainty_mv": gate.max_uncertainty_mv, "sqi": sqi,
-                "min_sqi": gate.min_sqi, "passed": ok}
+        info = {"uncertainty": unc, "max_uncertainty_mv": gate.max_uncertainty_mv, "sqi": sqi,
+                "min_sqi": gate.min_sqi}
+        if gate.max_hr_bpm is not None:
+            hr = values.get("hr_bpm")
+            ok = ok and hr is not None and math.isfinite(hr) and hr <= gate.max_hr_bpm
+            info.update(hr_bpm=hr, max_hr_bpm=gate.max_hr_bpm)
+        info["passed"] = ok
+        return info
 
     def _alert(self, rule: Rule, patient: str) -> Alert:
         key = (rule.name, patient)
@@ -330,8 +336,11 @@ class AlertEngine:
         """``gated: uncertainty 0.030 ≤ 0.05 mV, SQI 0.91 ≥ 0.6``"""
         if not gate:
             return ""
-        return (f"gated: uncertainty {gate['uncertainty']:.3f} ≤ {gate['max_uncertainty_mv']:g} mV, "
+        text = (f"gated: uncertainty {gate['uncertainty']:.3f} ≤ {gate['max_uncertainty_mv']:g} mV, "
                 f"SQI {gate['sqi']:.2f} ≥ {gate['min_sqi']:g}")
+        if gate.get("max_hr_bpm") is not None:
+            text += f", HR {gate['hr_bpm']:.0f} ≤ {gate['max_hr_bpm']:g} bpm"
+        return text
 
     def _event(self, kind: EventKind, rule: Rule, a: Alert, t: float, value: float | None, *,
                notify: bool, message: str | None = None, silenced_by: str | None = None,

@@ -2,17 +2,22 @@
 
 Three measurements, all in one process so that their ratios are meaningful on a noisy machine:
 
-1. **Engine** - :meth:`engine.runtime.TorchBackend.run` on realistic inputs (simulated PPG windows
-   of the model's length through :func:`engine.runtime.prepare_batch`).  Every batch size is
-   warmed up once (not timed); then ``repeats`` rounds run every batch size in turn (interleaved,
-   so a burst of load elsewhere hits all sizes alike).  Per batch size: windows/s from the median
-   batch time, and per-window latency p50/p99 (a window's latency is its batch's wall time).
-   Optionally FLOPs of one window-step (one denoiser call, batch 1, k 1) via
-   ``torch.utils.flop_counter.FlopCounterMode``.
+1. **Engine** - every requested backend's ``run`` (:mod:`engine.backends`) on realistic inputs
+   (simulated PPG windows of the model's length through :func:`engine.runtime.prepare_batch`),
+   always with the torch-eager baseline (CPU: :class:`engine.runtime.TorchBackend`; CUDA: the same
+   in fp32 without CUDA graphs) in the same process.  Every (backend, batch size) is warmed up
+   once (not timed: allocator, kernels, CUDA-graph capture, ONNX export/session); then
+   ``repeats`` rounds run every batch size and, within it, every backend in turn (interleaved, so
+   a burst of load elsewhere hits all alike).  Per row: windows/s from the median batch time,
+   per-window latency p50/p99 (a window's latency is its batch's wall time), and the ratio to the
+   baseline's windows/s at the same batch size.  FLOPs per window-step (one denoiser call + one
+   DDIM step for one sample, batch 1) via ``torch.utils.flop_counter.FlopCounterMode`` (matmul /
+   conv FLOPs, 2 per multiply-add; elementwise ops not counted) give achieved GFLOP/s per row and,
+   with a known or given peak (``peak_tflops``), the fraction of the device's peak.
 2. **Patients sustained** = best windows/s x ``hop_s`` (each patient needs one window per hop),
-   for the given ``steps``/``k``/``threads``; the report also gives a recommended load with a
-   30 % safety margin (bursty arrivals, vitals/stitching/ingest overhead, other load).
-3. **Live** - the real :class:`engine.pipeline.Pipeline` (no InfluxDB, the same warm backend)
+   per backend, for the given ``steps``/``k``/``threads``; the report also gives a recommended
+   load with a 30 % safety margin (bursty arrivals, vitals/stitching/ingest overhead, other load).
+3. **Live** - the real :class:`engine.pipeline.Pipeline` (no InfluxDB, the fastest backend, warm)
    fed by :func:`wearable.publisher.simulate_async` through an in-process amqtt broker
    (MQTT 3.1.1) at speed 1.0.  End-to-end latency is the pipeline's own ``e2e`` measure: wall
    time from the window's creation in ingest (the arrival of its last sample) to the end of its
@@ -41,7 +46,7 @@ import numpy as np
 
 from p2es.errors import P2esError
 
-__all__ = ["run_bench", "parse_batch_sizes", "format_table", "SAFETY_MARGIN"]
+__all__ = ["run_bench", "parse_batch_sizes", "parse_backends", "format_table", "SAFETY_MARGIN"]
 
 SAFETY_MARGIN = 0.7  # recommended load = 70 % of the measured capacity
 LIVE_DEFAULT_CAP = 200  # default live patients at most (simulator + broker share this process)
@@ -88,57 +93,96 @@ def _requests(n: int, fs: float, window_s: float, seed: int):
                           0.9) for i in range(n)]
 
 
-def _flops_per_window_step(backend, feats, demo, mask) -> float | None:
-    """FLOPs of one denoiser call for one window (batch 1, k 1, one step); None if unavailable."""
+def _flops(entry, steps: int, k: int) -> dict[str, float] | None:
+    """FLOPs of the network passes for one window (batch 1) + the DDIM step's DCT matmuls."""
     try:
         import torch
         from torch.utils.flop_counter import FlopCounterMode
 
-        from engine import sampler
+        from engine.export import cpu_entry
 
-        dev = backend.device
-        f = torch.as_tensor(feats[:1], dtype=torch.float32, device=dev)
-        d = (torch.as_tensor(demo[:1], dtype=torch.float32, device=dev),
-             torch.as_tensor(mask[:1], dtype=torch.float32, device=dev))
-        fc = FlopCounterMode(display=False)
-        with torch.no_grad(), fc:
-            sampler.sample(backend.model, backend.schedule, f, d, steps=1, k=1,
-                           generator=torch.Generator(device=dev.type).manual_seed(0), keep_samples=False)
-        n = int(fc.get_total_flops())
-        return float(n) if n > 0 else None
+        model = cpu_entry(entry).model
+        cfg = model.cfg
+        g = torch.Generator().manual_seed(0)
+        ppg = torch.randn(1, cfg.ppg_channels, cfg.T, generator=g)
+        demo, mask = torch.zeros(1, cfg.n_demo), torch.ones(1, cfg.n_demo)
+        with torch.no_grad():
+            fc = FlopCounterMode(display=False)
+            with fc:
+                cond = model.encode(ppg, demo, mask)
+            enc = float(fc.get_total_flops())
+            fc = FlopCounterMode(display=False)
+            with fc:
+                model.denoise(torch.randn(1, cfg.n_leads, cfg.T, generator=g), torch.full((1,), 0.5), cond)
+            den = float(fc.get_total_flops())
+        kind = "none" if cfg.diffusion == "none" else getattr(entry.schedule, "kind", "none")
+        step = 3 * 2.0 * cfg.n_leads * cfg.T * cfg.T if kind == "blur" else 0.0  # DCT, DCT, inverse DCT
+        if kind == "none":
+            per_window = enc + den
+        else:
+            per_window = enc + steps * k * den + (steps - 1) * k * step
+        return {"encode": enc, "denoise": den, "ddim_step": step, "window_step": den + step,
+                "window": per_window} if den > 0 else None
     except Exception:  # noqa: BLE001 - optional figure
         return None
 
 
-def bench_engine(backend, *, batch_sizes: list[int], repeats: int, window_s: float, seed: int = 0,
-                 progress: bool = True) -> list[dict[str, Any]]:
+# dense peak throughput (FLOP/s) of known GPUs by precision; a name not listed -> no fraction
+PEAK_FLOPS = {
+    "H100 PCIe": {"fp32": 51e12, "tf32": 378e12, "bf16": 756e12, "fp16": 756e12},
+    "H100": {"fp32": 67e12, "tf32": 495e12, "bf16": 989e12, "fp16": 989e12},   # SXM
+    "H200": {"fp32": 67e12, "tf32": 495e12, "bf16": 989e12, "fp16": 989e12},
+    "A100": {"fp32": 19.5e12, "tf32": 156e12, "bf16": 312e12, "fp16": 312e12},
+    "L4": {"fp32": 30.3e12, "tf32": 60e12, "bf16": 121e12, "fp16": 121e12},
+}
+
+
+def peak_flops(device_name: str, precision: str) -> float | None:
+    for key in sorted(PEAK_FLOPS, key=len, reverse=True):
+        if key in device_name:
+            return PEAK_FLOPS[key].get(precision)
+    return None
+
+
+def bench_engine(backends, *, batch_sizes: list[int], repeats: int, window_s: float, seed: int = 0,
+                 progress: bool = True) -> dict[str, list[dict[str, Any]]]:
+    """``backends``: {label: backend} (or one backend).  Returns {label: rows} (or rows)."""
     from engine.runtime import prepare_batch
 
-    reqs = _requests(max(batch_sizes), backend.fs, window_s, seed)
+    single = not isinstance(backends, dict)
+    bes = {"_": backends} if single else dict(backends)
+    fs = next(iter(bes.values())).fs
+    reqs = _requests(max(batch_sizes), fs, window_s, seed)
     inputs, prep_ms = {}, {}
     for b in batch_sizes:
         t = time.perf_counter()
         inputs[b] = prepare_batch(reqs[:b])
         prep_ms[b] = (time.perf_counter() - t) * 1e3
-    times: dict[int, list[float]] = {b: [] for b in batch_sizes}
-    total = len(batch_sizes) * (repeats + 1)
+    times: dict[tuple[str, int], list[float]] = {(n, b): [] for n in bes for b in batch_sizes}
+    total = len(bes) * len(batch_sizes) * (repeats + 1)
     with _bar(total, "engine", progress) as bar:
-        for b in batch_sizes:  # warm-up (allocator, kernels, thread pool): not timed
-            backend.run(*inputs[b])
-            bar.update(1)
+        for n, be in bes.items():  # warm-up (allocator, kernels, graphs, sessions): not timed
+            for b in batch_sizes:
+                be.run(*inputs[b])
+                bar.update(1)
         for _ in range(repeats):
             for b in batch_sizes:
-                t = time.perf_counter()
-                backend.run(*inputs[b])  # returns numpy: synchronous also on CUDA
-                times[b].append(time.perf_counter() - t)
-                bar.update(1)
-    rows = []
-    for b in batch_sizes:
-        med = float(np.median(times[b]))
-        rows.append({"batch": b, "windows_per_s": b / med,
-                     "latency_ms_p50": _pct(times[b], 50) * 1e3, "latency_ms_p99": _pct(times[b], 99) * 1e3,
-                     "ms_per_window": med * 1e3 / b, "prepare_ms": prep_ms[b], "repeats": len(times[b])})
-    return rows
+                for n, be in bes.items():
+                    t = time.perf_counter()
+                    be.run(*inputs[b])  # returns numpy: synchronous also on CUDA
+                    times[(n, b)].append(time.perf_counter() - t)
+                    bar.update(1)
+    out = {}
+    for n in bes:
+        rows = []
+        for b in batch_sizes:
+            ts = times[(n, b)]
+            med = float(np.median(ts))
+            rows.append({"batch": b, "windows_per_s": b / med,
+                         "latency_ms_p50": _pct(ts, 50) * 1e3, "latency_ms_p99": _pct(ts, 99) * 1e3,
+                         "ms_per_window": med * 1e3 / b, "prepare_ms": prep_ms[b], "repeats": len(ts)})
+        out[n] = rows
+    return out["_"] if single else out
 
 
 class _bar:
@@ -170,7 +214,7 @@ class _bar:
 
 async def _live(backend, *, patients: int, duration_s: float, window_s: float, hop_s: float,
                 steps: int, k: int, threads: int | None, device: str, max_batch: int, seed: int,
-                checkpoint: str | None, progress: bool) -> dict[str, Any]:
+                checkpoint: str | None, progress: bool, backend_name: str = "torch") -> dict[str, Any]:
     from engine.demo import _start_broker, shutdown_live
     from engine.pipeline import Pipeline, PipelineConfig, is_busy, new_client_id
     from wearable.publisher import simulate_async
@@ -186,7 +230,7 @@ async def _live(backend, *, patients: int, duration_s: float, window_s: float, h
             cfg = PipelineConfig(broker=url, client_id=new_client_id("p2es-bench"), mqtt_version="3.1.1",
                                  influx_url=None, window_s=window_s, hop_s=hop_s, steps=steps, k=k,
                                  threads=threads, device=device, max_batch=max_batch, seed=seed,
-                                 checkpoint=checkpoint, stream_reorder_wait_s=1.0)
+                                 checkpoint=checkpoint, stream_reorder_wait_s=1.0, backend=backend_name)
         except ValueError as e:
             raise P2esError(str(e).splitlines()[0]) from None
         pipe = Pipeline(cfg, backend=backend)
@@ -251,19 +295,45 @@ async def _live(backend, *, patients: int, duration_s: float, window_s: float, h
             "batch_size_max": st["batch_size_max"]}
 
 
-def run_bench(checkpoint: str | None = None, *, backend: str = "torch", device: str = "cpu",
+def _bench_backends(entry, names: list[str], *, device: str, steps: int, k: int, seed: int,
+                    threads: int | None, max_batch: int, cache_dir: str | None):
+    """[(label, backend name, precision, backend)], the torch-eager baseline first."""
+    from engine.backends import available_backends, make_backend
+    from engine.runtime import TorchBackend
+
+    cuda = device.startswith("cuda")
+    base = TorchBackend(entry, device=device, steps=steps, k=k, seed=seed, threads=threads,
+                        precision="fp32", cuda_graphs=False)
+    out = [("torch-eager" if cuda else "torch", "torch", "fp32", base)]
+    if names == ["all"] or names == ["auto"]:
+        names = available_backends(device)
+    for n in names:
+        if n == "torch" and not cuda:
+            continue  # the baseline is the CPU torch backend
+        be = make_backend(n, entry, device=device, steps=steps, k=k, seed=seed, threads=threads,
+                          max_batch=max_batch, cache_dir=cache_dir)
+        label = getattr(be, "label", n)
+        prec = getattr(be, "precision", "fp16" if "fp16" in label else "fp32")
+        out.append((label, n, prec, be))
+    return out
+
+
+def run_bench(checkpoint: str | None = None, *, backend: str | list[str] = "all", device: str = "cpu",
               threads: int | None = None, steps: int = 10, k: int = 2,
               batch_sizes: list[int] = (1, 4, 16, 32), repeats: int = 5, window_s: float = 8.0,
               hop_s: float = 4.0, live_patients: int | None = None, live_duration: float = 40.0,
-              seed: int = 0, progress: bool = True, flops: bool = True) -> dict[str, Any]:
+              seed: int = 0, progress: bool = True, flops: bool = True, peak_tflops: float | None = None,
+              cache_dir: str | None = None) -> dict[str, Any]:
     """All three measurements -> the JSON-ready result (see the module docstring)."""
-    _validate(backend=backend, threads=threads, steps=steps, k=k, batch_sizes=batch_sizes, repeats=repeats,
+    names = parse_backends(backend)
+    _validate(backend=names, threads=threads, steps=steps, k=k, batch_sizes=batch_sizes, repeats=repeats,
               window_s=window_s, hop_s=hop_s, live_patients=live_patients, live_duration=live_duration)
+    if peak_tflops is not None and not (math.isfinite(peak_tflops) and peak_tflops > 0):
+        raise P2esError(f"--peak-tflops must be > 0, got {peak_tflops}")
     import torch
 
     from engine.checkpoint import load_model
     from engine.reconstruct import DEFAULT_CHECKPOINT
-    from engine.runtime import TorchBackend
 
     path = str(checkpoint or DEFAULT_CHECKPOINT)
     if not Path(path).is_file():
@@ -272,35 +342,63 @@ def run_bench(checkpoint: str | None = None, *, backend: str = "torch", device: 
         entry = load_model(path, "p2es")
     except KeyError:
         raise P2esError(f"checkpoint {path} holds no 'p2es' model") from None
-    be = TorchBackend(entry, device=device, steps=steps, k=k, seed=seed, threads=threads)
-    T_win = int(round(window_s * be.fs))
-    if T_win != be.T:
-        raise P2esError(f"--window-s {window_s:g} gives {T_win} samples at {be.fs:g} Hz "
-                        f"but the model takes T={be.T} ({be.T / be.fs:g} s)")
+    fs, T = float(entry.model.cfg.fs), int(entry.model.cfg.T)
+    T_win = int(round(window_s * fs))
+    if T_win != T:
+        raise P2esError(f"--window-s {window_s:g} gives {T_win} samples at {fs:g} Hz "
+                        f"but the model takes T={T} ({T / fs:g} s)")
     batch_sizes = sorted(set(int(b) for b in batch_sizes))
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise P2esError("--device cuda requested but no CUDA GPU is available")
     t_all = time.monotonic()
-    rows = bench_engine(be, batch_sizes=batch_sizes, repeats=repeats, window_s=window_s, seed=seed,
-                        progress=progress)
-    fl = None
-    if flops:
-        from engine.runtime import prepare_batch
-
-        fl = _flops_per_window_step(be, *prepare_batch(_requests(1, be.fs, window_s, seed)))
-    best = max(rows, key=lambda r: r["windows_per_s"])
-    sustained = int(math.floor(best["windows_per_s"] * hop_s))
+    bes = _bench_backends(entry, names, device=device, steps=steps, k=k, seed=seed, threads=threads,
+                          max_batch=max(batch_sizes), cache_dir=cache_dir)
+    base_label = bes[0][0]
+    rows_by = bench_engine({lab: be for lab, _, _, be in bes}, batch_sizes=batch_sizes, repeats=repeats,
+                           window_s=window_s, seed=seed, progress=progress)
+    fl = _flops(entry, steps, k) if flops else None
+    dev_name = _device_name(device)
+    base_rows = {r["batch"]: r for r in rows_by[base_label]}
+    per_backend = []
+    for label, name, prec, be in bes:
+        rows = rows_by[label]
+        peak = (peak_tflops * 1e12) if peak_tflops else (peak_flops(dev_name, prec) if device.startswith("cuda") else None)
+        for r in rows:
+            r["backend"] = label
+            r["ratio_vs_baseline"] = r["windows_per_s"] / base_rows[r["batch"]]["windows_per_s"]
+            if fl:
+                r["achieved_gflops_per_s"] = fl["window"] * r["windows_per_s"] / 1e9
+                r["fraction_of_peak"] = (fl["window"] * r["windows_per_s"] / peak) if peak else None
+        best = max(rows, key=lambda r: r["windows_per_s"])
+        sustained = int(math.floor(best["windows_per_s"] * hop_s))
+        per_backend.append({
+            "backend": label, "name": name, "precision": prec, "engine": rows,
+            "patients_sustained": sustained, "recommended": int(math.floor(sustained * SAFETY_MARGIN)),
+            "best_batch": best["batch"], "best_windows_per_s": best["windows_per_s"],
+            "best_ratio_vs_baseline": best["windows_per_s"] / max(base_rows.values(),
+                                                                  key=lambda r: r["windows_per_s"])["windows_per_s"],
+            "peak_flops": peak})
+    primary = max(per_backend, key=lambda d: d["best_windows_per_s"])
+    prim_be = next(be for lab, _, _, be in bes if lab == primary["backend"])
+    sustained = primary["patients_sustained"]
     out: dict[str, Any] = {
-        "device": device, "device_name": _device_name(device), "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads() if be.device.type == "cpu" else threads,
-        "backend": backend, "steps": steps, "k": k, "window_s": window_s, "hop_s": hop_s,
-        "engine": rows,
-        "flops_per_window_step": fl,
-        "flops_per_window": fl * steps * k if fl else None,  # steps x k denoiser calls per window
+        "device": device, "device_name": dev_name, "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads() if not device.startswith("cuda") else threads,
+        "backend": primary["backend"], "baseline": base_label, "steps": steps, "k": k,
+        "window_s": window_s, "hop_s": hop_s,
+        "engine": primary["engine"],
+        "backends": per_backend,
+        "flops": fl,
+        "flops_per_window_step": fl["window_step"] if fl else None,
+        "flops_per_window": fl["window"] if fl else None,
         "patients_sustained": sustained,
         "patients_sustained_detail": {
-            "best_batch": best["batch"], "best_windows_per_s": best["windows_per_s"],
+            "backend": primary["backend"],
+            "best_batch": primary["best_batch"], "best_windows_per_s": primary["best_windows_per_s"],
             "formula": "best windows/s x hop_s",
-            "recommended": int(math.floor(sustained * SAFETY_MARGIN)),
-            "note": (f"capacity at steps={steps}, k={k}, threads={out_threads(be, threads)}; plan for at most "
+            "recommended": primary["recommended"],
+            "note": (f"capacity of the fastest backend ({primary['backend']}) at steps={steps}, k={k}, "
+                     f"threads={out_threads(device, threads)}; plan for at most "
                      f"{int(SAFETY_MARGIN * 100)}% of it (bursty arrivals, ingest/stitching/vitals "
                      "overhead, other load on the machine); batches only fill up to the best size "
                      "when that many patients' windows arrive together")},
@@ -308,27 +406,44 @@ def run_bench(checkpoint: str | None = None, *, backend: str = "torch", device: 
         "checkpoint": str(Path(path).resolve()),
         "torch": torch.__version__,
     }
+    with contextlib.suppress(ImportError):
+        import onnxruntime
+
+        out["onnxruntime"] = onnxruntime.__version__
     n_live = live_patients if live_patients is not None else min(LIVE_DEFAULT_CAP, max(1, sustained // 2))
     if n_live > 0:
         out["live"] = asyncio.run(_live(
-            be, patients=n_live, duration_s=live_duration, window_s=window_s, hop_s=hop_s, steps=steps,
+            prim_be, patients=n_live, duration_s=live_duration, window_s=window_s, hop_s=hop_s, steps=steps,
             k=k, threads=threads, device=device, max_batch=max(batch_sizes), seed=seed,
-            checkpoint=checkpoint, progress=progress))
+            checkpoint=checkpoint, progress=progress, backend_name=primary["name"]))
         out["live"]["patients_default"] = live_patients is None
+        out["live"]["backend"] = primary["backend"]
     out["seconds"] = time.monotonic() - t_all
     return out
 
 
-def out_threads(be, threads: int | None):
+def parse_backends(text) -> list[str]:
+    from engine.backends import CHOICES
+
+    vals = [v.strip() for v in (text if isinstance(text, (list, tuple)) else str(text).split(",")) if v.strip()]
+    if not vals:
+        raise P2esError("--backends needs at least one backend")
+    bad = [v for v in vals if v not in CHOICES + ("all",)]
+    if bad:
+        raise P2esError(f"--backends: unknown backend(s) {', '.join(bad)} (choose from all, {', '.join(CHOICES)})")
+    if ("all" in vals or "auto" in vals) and len(vals) > 1:
+        raise P2esError("--backends all/auto cannot be combined with other names")
+    return vals
+
+
+def out_threads(device: str, threads: int | None):
     import torch
 
-    return torch.get_num_threads() if be.device.type == "cpu" else threads
+    return torch.get_num_threads() if not str(device).startswith("cuda") else threads
 
 
 def _validate(*, backend, threads, steps, k, batch_sizes, repeats, window_s, hop_s, live_patients,
               live_duration) -> None:
-    if backend != "torch":
-        raise P2esError(f"--backend must be torch, got {backend!r}")
     if threads is not None and threads < 1:
         raise P2esError(f"--threads must be >= 1, got {threads}")
     if steps < 1:
@@ -355,22 +470,35 @@ def _f(x, spec: str = ".1f") -> str:
 
 
 def format_table(res: dict[str, Any]) -> str:
+    base = res.get("baseline", "torch")
     lines = [f"p2es bench: {res['device']} ({res['device_name']}), {res['cpu_count']} CPUs, "
              f"threads {res['threads']}, steps {res['steps']}, k {res['k']}, "
-             f"window {res['window_s']:g} s / hop {res['hop_s']:g} s",
-             f"{'batch':>5}  {'windows/s':>10}  {'lat p50 ms':>10}  {'lat p99 ms':>10}  {'ms/window':>9}"]
-    for r in res["engine"]:
-        lines.append(f"{r['batch']:>5}  {r['windows_per_s']:>10.2f}  {r['latency_ms_p50']:>10.1f}  "
-                     f"{r['latency_ms_p99']:>10.1f}  {r['ms_per_window']:>9.1f}")
+             f"window {res['window_s']:g} s / hop {res['hop_s']:g} s; baseline {base} (eager)"]
+    bes = res.get("backends") or [{"backend": res.get("backend", "torch"), "engine": res["engine"],
+                                   "patients_sustained": res["patients_sustained"]}]
+    w = max(7, max(len(b["backend"]) for b in bes))
+    fl = res.get("flops_per_window")
+    lines.append(f"{'backend':<{w}}  {'batch':>5}  {'windows/s':>10}  {'lat p50 ms':>10}  {'lat p99 ms':>10}  "
+                 f"{'ms/window':>9}  {'x ' + base:>{len(base) + 2}}" + ("  GFLOP/s" if fl else ""))
+    for r in sorted((r for b in bes for r in b["engine"]), key=lambda r: r["batch"]):
+        lines.append(f"{r.get('backend', bes[0]['backend']):<{w}}  {r['batch']:>5}  {r['windows_per_s']:>10.2f}  "
+                     f"{r['latency_ms_p50']:>10.1f}  {r['latency_ms_p99']:>10.1f}  {r['ms_per_window']:>9.1f}  "
+                     f"{_f(r.get('ratio_vs_baseline'), '.2f'):>{len(base) + 2}}"
+                     + (f"  {_f(r.get('achieved_gflops_per_s'), '.1f'):>8}" if fl else "")
+                     + (f" ({100 * r['fraction_of_peak']:.2f}% of peak)" if r.get("fraction_of_peak") else ""))
     if res.get("flops_per_window_step"):
-        lines.append(f"FLOPs per window-step (k=1): {res['flops_per_window_step'] / 1e9:.3f} GFLOP")
+        lines.append(f"FLOPs per window-step (one denoiser call + one DDIM step, k=1): "
+                     f"{res['flops_per_window_step'] / 1e9:.3f} GFLOP; per window (steps x k + encode): "
+                     f"{res['flops_per_window'] / 1e9:.2f} GFLOP")
     d = res["patients_sustained_detail"]
-    lines.append(f"patients sustained in real time: {res['patients_sustained']} "
+    per = ", ".join(f"{b['backend']} {b['patients_sustained']}" for b in bes)
+    lines.append(f"patients sustained in real time: {res['patients_sustained']} with {d.get('backend', bes[0]['backend'])} "
                  f"(= {d['best_windows_per_s']:.2f} windows/s at batch {d['best_batch']} x hop {res['hop_s']:g} s); "
-                 f"recommended <= {d['recommended']} ({int(SAFETY_MARGIN * 100)}% margin)")
+                 f"recommended <= {d['recommended']} ({int(SAFETY_MARGIN * 100)}% margin); per backend: {per}")
     lv = res.get("live")
     if lv:
-        lines.append(f"live: {lv['patients']} patient(s) x {lv['duration_s']:g} s at speed 1: "
+        lines.append(f"live ({lv.get('backend', res.get('backend', 'torch'))}): {lv['patients']} patient(s) x "
+                     f"{lv['duration_s']:g} s at speed 1: "
                      f"e2e p50 {_f(lv['e2e_latency_ms_p50'], '.0f')} ms, p99 {_f(lv['e2e_latency_ms_p99'], '.0f')} ms, "
                      f"windows {lv['windows']}/{lv['windows_expected']}, dropped {lv['windows_dropped']}, "
                      f"latency growth {_f(lv['e2e_growth_ms'], '.0f')} ms -> "

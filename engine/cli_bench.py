@@ -17,8 +17,14 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="benchmark the engine: windows/s, patients sustained, live end-to-end latency")
     b.add_argument("--json", required=True, metavar="OUT.json", help="write the full result here")
     b.add_argument("--checkpoint", default=None, help="checkpoint set (default: the shipped one)")
-    b.add_argument("--backend", choices=("torch",), default="torch")
+    b.add_argument("--backends", "--backend", dest="backends", default="all",
+                   help="comma-separated: torch, onnxruntime, tensorrt, or all (default: every backend "
+                        "available on --device); the torch-eager baseline always runs")
     b.add_argument("--device", default="cpu", help="cpu or cuda")
+    b.add_argument("--peak-tflops", type=float, default=None,
+                   help="device peak in TFLOP/s for the fraction-of-peak column (default: known GPUs only)")
+    b.add_argument("--cache-dir", default=None,
+                   help="ONNX/TensorRT cache (default $P2ES_CACHE_DIR or ~/.cache/p2es)")
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     b.add_argument("--steps", type=int, default=10, help="reverse diffusion steps (default 10)")
     b.add_argument("--k", type=int, default=2, help="samples per window (default 2)")
@@ -46,11 +52,12 @@ def bench_main(args: argparse.Namespace) -> int:
             out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise P2esError(f"cannot create {out.parent}: {e.strerror or e}") from None
-    res = run_bench(args.checkpoint, backend=args.backend, device=args.device, threads=args.threads,
+    res = run_bench(args.checkpoint, backend=args.backends, device=args.device, threads=args.threads,
                     steps=args.steps, k=args.k, batch_sizes=parse_batch_sizes(args.batch_sizes),
                     repeats=args.repeats, window_s=args.window_s, hop_s=args.hop_s,
                     live_patients=args.live_patients, live_duration=args.live_duration, seed=args.seed,
-                    progress=not args.no_progress, flops=not args.no_flops)
+                    progress=not args.no_progress, flops=not args.no_flops, peak_tflops=args.peak_tflops,
+                    cache_dir=args.cache_dir)
     print(format_table(res))
     try:
         print(f"wrote {save_json(res, out)}")

@@ -52,7 +52,8 @@ def register_live(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--influx-token", help="(better: env P2ES_INFLUX_TOKEN)")
     r.add_argument("--window-s", type=float)
     r.add_argument("--hop-s", type=float)
-    r.add_argument("--backend", choices=("torch",))
+    r.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"),
+                   help="inference backend (default torch; auto = the fastest installed for --device)")
     r.add_argument("--device", help="cpu or cuda")
     r.add_argument("--steps", type=int)
     r.add_argument("--k", type=int)

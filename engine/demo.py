@@ -13,6 +13,15 @@ ECG.  A rich live table shows one row per patient (a compact line per refresh wh
 a terminal).  At the end (or on Ctrl-C / SIGTERM) every patient's last seconds of stitched ECG
 are drawn on ECG paper with the uncertainty band and the PPG under it.
 
+Alerts: an in-process :class:`alerts.service.AlertService` consumes the engine's MQTT vitals (no
+InfluxDB unless ``--influx-url``; state and outbox under ``<out>/.alerts``, fresh every run) and
+delivers every alert event to MQTT ``p2es/v1/patients/{id}/alerts`` (the demo listens there, as a
+ward display would) and, signed, to an in-process :class:`alerts.receiver.WebhookReceiver` on
+127.0.0.1 that verifies every delivery.  Rules: ``--rules FILE`` as given, else the shipped
+``alerts/default_rules.yaml`` at **demo timing** -- every ``for`` / ``clear_for`` / ``repeat``
+divided by :data:`DEMO_TIMING_FACTOR` (thresholds unchanged), since the shipped durations (30 s to
+2 min of event time) do not fit in the demo's 40 s of signal.  The shipped file is not changed.
+
 amqtt speaks MQTT 3.1.1 only, so with the embedded broker ingest and the simulator are configured
 with ``mqtt_version="3.1.1"`` (a persistent session instead of MQTT 5's session expiry); an
 external ``--broker`` gets MQTT 5.
@@ -41,12 +50,17 @@ from p2es.errors import P2esError
 
 log = logging.getLogger("p2es.demo")
 
-__all__ = ["DemoPatient", "DemoSummary", "register_demo_args", "cmd_demo", "run_demo", "demo_patients"]
+__all__ = ["DemoPatient", "DemoSummary", "register_demo_args", "cmd_demo", "run_demo", "demo_patients",
+           "demo_timing_rules", "DEMO_TIMING_FACTOR"]
 
 DEFAULT_RHYTHMS = ("sinus", "af", "sinus_tachy", "pvc", "sinus_brady", "long_qt",
                    "st_elevation", "st_depression")
 DEFAULT_RATES = (64.0, 100.0, 25.0, 250.0, 125.0, 500.0)
 DISCLAIMER = "Reconstructed from PPG - not a diagnostic ECG"
+#: the shipped rules' for / clear_for / repeat are divided by this in the demo ("demo timing")
+DEMO_TIMING_FACTOR = 10.0
+PRIORITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "cyan"}
+_PRIORITY_ORDER = {"high": 0, "medium": 1, "low": 2}
 
 
 # ------------------------------------------------------------------------------ results
@@ -66,6 +80,11 @@ class DemoPatient:
     uncertainty: float = math.nan
     sqi: float = math.nan
     png: Path | None = None
+    alerts: dict = field(default_factory=dict)  # rule -> priority of the alerts firing now
+
+    def alert_names(self) -> list[str]:
+        """Firing alerts, highest priority first."""
+        return sorted(self.alerts, key=lambda r: (_PRIORITY_ORDER.get(self.alerts[r], 9), r))
 
     @property
     def ecg_samples(self) -> int:
@@ -109,6 +128,13 @@ class DemoSummary:
     interrupted: bool
     broker: str
     stats: dict[str, Any]
+    #: every alert event seen on MQTT p2es/v1/patients/+/alerts (alerts.messages.AlertMessage), in order
+    alert_events: list = field(default_factory=list)
+    #: webhook counts: sent side (enqueued, delivered, dead_letters, pending) and the receiver's
+    #: (received, verified, accepted = verified + 2xx + first time per webhook-id)
+    webhooks: dict[str, int] = field(default_factory=dict)
+    rules: str = ""  # which rules ran (and whether at demo timing)
+    alert_stats: dict[str, Any] = field(default_factory=dict)  # AlertService.counters()
 
     @property
     def pngs(self) -> list[Path]:
@@ -139,6 +165,9 @@ def register_demo_args(d: argparse.ArgumentParser) -> None:
     d.add_argument("--refresh", type=_float, default=None,
                    help="live view refresh interval in s (default 0.5; 2 when stdout is not a terminal)")
     d.add_argument("--no-live", action="store_true", help="compact log lines instead of the live table")
+    d.add_argument("--rules", default=None, metavar="FILE",
+                   help="alert rules, used as given (default: the shipped alerts/default_rules.yaml "
+                        f"at demo timing: for / clear_for / repeat / {DEMO_TIMING_FACTOR:g})")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -223,8 +252,170 @@ async def _start_broker():
 
 
 
-async def shutdown_live(sim_task, pipe, broker) -> None:
-    """Cancel the simulated wearables, stop the pipeline and the embedded broker; never raises."""
+# ------------------------------------------------------------------------------ alerts
+def demo_timing_rules(rules=None, factor: float = DEMO_TIMING_FACTOR):
+    """The rules (default: the shipped ``alerts/default_rules.yaml``) with every ``for``,
+    ``clear_for`` and ``repeat`` (also the file default) divided by ``factor``.
+
+    Thresholds, hysteresis, gates, priorities, ``max_gap`` and ``forget_after`` are unchanged;
+    ``no_data`` keeps its threshold (seconds of wall clock without vitals).  Demo timing only:
+    the shipped file itself is not touched."""
+    from alerts.rules import RuleFile, load_rules
+
+    if not factor > 0:
+        raise ValueError(f"factor must be > 0, got {factor!r}")
+    base = rules if rules is not None else load_rules()
+    data = base.model_dump(by_alias=True)
+    data["defaults"]["repeat"] = base.defaults.repeat / factor
+    for r in data["rules"]:
+        r["for"] = r["for"] / factor
+        r["clear_for"] = r["clear_for"] / factor
+        if r["repeat"] is not None:
+            r["repeat"] = r["repeat"] / factor
+    return RuleFile.model_validate(data)
+
+
+def load_demo_rules(path: str | None):
+    """(RuleFile, label): ``path`` as given, else the shipped defaults at demo timing."""
+    from alerts.rules import DEFAULT_RULES_PATH, load_rules
+
+    if path:
+        return load_rules(path), f"rules {path} (as given)"
+    try:
+        shown = DEFAULT_RULES_PATH.relative_to(Path.cwd())
+    except ValueError:
+        shown = DEFAULT_RULES_PATH
+    return demo_timing_rules(), (f"shipped rules {shown} at demo timing: for / clear_for / repeat "
+                                 f"/ {DEMO_TIMING_FACTOR:g} (30s -> 3s, 2m -> 12s), thresholds unchanged")
+
+
+class _DemoAlerts:
+    """The alert leg of the demo, all in-process: the AlertService on the broker, a verifying
+    webhook receiver on 127.0.0.1 and an MQTT listener on ``p2es/v1/patients/+/alerts``."""
+
+    def __init__(self, url: str, mqtt_version: str, rules, out: Path, *, influx_url: str | None,
+                 influx_db: str, on_event) -> None:
+        self.url, self.mqtt_version, self.rules, self.dir = url, mqtt_version, rules, out / ".alerts"
+        self.influx_url, self.influx_db, self.on_event = influx_url, influx_db, on_event
+        self.svc = None
+        self.rx = None
+        self.events: list = []
+        self.active: dict[tuple[str, str], str] = {}  # (patient, rule) -> priority, firing now
+        self.listening = asyncio.Event()
+        self._listener: asyncio.Task | None = None
+        self.final: dict[str, Any] = {}
+
+    async def start(self) -> None:
+        import shutil
+
+        from alerts.receiver import WebhookReceiver
+        from alerts.service import AlertService, AlertServiceConfig, WebhookConfig
+        from alerts.webhook import generate_secret
+        from engine.pipeline import new_client_id
+
+        # a fresh ward every run: no state or undelivered webhooks (signed with another run's
+        # secret, for another run's receiver) from a previous demo
+        shutil.rmtree(self.dir, ignore_errors=True)
+        secret = generate_secret()
+        self.rx = WebhookReceiver(secret).start()
+        cfg = AlertServiceConfig(
+            broker=self.url, mqtt_version=self.mqtt_version, client_id=new_client_id("p2es-demo-alerts"),
+            session_expiry_s=0, influx_url=self.influx_url, influx_db=self.influx_db,
+            spool_dir=str(self.dir / "spool"), outbox_dir=str(self.dir / "outbox"),
+            state_file=str(self.dir / "state.json"), external_url="http://127.0.0.1/p2es-demo",
+            webhooks=[WebhookConfig(name="demo", url=self.rx.url, secret=secret, timeout_s=5.0)],
+            backoff_base_s=0.2, backoff_cap_s=2.0)
+        self.svc = AlertService(cfg, rules=self.rules)
+        await self.svc.start()
+        self._listener = asyncio.create_task(self._listen(), name="p2es-demo-alert-listener")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(self.svc.connected.wait(), self.listening.wait()), 15.0)
+        if not (self.svc.connected.is_set() and self.listening.is_set()):
+            raise P2esError(f"the alert service could not connect to the broker {self.url}")
+
+    async def _listen(self) -> None:
+        import aiomqtt
+
+        from alerts.messages import AlertMessage
+        from alerts.service import mqtt_client_args
+        from engine.pipeline import new_client_id
+
+        args = mqtt_client_args(self.url, username=None, password=None,
+                                client_id=new_client_id("p2es-demo-view"), mqtt_version=self.mqtt_version,
+                                persistent=False)
+        while True:
+            try:
+                async with aiomqtt.Client(**args) as client:
+                    await client.subscribe(f"{self.svc.config.prefix}/patients/+/alerts", qos=1)
+                    self.listening.set()
+                    async for msg in client.messages:
+                        try:
+                            ev = AlertMessage.model_validate_json(msg.payload)
+                        except ValueError as e:
+                            log.warning("demo: bad alert message on %s: %s", msg.topic, e)
+                            continue
+                        self.events.append(ev)
+                        if ev.state in ("firing", "repeat"):
+                            self.active[(ev.patient, ev.rule)] = ev.priority
+                        elif ev.state == "resolved":
+                            self.active.pop((ev.patient, ev.rule), None)
+                        self.on_event(ev)
+            except aiomqtt.MqttError as e:
+                log.warning("demo: alert listener lost the broker (%s); reconnecting", e)
+            finally:
+                self.listening.clear()
+            await asyncio.sleep(0.5)
+
+    def webhooks(self) -> dict[str, int]:
+        d = {k: 0 for k in ("enqueued", "delivered", "dead_letters", "pending")}
+        svc = self.svc
+        if svc is not None and svc.outbox is not None and not svc.outbox.closed:
+            ob = svc.outbox.counters()
+            d.update({k: int(ob.get(k, 0)) for k in d})
+        elif self.final:
+            d.update(self.final)
+        rx = list(self.rx.received) if self.rx is not None else []
+        d["received"] = len(rx)
+        d["verified"] = sum(1 for r in rx if r.verified)
+        d["accepted"] = len(self.rx.accepted) if self.rx is not None else 0
+        return d
+
+    async def drain(self, vitals: int, timeout: float) -> bool:
+        """Wait until the service has taken ``vitals`` messages, the listener has every alert
+        message it published and the outbox is empty (or ``timeout``); True when all done."""
+        svc = self.svc
+        if svc is None:
+            return True
+        deadline = time.monotonic() + timeout
+        while True:
+            c = svc.counters()
+            done = (c.get("vitals_in", 0) >= vitals and c["mqtt_backlog"] == 0
+                    and len(self.events) >= c.get("dispatch", {}).get("mqtt", 0)
+                    and c.get("outbox", {}).get("pending", 0) == 0)
+            if done or time.monotonic() >= deadline:
+                return done
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        """Stop the service (saves its state), the listener and the receiver; never raises."""
+        if self.svc is not None:
+            with contextlib.suppress(Exception):
+                self.final = {k: v for k, v in self.webhooks().items()
+                              if k in ("enqueued", "delivered", "dead_letters", "pending")}
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.svc.stop(timeout=5.0), 10.0)
+        if self._listener is not None and not self._listener.done():
+            self._listener.cancel()
+            with contextlib.suppress(BaseException):
+                await self._listener
+        if self.rx is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.rx.stop)
+
+
+async def shutdown_live(sim_task, pipe, broker, alerts: _DemoAlerts | None = None) -> None:
+    """Cancel the simulated wearables, stop the pipeline, the alert service (with its webhook
+    receiver) and the embedded broker; never raises."""
     if sim_task is not None and not sim_task.done():
         sim_task.cancel()
         with contextlib.suppress(BaseException):
@@ -232,9 +423,13 @@ async def shutdown_live(sim_task, pipe, broker) -> None:
     if pipe is not None:
         with contextlib.suppress(Exception):
             await pipe.stop(timeout=5.0)
+    if alerts is not None:
+        with contextlib.suppress(Exception):
+            await alerts.stop()
     if broker is not None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(broker.shutdown(), 5.0)
+
 
 def _fmt(x: float, spec: str = ".0f") -> str:
     return "-" if x is None or not np.isfinite(x) else format(x, spec)
@@ -243,9 +438,11 @@ def _fmt(x: float, spec: str = ".0f") -> str:
 class _View:
     """The live view: a rich table on a terminal, a compact line per refresh otherwise."""
 
-    def __init__(self, live: bool, speed: float, t_start: float, duration: float) -> None:
+    def __init__(self, live: bool, speed: float, t_start: float, duration: float,
+                 alerts: _DemoAlerts | None = None) -> None:
         self.live_mode = live
         self.speed, self.t_start, self.duration = speed, t_start, duration
+        self.alerts = alerts
         self._live = None
 
     def lag(self, p: DemoPatient) -> float:
@@ -267,25 +464,47 @@ class _View:
                        ("HRecg", "right"), ("SQI", "right"), ("unc mV", "right"), ("lag s", "right"),
                        ("win", "right")]:
             t.add_column(col, justify=j, no_wrap=True)
+        if self.alerts is not None:
+            t.add_column("alerts", justify="left", no_wrap=False, min_width=10)
         for p in pats.values():
-            t.add_row(p.id, f"{p.age:.0f}/{p.sex}", p.rhythm,
-                      _fmt(p.hr_ppg[-1] if p.hr_ppg else math.nan),
-                      _fmt(p.hr_ecg[-1] if p.hr_ecg else math.nan), _fmt(p.sqi, ".2f"),
-                      _fmt(p.uncertainty, ".3f"), _fmt(self.lag(p), ".1f"), str(p.windows))
+            row = [p.id, f"{p.age:.0f}/{p.sex}", p.rhythm,
+                   _fmt(p.hr_ppg[-1] if p.hr_ppg else math.nan),
+                   _fmt(p.hr_ecg[-1] if p.hr_ecg else math.nan), _fmt(p.sqi, ".2f"),
+                   _fmt(p.uncertainty, ".3f"), _fmt(self.lag(p), ".1f"), str(p.windows)]
+            if self.alerts is not None:
+                row.append(self.alert_cell(p))
+            t.add_row(*row)
         return t
 
     @staticmethod
-    def footer(st: dict) -> str:
+    def alert_cell(p: DemoPatient):
+        from rich.text import Text
+
+        cell = Text()
+        for i, r in enumerate(p.alert_names()):
+            if i:
+                cell.append("\n")
+            cell.append(f"\u25b2 {r}", style=PRIORITY_STYLE.get(p.alerts[r], ""))
+        return cell if cell.plain else Text("-", style="dim")
+
+    def footer(self, st: dict) -> str:
         q = st.get("queue_depth", {})
-        return (f"windows {st.get('windows', 0)} ({st.get('windows_per_s', 0.0):.2f}/s) | "
+        text = (f"windows {st.get('windows', 0)} ({st.get('windows_per_s', 0.0):.2f}/s) | "
                 f"batch mean {_fmt(st.get('batch_size_mean', math.nan), '.1f')} "
                 f"max {st.get('batch_size_max', 0)} | queue ingest {q.get('ingest', 0)} "
                 f"engine {q.get('batcher', 0)}")
+        if self.alerts is not None:
+            wh = self.alerts.webhooks()
+            n = len(self.alerts.events)
+            text += (f" | alerts: {len(self.alerts.active)} firing, {n} event{'' if n == 1 else 's'} | "
+                     f"webhooks: {wh['delivered']} delivered, {wh['verified']} verified")
+        return text
 
     def line(self, pats: dict[str, DemoPatient], st: dict, elapsed: float) -> str:
         parts = [f"{p.id} {p.rhythm} w{p.windows} "
                  f"hr {_fmt(p.hr_ppg[-1] if p.hr_ppg else math.nan)}/"
                  f"{_fmt(p.hr_ecg[-1] if p.hr_ecg else math.nan)} lag {_fmt(self.lag(p), '.1f')}"
+                 + (f" [{','.join(p.alert_names())}]" if p.alerts else "")
                  for p in pats.values()]
         return f"[{elapsed:5.1f}s] " + "; ".join(parts) + " | " + self.footer(st)
 
@@ -351,6 +570,9 @@ def _validate(args: argparse.Namespace) -> None:
         raise P2esError(f"--broker must be mqtt://HOST:PORT or mqtts://HOST:PORT, got {args.broker!r}")
     if args.influx_url and not (args.influx_url.startswith("http://") or args.influx_url.startswith("https://")):
         raise P2esError(f"--influx-url must be http(s)://HOST:PORT, got {args.influx_url!r}")
+    rules = getattr(args, "rules", None)
+    if rules and not Path(rules).is_file():
+        raise P2esError(f"rules file not found: {rules}")
 
 
 def run_demo(args: argparse.Namespace, *, live: bool | None = None) -> DemoSummary:
@@ -360,11 +582,29 @@ def run_demo(args: argparse.Namespace, *, live: bool | None = None) -> DemoSumma
         live = sys.stdout.isatty() and not getattr(args, "no_live", False)
     if args.refresh is None:
         args.refresh = 0.5 if live else 2.0
+    rules, rules_label = load_demo_rules(getattr(args, "rules", None))  # a bad file: one-line error
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return asyncio.run(_run(args, live))
+    return asyncio.run(_run(args, live, rules, rules_label))
 
 
-async def _run(args: argparse.Namespace, live: bool) -> DemoSummary:
+def _print_alerts(events: list, webhooks: dict[str, int], rules_label: str, t_start: float,
+                  url: str | None, pats: dict[str, DemoPatient]) -> None:
+    """The alert part of the end summary (t = signal seconds of the window that caused it)."""
+    print(f"alerts ({rules_label}): {len(events)} event(s); from the reconstructed ECG, not "
+          "diagnostic - the simulated rhythm is shown to judge them")
+    for e in events:
+        v = "-" if e.value is None else f"{e.value:.4g}"
+        who = f"{e.patient} ({pats[e.patient].rhythm if e.patient in pats else '?'})"
+        print(f"  t={e.t - t_start:5.1f} s  {who:<24s} {e.state:<8s} {e.priority:<6s} "
+              f"{e.rule:<22s} value {v:<7s} {e.message}")
+    print(f"webhooks: {webhooks.get('delivered', 0)} delivered, {webhooks.get('verified', 0)} verified "
+          f"(of {webhooks.get('received', 0)} received; Standard Webhooks signatures checked by the "
+          f"receiver{' at ' + url if url else ''}"
+          + (f"; {webhooks['dead_letters']} dead-lettered" if webhooks.get("dead_letters") else "")
+          + (f"; {webhooks['pending']} still pending" if webhooks.get("pending") else "") + ")")
+
+
+async def _run(args: argparse.Namespace, live: bool, rules, rules_label: str) -> DemoSummary:
     from engine.pipeline import Pipeline, PipelineConfig, is_busy, new_client_id
     from wearable.publisher import simulate_async
 
@@ -399,8 +639,19 @@ async def _run(args: argparse.Namespace, live: bool) -> DemoSummary:
             p.hr_ppg.append(float(v.hr_ppg_bpm))
             p.uncertainty, p.sqi = float(v.uncertainty), float(v.sqi)
 
+    def on_alert(e) -> None:  # an alerts.messages.AlertMessage from MQTT
+        p = pats.get(e.patient)
+        if p is None:
+            return
+        if e.state in ("firing", "repeat"):
+            p.alerts[e.rule] = e.priority
+        elif e.state == "resolved":
+            p.alerts.pop(e.rule, None)
+
     broker = None
     pipe = None
+    alerts: _DemoAlerts | None = None
+    rx_url = None
     sim_task = None
     interrupted = False
     stats: dict[str, Any] = {}
@@ -430,6 +681,12 @@ async def _run(args: argparse.Namespace, live: bool) -> DemoSummary:
                 asyncio.shield(pipe.ingest.connected.wait()), 15.0)
         if not pipe.ingest.connected.is_set():
             raise P2esError(f"ingest could not connect to the broker {url}")
+        # the alert service (and the listener) subscribe before the first vitals can exist
+        alerts = _DemoAlerts(url, mqtt_version, rules, out, influx_url=args.influx_url,
+                             influx_db=args.influx_db, on_event=on_alert)
+        await alerts.start()
+        rx_url = alerts.rx.url
+        print(f"alerts: {rules_label}; signed webhooks -> verifying receiver {rx_url}", flush=True)
         sim_stop = asyncio.Event()
         sim_task = asyncio.create_task(simulate_async(
             url, sims, speed=args.speed, seed=args.seed, duration_s=args.duration + 1.0,
@@ -437,7 +694,7 @@ async def _run(args: argparse.Namespace, live: bool) -> DemoSummary:
         expected = int((args.duration - 8.0) // 4.0) + 1  # at most, full windows per patient
         t_sim_done = t_quiet = None
         last_windows = -1
-        with _View(live, args.speed, t_start, args.duration) as view:
+        with _View(live, args.speed, t_start, args.duration, alerts) as view:
             while True:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), args.refresh if not t_sim_done else 0.25)
@@ -466,9 +723,11 @@ async def _run(args: argparse.Namespace, live: bool) -> DemoSummary:
                     await asyncio.wait_for(sim_task, 5.0)
             await pipe.stop(timeout=10.0 if interrupted else 30.0)
             stats = pipe.stats()
+            # the last vitals through the alert service, its events to MQTT and the webhooks
+            await alerts.drain(sum(p.windows for p in pats.values()), 1.0 if interrupted else 5.0)
             view.update(pats, stats, time.monotonic() - wall0)
     finally:
-        await shutdown_live(sim_task, pipe, broker)
+        await shutdown_live(sim_task, pipe, broker, alerts)
         for sig in installed:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
@@ -487,4 +746,10 @@ async def _run(args: argparse.Namespace, live: bool) -> DemoSummary:
         print(f"  {p.id}  {p.age:3.0f}/{p.sex}  {p.rhythm:<14s} windows {p.windows:3d}  "
               f"ECG {p.ecg_samples / 128.0:5.1f} s  mean |HR_ecg - HR_ppg| {_fmt(p.hr_error, '.1f')} bpm"
               f"  -> {p.png if p.png else 'no picture (no ECG yet)'}")
-    return DemoSummary(pats, out, wall, int(stats.get("windows", 0)), interrupted, url, stats)
+    events = list(alerts.events) if alerts is not None else []
+    webhooks = alerts.webhooks() if alerts is not None else {}
+    if alerts is not None:
+        _print_alerts(events, webhooks, rules_label, t_start, rx_url, pats)
+    return DemoSummary(pats, out, wall, int(stats.get("windows", 0)), interrupted, url, stats,
+                       alert_events=events, webhooks=webhooks, rules=rules_label,
+                       alert_stats=alerts.svc.counters() if alerts is not None and alerts.svc else {})

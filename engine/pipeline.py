@@ -72,7 +72,8 @@ class PipelineConfig(BaseModel):
     influx_token: str | None = None
     window_s: float = Field(8.0, gt=0)
     hop_s: float = Field(4.0, gt=0)
-    backend: Literal["torch"] = "torch"
+    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "torch"  # engine.backends
+    engine_cache_dir: str | None = None  # ONNX/TensorRT cache (None: $P2ES_CACHE_DIR or ~/.cache/p2es)
     device: str = "cpu"
     steps: int = Field(10, ge=1)
     k: int = Field(4, ge=1)
@@ -174,9 +175,9 @@ class Pipeline:
 
     # ------------------------------------------------------------------ lifecycle
     def _make_backend(self):
+        from engine.backends import make_backend
         from engine.checkpoint import load_model
         from engine.reconstruct import DEFAULT_CHECKPOINT
-        from engine.runtime import TorchBackend
 
         path = self.config.checkpoint or str(DEFAULT_CHECKPOINT)
         if not Path(path).exists():
@@ -185,8 +186,9 @@ class Pipeline:
             entry = load_model(path, "p2es")
         except KeyError as e:
             raise P2esError(f"checkpoint {path} holds no 'p2es' model") from e
-        return TorchBackend(entry, device=self.config.device, steps=self.config.steps,
-                            k=self.config.k, seed=self.config.seed, threads=self.config.threads)
+        return make_backend(self.config.backend, entry, device=self.config.device, steps=self.config.steps,
+                            k=self.config.k, seed=self.config.seed, threads=self.config.threads,
+                            max_batch=self.config.max_batch, cache_dir=self.config.engine_cache_dir)
 
     async def start(self) -> None:
         from engine.runtime import MicroBatcher

@@ -108,18 +108,28 @@ class Backend(Protocol):
 
 
 class TorchBackend:
-    """The checkpoint's sampler in PyTorch (CPU; CUDA with bf16 autocast when ``device`` is cuda)."""
+    """The checkpoint's sampler in PyTorch.
+
+    * CPU: :func:`engine.sampler.sample` as is (fp32; ``threads`` sets torch's intra-op threads).
+    * CUDA: the same loop with precomputed step coefficients (:class:`engine.backends.torch_loop.
+      GraphableLoop`), the network passes under autocast ``precision`` ("bf16" default, "fp16",
+      "fp32"; the DCT step stays fp32) and, with ``cuda_graphs`` (default), the whole loop captured
+      in one CUDA graph per batch-size bucket (powers of two up to ``max_batch``; a batch is padded
+      to its bucket).  ``bf16=False`` (the old switch) means ``precision="fp32"``.
+    """
 
     name = "torch"
 
     def __init__(self, entry, *, device: str = "cpu", steps: int = 10, k: int = 4, seed: int = 0,
-                 threads: int | None = None, bf16: bool = True) -> None:
+                 threads: int | None = None, bf16: bool = True, precision: str | None = None,
+                 cuda_graphs: bool = True, max_batch: int = 32, buckets: list[int] | None = None,
+                 **_ignored) -> None:
+        from p2es.errors import P2esError
+
         if threads:
             torch.set_num_threads(int(threads))
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            from p2es.errors import P2esError
-
             raise P2esError("backend device 'cuda' requested but no CUDA GPU is available")
         self.entry = entry
         self.model = entry.model.to(self.device).eval()
@@ -127,10 +137,35 @@ class TorchBackend:
         if hasattr(self.schedule, "to"):
             self.schedule = self.schedule.to(self.device)
         self.steps, self.k, self.seed = int(steps), int(k), int(seed)
-        self.bf16 = bool(bf16) and self.device.type == "cuda"
+        if precision is None:
+            precision = "bf16" if bf16 else "fp32"
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise P2esError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+        on_cuda = self.device.type == "cuda"
+        self.precision = precision if on_cuda else "fp32"
+        self.bf16 = self.precision == "bf16"
+        self.cuda_graphs = bool(cuda_graphs) and on_cuda
         self.T = int(entry.model.cfg.T)
         self.fs = float(entry.model.cfg.fs)
         self._calls = 0
+        self._loop = self._graphs = None
+        if on_cuda:
+            from engine.backends.torch_loop import CudaGraphRunner, GraphableLoop, default_buckets
+
+            dt = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+            self._loop = GraphableLoop(self.model, self.schedule, steps=self.steps, k=self.k,
+                                       device=self.device, autocast_dtype=dt)
+            if self.cuda_graphs:
+                cfg = entry.model.cfg
+                self._graphs = CudaGraphRunner(self._loop, n_leads=cfg.n_leads, T=cfg.T, n_demo=cfg.n_demo,
+                                               ppg_channels=cfg.ppg_channels,
+                                               buckets=buckets or default_buckets(max_batch))
+
+    @property
+    def label(self) -> str:
+        if self.device.type != "cuda":
+            return "torch"
+        return f"torch-cuda-{self.precision}" + ("-graphs" if self.cuda_graphs else "")
 
     def run(self, feats: np.ndarray, demo: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         gen = torch.Generator(device=self.device.type).manual_seed(self.seed + self._calls)
@@ -138,8 +173,14 @@ class TorchBackend:
         f = torch.as_tensor(feats, dtype=torch.float32, device=self.device)
         d = (torch.as_tensor(demo, dtype=torch.float32, device=self.device),
              torch.as_tensor(mask, dtype=torch.float32, device=self.device))
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else _Null()
-        with torch.no_grad(), ctx:
+        if self._loop is not None:  # CUDA
+            cfg = self.entry.model.cfg
+            noise = torch.randn((f.shape[0] * self.k, cfg.n_leads, cfg.T), generator=gen, device=self.device)
+            with torch.no_grad():
+                fn = self._graphs if self._graphs is not None else self._loop
+                mean, std = fn(f, d[0], d[1], noise)
+            return mean.float().cpu().numpy(), std.float().cpu().numpy()
+        with torch.no_grad():
             res = sampler.sample(self.model, self.schedule, f, d, steps=self.steps, k=self.k,
                                  generator=gen, keep_samples=False)
         return res.mean.float().cpu().numpy(), res.std.float().cpu().numpy()

@@ -206,3 +206,16 @@ def test_rules_hysteresis_side_and_defaults():
     assert r.still_active(111) and not r.still_active(110)
     assert rf.repeat_for(rf.by_name()["st_inf"]) == 0 and rf.repeat_for(r) == 40
     assert rf.gate_for(r) is None and rf.gate_for(rf.by_name()["st_inf"]).max_uncertainty_mv == 0.05
+
+
+def test_hr_gate_holds_st_rules_during_tachycardia():
+    e = AlertEngine(load_rules_text(RULES.replace(
+        '    summary: "ST {value:+.2f} mV inferior"',
+        '    gate: {max_hr_bpm: 120}\n    summary: "ST {value:+.2f} mV inferior"')))
+    assert feed(e, [135] * 6, st_inferior_mv=0.21, uncertainty=0.03, sqi=0.9) == [] or \
+        ("st_inf", "bed-1") not in e.alerts  # ST held while HR > 120 (hr_high may fire)
+    assert ("st_inf", "bed-1") not in e.alerts
+    ev = feed(e, [90] * 3, start=6, st_inferior_mv=0.21, uncertainty=0.03, sqi=0.9)
+    st = [x for x in ev if x.rule == "st_inf"]
+    assert [x.kind for x in st] == ["firing"]
+    assert st[0].message.endswith("SQI 0.90 ≥ 0.6, HR 90 ≤ 120 bpm")

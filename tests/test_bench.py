@@ -26,6 +26,12 @@ def tiny_ckpt(tmp_path_factory):
     return path
 
 
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    """ONNX exports of the tiny model go to a temp cache, not ~/.cache."""
+    monkeypatch.setenv("P2ES_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "p2es-cache"))
+
+
 def _main(monkeypatch, argv):
     """p2es.cli.main with ``bench`` registered (also before engine/cli.py wires it in)."""
     import engine.cli as engine_cli
@@ -74,7 +80,40 @@ def test_bench_end_to_end(tiny_ckpt, tmp_path, monkeypatch, capsys):
     assert "patients sustained" in text and "windows/s" in text
 
 
+def test_bench_backends_ratio_and_patients(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """torch (the eager baseline) and onnxruntime in one run: per-backend rows, ratio, capacity, FLOPs."""
+    out = tmp_path / "bench.json"
+    rc = _main(monkeypatch, ["bench", "--json", str(out), "--checkpoint", str(tiny_ckpt), "--threads", "1",
+                             "--steps", "2", "--k", "2", "--batch-sizes", "1,3", "--repeats", "1",
+                             "--backends", "torch,onnxruntime", "--live-patients", "0", "--no-progress"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["baseline"] == "torch"
+    by = {b["backend"]: b for b in res["backends"]}
+    assert set(by) == {"torch", "onnxruntime"}
+    for b in by.values():
+        assert [r["batch"] for r in b["engine"]] == [1, 3]
+        assert b["patients_sustained"] == math.floor(b["best_windows_per_s"] * res["hop_s"])
+        for r in b["engine"]:
+            assert _finite_pos(r["ratio_vs_baseline"]) and _finite_pos(r["achieved_gflops_per_s"])
+            assert r["fraction_of_peak"] is None  # CPU: no known peak
+    assert all(r["ratio_vs_baseline"] == 1.0 for r in by["torch"]["engine"])
+    ort_wps = {r["batch"]: r["windows_per_s"] for r in by["onnxruntime"]["engine"]}
+    for r in by["onnxruntime"]["engine"]:
+        base = next(x for x in by["torch"]["engine"] if x["batch"] == r["batch"])
+        assert r["ratio_vs_baseline"] == pytest.approx(ort_wps[r["batch"]] / base["windows_per_s"])
+    fastest = max(by.values(), key=lambda b: b["best_windows_per_s"])
+    assert res["backend"] == fastest["backend"] and res["patients_sustained"] == fastest["patients_sustained"]
+    assert res["flops"]["window_step"] == res["flops_per_window_step"] > res["flops"]["denoise"] > 0
+    assert res["flops_per_window"] == pytest.approx(res["flops"]["encode"] + 2 * 2 * res["flops"]["denoise"]
+                                                    + 1 * 2 * res["flops"]["ddim_step"])
+    text = capsys.readouterr().out
+    assert "onnxruntime" in text and "x torch" in text and "per backend" in text
+
+
 @pytest.mark.parametrize("argv, msg", [
+    (["--backends", "tflite"], "--backends"),
+    (["--backends", "all,torch"], "--backends"),
     (["--batch-sizes", "1,x"], "--batch-sizes"),
     (["--k", "0"], "--k"),
     (["--hop-s", "9"], "--hop-s"),

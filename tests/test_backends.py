@@ -1,0 +1,265 @@
+"""Runtime backends: selection, ONNX Runtime == torch for the whole reconstruction, the graphable
+loop == the sampler, and the live pipeline end to end on ONNX Runtime against the real Mosquitto.
+
+TensorRT and CUDA graphs need a GPU (+ TensorRT): those tests run only where they import."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+import services
+
+TINY = dict(widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8)
+
+
+def _tiny_set(path, names=("p2es",)):
+    import torch
+
+    from engine.checkpoint import pack, save_set
+    from engine.config import variant
+    from engine.diffusion import make_schedule
+    from engine.model import P2ES
+
+    torch.manual_seed(0)
+    models = {}
+    for n in names:
+        mc, sc = variant(n, **TINY)
+        m = P2ES(mc).eval()
+        with torch.no_grad():  # untrained FiLM/deblur start at zero/identity: perturb so they matter
+            for p in m.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        models[n] = pack(m, make_schedule(sc, mc.T))
+    save_set(path, models)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    return _tiny_set(tmp_path_factory.mktemp("bk") / "tiny.pt",
+                     ("p2es", "ddpm", "unet_regression", "p2es_no_groups"))
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("P2ES_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "p2es-cache"))
+
+
+def _inputs(B, seed=3):
+    from engine.runtime import WindowRequest, prepare_batch
+    from wearable.sim import synthesize
+
+    d = synthesize(B, seed=seed)
+    reqs = [WindowRequest(f"p{i}", 1e9, 128.0, d["ppg"][i],
+                          {"age": float(d["age"][i]), "sex": int(d["sex"][i])} if i % 2 == 0 else None, 0.9)
+            for i in range(B)]
+    return prepare_batch(reqs)
+
+
+def rel(a, b):
+    return float(np.max(np.abs(np.asarray(a, np.float64) - b)) / max(np.max(np.abs(b)), 1e-12))
+
+
+# ------------------------------------------------------------------------------ selection
+def test_backend_selection_by_name_and_auto(monkeypatch):
+    import engine.backends as B
+    from p2es.errors import P2esError
+
+    assert B.available_backends("cpu") == ["torch", "onnxruntime"]
+    assert B.resolve_backend("auto", "cpu") == "onnxruntime"
+    assert B.resolve_backend("torch", "cpu") == "torch"
+    with pytest.raises(P2esError, match="unknown backend"):
+        B.resolve_backend("tensorflow", "cpu")
+    with pytest.raises(P2esError, match="CUDA GPU only"):
+        B.resolve_backend("tensorrt", "cpu")
+    # CUDA: tensorrt when it imports, else torch (CUDA graphs)
+    monkeypatch.setattr(B, "_cuda_ok", lambda: True)
+    monkeypatch.setattr(B, "_tensorrt_ok", lambda: True)
+    assert B.resolve_backend("auto", "cuda") == "tensorrt"
+    monkeypatch.setattr(B, "_tensorrt_ok", lambda: False)
+    assert B.resolve_backend("auto", "cuda") == "torch"
+    # without onnxruntime: auto falls back to torch, asking for it is one clear line
+    real = B._importable
+    monkeypatch.setattr(B, "_importable", lambda m: False if m == "onnxruntime" else real(m))
+    assert B.available_backends("cpu") == ["torch"]
+    assert B.resolve_backend("auto", "cpu") == "torch"
+    with pytest.raises(P2esError, match="pip install"):
+        B.resolve_backend("onnxruntime", "cpu")
+
+
+def test_tensorrt_absent_is_one_line():
+    from engine.backends.tensorrt import require_tensorrt, tensorrt_available
+    from p2es.errors import P2esError
+
+    if tensorrt_available():
+        pytest.skip("tensorrt is installed here")
+    with pytest.raises(P2esError, match="TensorRT is not installed"):
+        require_tensorrt()
+
+
+def test_make_backend_types_and_old_import(tiny_ckpt):
+    import engine.backends as B
+    from engine.backends.ort import OrtBackend
+    from engine.checkpoint import load_model
+    from engine.runtime import TorchBackend
+
+    e = load_model(tiny_ckpt, "p2es")
+    assert B.TorchBackend is TorchBackend
+    tb = B.make_backend("torch", e, steps=2, k=1, threads=1)
+    ob = B.make_backend("auto", e, steps=2, k=1, threads=1)
+    assert isinstance(tb, TorchBackend) and isinstance(ob, OrtBackend)
+    assert ob.T == tb.T == 1024 and ob.fs == tb.fs == 128.0
+
+
+# ------------------------------------------------------------------------------ numerics
+@pytest.mark.parametrize("name", ["p2es", "ddpm", "unet_regression", "p2es_no_groups"])
+def test_onnxruntime_matches_torch_whole_reconstruction(tiny_ckpt, name):
+    """Same seed => same x_T: the whole loop (encode, every DDIM step, 12-lead finish) agrees."""
+    from engine.backends.ort import OrtBackend
+    from engine.checkpoint import load_model
+    from engine.runtime import TorchBackend
+
+    e = load_model(tiny_ckpt, name)
+    feats, demo, mask = _inputs(3)
+    tb = TorchBackend(e, steps=4, k=2, seed=5, threads=1)
+    ob = OrtBackend(e, steps=4, k=2, seed=5, threads=1)
+    for _ in range(2):  # the per-call seed advances identically
+        m_t, s_t = tb.run(feats, demo, mask)
+        m_o, s_o = ob.run(feats, demo, mask)
+        assert m_o.shape == (3, 12, 1024) and s_o.shape == (3, 12, 1024)
+        assert rel(m_o, m_t) < 1e-4, rel(m_o, m_t)
+        if name != "unet_regression":
+            assert rel(s_o, s_t) < 1e-4 and np.all(s_o >= 0)
+        else:
+            assert np.all(s_o == 0)
+
+
+def test_graphable_loop_equals_sampler_on_cpu(tiny_ckpt):
+    """The loop that gets CUDA-graph captured (and drives TensorRT) is the sampler's loop."""
+    import torch
+
+    from engine import sampler
+    from engine.backends.common import draw_noise
+    from engine.backends.torch_loop import GraphableLoop
+    from engine.checkpoint import load_model
+
+    e = load_model(tiny_ckpt, "p2es")
+    feats, demo, mask = (torch.as_tensor(a) for a in _inputs(2))
+    ref = sampler.sample(e.model, e.schedule, feats, (demo, mask), steps=3, k=2,
+                         generator=torch.Generator().manual_seed(11), keep_samples=False)
+    loop = GraphableLoop(e.model, e.schedule, steps=3, k=2, device="cpu")
+    with torch.no_grad():
+        mean, std = loop(feats, demo, mask, torch.as_tensor(draw_noise(11, (4, 8, 1024))))
+    assert rel(mean.numpy(), ref.mean.numpy()) < 1e-6 and rel(std.numpy(), ref.std.numpy()) < 1e-6
+
+
+def test_buckets():
+    from engine.backends.torch_loop import bucket_for, default_buckets
+
+    assert default_buckets(32) == [1, 2, 4, 8, 16, 32]
+    assert default_buckets(24) == [1, 2, 4, 8, 16, 24]
+    assert [bucket_for(n, [1, 2, 4, 8]) for n in (1, 3, 5, 8, 9)] == [1, 4, 8, 8, 8]
+
+
+# ------------------------------------------------------------------------------ GPU only
+def _cuda():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+
+
+def test_torch_cuda_graphs_match_eager(tiny_ckpt):
+    _cuda()
+    from engine.checkpoint import load_model
+    from engine.runtime import TorchBackend
+
+    feats, demo, mask = _inputs(3)
+    eager = TorchBackend(load_model(tiny_ckpt, "p2es"), device="cuda", steps=4, k=2, precision="fp32",
+                         cuda_graphs=False)
+    graph = TorchBackend(load_model(tiny_ckpt, "p2es"), device="cuda", steps=4, k=2, precision="fp32",
+                         cuda_graphs=True, max_batch=4)
+    for _ in range(2):  # capture, then replay
+        a, b = eager.run(feats, demo, mask), graph.run(feats, demo, mask)
+        assert rel(b[0], a[0]) < 1e-4
+
+
+def test_tensorrt_backend_matches_torch(tiny_ckpt):
+    _cuda()
+    pytest.importorskip("tensorrt")
+    from engine.backends.tensorrt import TensorRTBackend
+    from engine.checkpoint import load_model
+    from engine.runtime import TorchBackend
+
+    feats, demo, mask = _inputs(3)
+    rt = TensorRTBackend(load_model(tiny_ckpt, "p2es"), steps=4, k=2, max_batch=4, fp16=False)
+    m_t, _ = TorchBackend(load_model(tiny_ckpt, "p2es"), device="cpu", steps=4, k=2).run(feats, demo, mask)
+    m_r, _ = rt.run(feats, demo, mask)  # TensorRT draws x_T like the CPU backends
+    assert rel(m_r, m_t) < 1e-3
+
+
+# ------------------------------------------------------------------------------ live pipeline
+def test_cli_run_accepts_every_backend():
+    import argparse
+
+    from engine.cli_live import load_config, register_live
+
+    parser = argparse.ArgumentParser()
+    register_live(parser.add_subparsers())
+    for b in ("auto", "torch", "onnxruntime", "tensorrt"):
+        assert load_config(parser.parse_args(["run", "--backend", b])).backend == b
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "--backend", "tflite"])
+
+
+def test_pipeline_end_to_end_on_onnxruntime(tiny_ckpt, mqtt_broker, tmp_path):
+    """The live pipeline with backend="onnxruntime" (one flag): real Mosquitto, simulated wearables,
+    every window reconstructed by ONNX Runtime, stitched ECG contiguous and each sample once."""
+    from engine.backends.ort import OrtBackend
+    from engine.pipeline import Pipeline, PipelineConfig
+    from wearable.publisher import make_patients, simulate_async
+
+    tag = uuid.uuid4().hex[:6]
+    t_start = float(int(time.time()))
+    chunks, vitals = [], []
+
+    async def main():
+        cfg = PipelineConfig(broker=services.mqtt_url(), client_id=f"p2es-test-ort-{tag}", influx_url=None,
+                             steps=2, k=2, checkpoint=str(tiny_ckpt), threads=1, max_wait_ms=10,
+                             backend="onnxruntime", engine_cache_dir=str(tmp_path / "cache"),
+                             stream_reorder_wait_s=1.0)
+        pipe = Pipeline(cfg, on_ecg=chunks.append, on_vitals=vitals.append)
+        await pipe.start()
+        assert isinstance(pipe._backend, OrtBackend)
+        await pipe.ingest.wait_connected(10)
+        pats = make_patients(2, seed=9, duration_s=24, fs_list=[125, 64], prefix=f"o{tag}")
+        await simulate_async(services.mqtt_url(), pats, speed=40, duration_s=24, t_start=t_start)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            s = pipe.stats()
+            if len(s["patients"]) == 2 and all(p["windows"] >= 4 for p in s["patients"].values()) \
+                    and not s["queue_depth"]["batcher"] and not any(p["pending"] for p in s["patients"].values()):
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.5)
+        await pipe.stop()
+        return pipe
+
+    pipe = asyncio.run(main())
+    s = pipe.stats()
+    assert len(s["patients"]) == 2
+    expected = int(np.ceil((24 * 128 - 1024) / 512))
+    for pid, p in s["patients"].items():
+        assert p["windows"] == expected and p["errors"] == 0, (pid, p)
+        mine = [c for c in chunks if c.patient == pid]
+        n = sum(c.ecg.shape[1] for c in mine)
+        assert n == p["ecg_samples"] == (p["windows"] - 1) * 512 + 1024
+        assert mine[0].t0 == t_start
+        for a, b in zip(mine, mine[1:]):
+            assert abs(b.t0 - (a.t0 + a.ecg.shape[1] / 128.0)) < 1e-6
+        assert all(np.isfinite(c.ecg).all() for c in mine)
+    assert len(vitals) == sum(p["windows"] for p in s["patients"].values())
+    assert list((tmp_path / "cache" / "onnx").iterdir())  # exported on demand into the cache

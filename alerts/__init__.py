@@ -1,4 +1,4 @@
-"""Rule-based alerts on the live vitals (see docs/readme_parts/alerts.md).
+"""Rule-based alerts on the live vitals (see the README, "Alerts").
 
 Modules, in data-flow order: ``rules`` (YAML rules, validated, line-precise errors),
 ``messages`` (the MQTT boundary: vitals in, ack/silence commands, alert messages out),

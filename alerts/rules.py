@@ -132,7 +132,8 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 class Gate(BaseModel):
     """Quality gate: a window is evaluated only if ``uncertainty <= max_uncertainty_mv`` and
     ``sqi >= min_sqi`` (a null uncertainty/SQI fails the gate), and, when ``max_hr_bpm`` is
-    set, ``hr_bpm <= max_hr_bpm`` (a null HR then fails too): ST measured at a fixed J + 60 ms
+    set, ``max(hr_bpm, hr_ppg_bpm) <= max_hr_bpm`` (the faster of the reconstructed and the PPG
+    rate; both null fails): ST measured at a fixed J + 60 ms
     runs into the T wave at fast rates, so ST rules hold their evaluation during tachycardia."""
 
     model_config = ConfigDict(extra="forbid")

@@ -238,8 +238,12 @@ class AlertEngine:
         info = {"uncertainty": unc, "max_uncertainty_mv": gate.max_uncertainty_mv, "sqi": sqi,
                 "min_sqi": gate.min_sqi}
         if gate.max_hr_bpm is not None:
-            hr = values.get("hr_bpm")
-            ok = ok and hr is not None and math.isfinite(hr) and hr <= gate.max_hr_bpm
+            # the faster of the reconstructed and the PPG's own rate: a reconstruction that
+            # misses beats must not open the gate during a tachycardia
+            rates = [r for r in (values.get("hr_bpm"), values.get("hr_ppg_bpm"))
+                     if r is not None and math.isfinite(r)]
+            hr = max(rates) if rates else None
+            ok = ok and hr is not None and hr <= gate.max_hr_bpm
             info.update(hr_bpm=hr, max_hr_bpm=gate.max_hr_bpm)
         info["passed"] = ok
         return info

@@ -53,7 +53,7 @@ def register_live(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--window-s", type=float)
     r.add_argument("--hop-s", type=float)
     r.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"),
-                   help="inference backend (default torch; auto = the fastest installed for --device)")
+                   help="inference backend (default auto: tensorrt on cuda if it imports, else onnxruntime on cpu if installed, else torch)")
     r.add_argument("--device", help="cpu or cuda")
     r.add_argument("--steps", type=int)
     r.add_argument("--k", type=int)

@@ -72,7 +72,7 @@ class PipelineConfig(BaseModel):
     influx_token: str | None = None
     window_s: float = Field(8.0, gt=0)
     hop_s: float = Field(4.0, gt=0)
-    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "torch"  # engine.backends
+    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"  # engine.backends: tensorrt on CUDA if it imports, onnxruntime on CPU if installed, else torch
     engine_cache_dir: str | None = None  # ONNX/TensorRT cache (None: $P2ES_CACHE_DIR or ~/.cache/p2es)
     device: str = "cpu"
     steps: int = Field(10, ge=1)

@@ -219,3 +219,14 @@ def test_hr_gate_holds_st_rules_during_tachycardia():
     st = [x for x in ev if x.rule == "st_inf"]
     assert [x.kind for x in st] == ["firing"]
     assert st[0].message.endswith("SQI 0.90 ≥ 0.6, HR 90 ≤ 120 bpm")
+
+
+def test_hr_gate_uses_the_faster_of_ecg_and_ppg_rate():
+    """A reconstruction that misses beats (ECG 110 bpm while the pulse is 135) keeps ST held."""
+    e = AlertEngine(load_rules_text(RULES.replace(
+        '    summary: "ST {value:+.2f} mV inferior"',
+        '    gate: {max_hr_bpm: 120}\n    summary: "ST {value:+.2f} mV inferior"')))
+    feed(e, [110] * 6, st_inferior_mv=0.21, hr_ppg_bpm=135.0)
+    assert ("st_inf", "bed-1") not in e.alerts
+    ev = feed(e, [110] * 3, start=6, st_inferior_mv=0.21, hr_ppg_bpm=100.0)
+    assert [x.kind for x in ev if x.rule == "st_inf"] == ["firing"]

@@ -28,7 +28,6 @@ import secrets
 import signal
 import sys
 import time
-from pathlib import Path
 
 from p2es.errors import P2esError
 
@@ -146,31 +145,10 @@ def check_main(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------ run
 def load_service_config(args: argparse.Namespace):
-    from pydantic import ValidationError
-
     from alerts.service import AlertServiceConfig
+    from p2es.settings import merge_flags, read_settings_file, validate
 
-    data: dict = {}
-    if getattr(args, "config", None):
-        p = Path(args.config)
-        if not p.is_file():
-            raise P2esError(f"config file not found: {p}")
-        try:
-            text = p.read_text()
-            if p.suffix.lower() == ".json":
-                data = json.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text) or {}
-        except Exception as e:  # noqa: BLE001
-            raise P2esError(f"cannot parse config {p}: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise P2esError(f"config {p} must hold a mapping of settings")
-    for flag, fld in _RUN_FLAGS.items():
-        v = getattr(args, flag, None)
-        if v is not None:
-            data[fld] = v
+    data = merge_flags(read_settings_file(getattr(args, "config", None)), args, _RUN_FLAGS)
     if getattr(args, "webhook", None):
         hooks = list(data.get("webhooks") or [])
         for i, url in enumerate(args.webhook):
@@ -179,13 +157,7 @@ def load_service_config(args: argparse.Namespace):
                 h["secret_file"] = args.webhook_secret_file
             hooks.append(h)
         data["webhooks"] = hooks
-    try:
-        return AlertServiceConfig(**data)
-    except ValidationError as e:
-        err = e.errors(include_url=False)[0]
-        loc = ".".join(str(x) for x in err.get("loc", ()))
-        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-        raise P2esError(f"bad alerts setting {loc + ': ' if loc else ''}{msg}") from None
+    return validate(AlertServiceConfig, data, "alerts")
 
 
 def run_main(args: argparse.Namespace) -> int:

@@ -16,7 +16,6 @@ import json
 import logging
 import signal
 import sys
-from pathlib import Path
 
 from p2es.errors import P2esError
 
@@ -82,39 +81,13 @@ def register_live(sub: argparse._SubParsersAction) -> None:
 
 def load_config(args: argparse.Namespace):
     """--config file + flags (flags win) -> PipelineConfig; any problem -> P2esError."""
-    from pydantic import ValidationError
-
     from engine.pipeline import PipelineConfig
+    from p2es.settings import merge_flags, read_settings_file, validate
 
-    data: dict = {}
-    if getattr(args, "config", None):
-        path = Path(args.config)
-        if not path.is_file():
-            raise P2esError(f"config file not found: {path}")
-        text = path.read_text()
-        try:
-            if path.suffix.lower() == ".json":
-                data = json.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text) or {}
-        except Exception as e:  # noqa: BLE001
-            raise P2esError(f"cannot parse config {path}: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise P2esError(f"config {path} must hold a mapping of settings")
-    for flag, fld in _RUN_FLAGS.items():
-        v = getattr(args, flag, None)
-        if v is not None:
-            data[fld] = v
+    data = merge_flags(read_settings_file(getattr(args, "config", None)), args, _RUN_FLAGS)
     if str(data.get("influx_url", "")).lower() == "none":
         data["influx_url"] = None
-    try:
-        return PipelineConfig(**data)
-    except ValidationError as e:
-        err = e.errors(include_url=False)[0]
-        loc = ".".join(str(p) for p in err.get("loc", ()))
-        raise P2esError(f"bad pipeline setting {loc or ''}: {err.get('msg', 'invalid')}".replace(" :", ":")) from None
+    return validate(PipelineConfig, data, "pipeline")
 
 
 def _install_stop(stop: asyncio.Event) -> None:

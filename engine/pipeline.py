@@ -172,6 +172,9 @@ class Pipeline:
                                               for k in ("queue", "compute", "sink", "e2e")}
         self.fs = 128.0
         self.T = 1024
+        self._vitals_q: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=10_000)
+        self._vitals_dropped = 0  # vitals messages dropped because the publisher queue was full
+        self._vitals_failed = 0  # vitals messages the broker did not take (not connected / error)
 
     # ------------------------------------------------------------------ lifecycle
     def _make_backend(self):
@@ -235,6 +238,8 @@ class Pipeline:
         self._tasks = [asyncio.create_task(self.batcher.run(), name="p2es-batcher"),
                        asyncio.create_task(self._consume(), name="p2es-consume"),
                        asyncio.create_task(self._housekeeping(), name="p2es-housekeeping")]
+        if cfg.publish_vitals:
+            self._tasks.append(asyncio.create_task(self._publish_vitals(), name="p2es-vitals-publisher"))
         self.ingest.start()
 
     async def __aenter__(self) -> Pipeline:
@@ -256,6 +261,11 @@ class Pipeline:
         if not self._running:
             return
         self._running = False
+        # vitals already queued still go out while the connection is up (bounded wait); those of
+        # windows finished after ingest has stopped are in InfluxDB only
+        deadline = time.monotonic() + min(5.0, timeout)
+        while self._vitals_q.qsize() and self.ingest.connected.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         await self.ingest.stop()
         for t in self._tasks[1:]:
             t.cancel()
@@ -294,6 +304,23 @@ class Pipeline:
             await self._inflight.acquire()
             self._held = None
             self._dispatch(w)
+
+    def _queue_vitals(self, topic: str, payload: str) -> None:
+        """Hand a vitals message to the publisher task: a slow broker must never hold up
+        stitching and the sink.  Bounded: when full, the oldest message is dropped (counted)."""
+        q = self._vitals_q
+        if q.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                q.get_nowait()
+                self._vitals_dropped += 1
+        q.put_nowait((topic, payload))
+
+    async def _publish_vitals(self) -> None:
+        """QoS 1 publisher of the vitals messages, in order, on the ingest's connection."""
+        while True:
+            topic, payload = await self._vitals_q.get()
+            if not await self.ingest.publish(topic, payload, qos=1):
+                self._vitals_failed += 1
 
     async def _housekeeping(self) -> None:
         """Flush the stitcher of a patient that has sent nothing for ``idle_flush_s``; write
@@ -409,8 +436,8 @@ class Pipeline:
                     await self.writer.put(ln)
             else:
                 st.vitals += 1
-            if self.config.publish_vitals and self.ingest is not None:
-                await self.ingest.publish(vitals_topic(st.patient), vitals_json(v), qos=1)
+            if self.config.publish_vitals:
+                self._queue_vitals(vitals_topic(st.patient), vitals_json(v))
             if self.on_vitals is not None:
                 self.on_vitals(v)
         e2e = time.time() - float(w.created_at)
@@ -529,6 +556,8 @@ class Pipeline:
             "latency_s": {k: pct(v) for k, v in self._lat.items()},
             "ingest": self.ingest.counters() if self.ingest else {},
             "writer": self.writer.counters if self.writer is not None else {},
+            "vitals_mqtt": {"queued": self._vitals_q.qsize(), "dropped": self._vitals_dropped,
+                            "failed": self._vitals_failed},
         }
 
 
@@ -557,4 +586,5 @@ def is_busy(stats: dict[str, Any]) -> bool:
     """True while work is still in flight: windows queued in ingest or the batcher, or
     windows taken but not yet stitched (``stats`` is :meth:`Pipeline.stats`)."""
     return bool(stats["queue_depth"]["ingest"] or stats["queue_depth"]["batcher"]
-                or any(v["pending"] for v in stats["patients"].values()))
+                or any(v["pending"] for v in stats["patients"].values())
+                or stats.get("vitals_mqtt", {}).get("queued"))

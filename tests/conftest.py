@@ -16,7 +16,24 @@ for _p in (REPO_ROOT, REPO_ROOT / "tests"):  # work with PYTHONPATH unset
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+import os  # noqa: E402
+import tempfile  # noqa: E402
+
 import pytest  # noqa: E402
+
+# ONNX graphs exported by the tests (backend "auto" picks ONNX Runtime) go to a throw-away
+# cache, not to the user's ~/.cache/p2es; subprocesses inherit it.
+if "P2ES_CACHE_DIR" not in os.environ:
+    _TEST_CACHE = os.environ["P2ES_CACHE_DIR"] = tempfile.mkdtemp(prefix="p2es-test-cache-")
+else:
+    _TEST_CACHE = None
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _TEST_CACHE:
+        import shutil
+
+        shutil.rmtree(_TEST_CACHE, ignore_errors=True)
 
 import services  # noqa: E402  (tests/services.py)
 

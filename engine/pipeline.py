@@ -508,6 +508,8 @@ class Pipeline:
             "spool_bytes": int(wr.get("spool_bytes", 0) or 0),
             "influx_down": int(wr.get("db_down", 0) or 0),
             "errors_total": int(sum(st.errors for st in self._patients.values())),
+            "vitals_mqtt_dropped_total": int(self._vitals_dropped),
+            "vitals_mqtt_failed_total": int(self._vitals_failed),
         }
 
     def _recent_rate(self, now: float) -> float:

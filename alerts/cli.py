@@ -40,7 +40,7 @@ _RUN_FLAGS = {
     "influx_bucket": "influx_bucket", "influx_token": "influx_token", "spool_dir": "spool_dir",
     "rules": "rules", "outbox_dir": "outbox_dir", "state_file": "state_file",
     "external_url": "external_url", "backoff_base_s": "backoff_base_s", "backoff_cap_s": "backoff_cap_s",
-    "max_age_s": "max_age_s", "tick_s": "tick_s",
+    "max_age_s": "max_age_s", "tick_s": "tick_s", "health_port": "health_port",
 }
 
 
@@ -78,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--backoff-cap-s", type=float)
     r.add_argument("--max-age-s", type=float, help="give a webhook notification up after this long")
     r.add_argument("--tick-s", type=float)
+    r.add_argument("--health-port", type=int, help="serve /healthz and /metrics on 127.0.0.1:PORT (0 = off)")
     r.add_argument("--stats-every", type=float, default=30.0, help="log a summary every N s (0 = never)")
     r.set_defaults(func=run_main)
 

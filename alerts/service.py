@@ -145,6 +145,8 @@ class AlertServiceConfig(BaseModel):
     reconnect_max_s: float = Field(10.0, gt=0)
     max_backlog: int = Field(10000, ge=1)  # outgoing MQTT messages kept while disconnected
     prefix: str = "p2es/v1"
+    health_port: int = Field(0, ge=0, le=65535)  # /healthz + /metrics over HTTP (0 = off)
+    health_addr: str = "127.0.0.1"
 
     @field_validator("broker")
     @classmethod
@@ -224,6 +226,7 @@ class AlertService:
         self._backlog_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_save = 0.0
+        self.health = None  # alerts.health.HealthServer when health_port is set
         self.c: Counter[str] = Counter()
         self.invalid: Counter[str] = Counter()
         self.started = False
@@ -256,6 +259,14 @@ class AlertService:
             self.writer.start()
         self.dispatcher = Dispatcher(publish=self._publish, writer=self.writer, sender=self.sender,
                                      prefix=cfg.prefix)
+        if cfg.health_port:
+            from alerts.health import HealthServer
+
+            try:
+                self.health = HealthServer(self.counters, cfg.health_port, cfg.health_addr)
+            except OSError as e:
+                raise P2esError(f"cannot serve health on {cfg.health_addr}:{cfg.health_port}: "
+                                f"{e.strerror or e}") from None
         self._tasks = [asyncio.create_task(self._mqtt_loop(), name="alerts:mqtt"),
                        asyncio.create_task(self._publisher(), name="alerts:publisher"),
                        asyncio.create_task(self._ticker(), name="alerts:tick")]
@@ -288,6 +299,9 @@ class AlertService:
             await self.writer.close(timeout=timeout)
         if self.outbox is not None:
             self.outbox.close()
+        if self.health is not None:
+            self.health.shutdown()
+            self.health = None
         if self._backlog:
             log.warning("alerts: %d MQTT alert message(s) not published at shutdown (InfluxDB and "
                         "webhooks have them)", len(self._backlog))

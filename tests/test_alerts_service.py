@@ -330,7 +330,8 @@ def test_st_rule_is_gated_by_uncertainty(tmp_path, mqtt_broker):
     rules = load_rules_text(RULES)
 
     async def main():
-        svc = AlertService(config(tmp_path, mqtt_broker, mqtt_version="3.1.1"), rules=rules)
+        svc = AlertService(config(tmp_path, mqtt_broker, mqtt_version="3.1.1", health_port=free_port()),
+                           rules=rules)
         async with Bus(*mqtt_broker) as bus:
             await svc.start()
             try:
@@ -339,11 +340,17 @@ def test_st_rule_is_gated_by_uncertainty(tmp_path, mqtt_broker):
                 await bus.vitals(sim_vitals(lo, [0] * 6, rhythm="st_elevation", seed=31, uncertainty=0.02))
                 await wait_for(lambda: bus.of(lo, "firing", rule=None), what="ST firing")
                 await asyncio.sleep(0.3)
+                health = await asyncio.to_thread(http_get, svc.health.port, "/healthz")
+                metrics = await asyncio.to_thread(http_get, svc.health.port, "/metrics")
             finally:
                 await svc.stop()
-        return bus, svc
+        return bus, svc, health, metrics
 
-    bus, svc = asyncio.run(main())
+    bus, svc, health, metrics = asyncio.run(main())
+    # the health endpoint the compose stack probes: 200 while connected, counters as JSON
+    assert health[0] == 200 and json.loads(health[1])["connected"] is True
+    assert "p2es_alerts_mqtt_connected 1.0" in metrics[1] and "p2es_alerts_firing 1.0" in metrics[1]
+    assert "p2es_alerts_vitals_total 12.0" in metrics[1]
     assert bus.of(hi, rule=None) == []
     (f,) = bus.of(lo, "firing", rule=None)
     assert f.rule == "st_elevation_anterior" and f.value >= 0.1 and f.priority == "high"
@@ -399,3 +406,22 @@ def test_restart_keeps_state_and_redelivers_from_the_outbox_with_the_same_id(tmp
     assert rx2.accepted[0].id in ids1 and rx2.accepted[0].verified
     assert [r.json()["status"] for r in rx2.accepted] == ["firing", "resolved"]
     assert [a.state for a in bus2.of(pid)] == ["resolved"]  # no second firing after the restart
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        return so.getsockname()[1]
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()

@@ -16,6 +16,7 @@ import json
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from p2es.errors import P2esError
 
@@ -61,6 +62,12 @@ def register_live(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--metrics-port", type=int, help="Prometheus /metrics on 127.0.0.1 (0 = off)")
     r.add_argument("--checkpoint", help="checkpoint set (default: the shipped one)")
     r.add_argument("--spool-dir")
+    r.add_argument("--alerts", metavar="RULES", default=None,
+                   help="also run the alert service in this process on RULES ('default' = the shipped "
+                   "alerts/default_rules.yaml), with the pipeline's broker and InfluxDB; webhooks and "
+                   "the other alert settings: run `p2es alerts run` separately")
+    r.add_argument("--alerts-dir", default=".run/alerts",
+                   help="state, outbox and spool of the in-process alert service (default .run/alerts)")
     r.add_argument("--stats-every", type=float, default=10.0,
                    help="log a one-line summary every N seconds (0 = never)")
     r.set_defaults(func=run_main)
@@ -97,10 +104,30 @@ def _install_stop(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
 
 
+def alerts_config(cfg, rules: str, state_dir: str):
+    """The in-process alert service of ``p2es run --alerts RULES``: same broker and InfluxDB."""
+    from alerts.service import AlertServiceConfig
+    from p2es.settings import validate
+
+    d = Path(state_dir)
+    data = dict(broker=cfg.broker, mqtt_username=cfg.mqtt_username, mqtt_password=cfg.mqtt_password,
+                mqtt_version=cfg.mqtt_version, client_id=f"{cfg.client_id}-alerts",
+                influx_url=cfg.influx_url, influx_api=cfg.influx_api, influx_db=cfg.influx_db,
+                influx_org=cfg.influx_org, influx_bucket=cfg.influx_bucket, influx_token=cfg.influx_token,
+                rules=None if rules == "default" else rules, spool_dir=str(d / "spool"),
+                outbox_dir=str(d / "outbox"), state_file=str(d / "state.json"))
+    return validate(AlertServiceConfig, data, "alerts")
+
+
 def run_main(args: argparse.Namespace) -> int:
     from engine.pipeline import Pipeline
 
     cfg = load_config(args)
+    svc = None
+    if getattr(args, "alerts", None):
+        from alerts.service import AlertService
+
+        svc = AlertService(alerts_config(cfg, args.alerts, args.alerts_dir))  # rules checked here
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("p2es.run")
 
@@ -112,8 +139,14 @@ def run_main(args: argparse.Namespace) -> int:
             await pipe.start()
         except ValueError as e:  # bad URL etc. from a component
             raise P2esError(str(e)) from None
-        log.info("p2es run: broker %s, influx %s, metrics port %s", cfg.broker, cfg.influx_url or "off",
-                 cfg.metrics_port or "off")
+        if svc is not None:
+            try:
+                await svc.start()
+            except BaseException:
+                await pipe.stop()
+                raise
+        log.info("p2es run: broker %s, influx %s, metrics port %s, alerts %s", cfg.broker,
+                 cfg.influx_url or "off", cfg.metrics_port or "off", args.alerts or "off")
         try:
             every = float(getattr(args, "stats_every", 0) or 0)
             while not stop.is_set():
@@ -128,6 +161,8 @@ def run_main(args: argparse.Namespace) -> int:
         finally:
             log.info("p2es run: stopping (flushing stitchers and the writer)")
             await pipe.stop()
+            if svc is not None:  # after the pipeline: it takes the last vitals first
+                await svc.stop()
             s = pipe.stats()
             log.info("p2es run: stopped after %d windows", s["windows"])
 

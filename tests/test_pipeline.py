@@ -334,10 +334,16 @@ def test_cli_run_and_simulate_sigterm_flushes(tiny_ckpt, mqtt_broker, influxdb, 
 
     url, db = influxdb
     tag = f"c{uuid.uuid4().hex[:6]}"
+    # the in-process alert service (--alerts): a rule on the PPG's own pulse rate, so the tiny
+    # model's reconstruction cannot decide it; it must fire once per patient
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - name: pulse_seen\n    metric: hr_ppg_bpm\n    op: '>'\n"
+                     "    threshold: 20\n    for: 4s\n    priority: low\n")
     run = subprocess.Popen(
         p2es_cmd("run", "--broker", services.mqtt_url(), "--influx-url", url, "--influx-db", db,
                  "--checkpoint", tiny_ckpt, "--steps", "2", "--k", "1", "--spool-dir", str(tmp_path / "sp"),
-                 "--client-id", f"p2es-{tag}", "--stats-every", "0"),
+                 "--client-id", f"p2es-{tag}", "--stats-every", "0", "--alerts", str(rules),
+                 "--alerts-dir", str(tmp_path / "alerts")),
         cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     import threading
 
@@ -370,6 +376,10 @@ def test_cli_run_and_simulate_sigterm_flushes(tiny_ckpt, mqtt_broker, influxdb, 
         assert nw == expected_windows(24), out
         t = ecg_times(pid)
         assert t.size == (nw - 1) * HOP + T and np.all(np.diff(t) == STEP_NS)
+        rows = services.influx_points(f"SELECT state, priority FROM alerts WHERE patient='{pid}' "
+                                      "AND rule='pulse_seen'")
+        assert [r["state"] for r in rows] == ["firing"], (rows, out)
+    assert (tmp_path / "alerts" / "state.json").is_file()
 
 
 # ------------------------------------------------------------------------------------------ no services

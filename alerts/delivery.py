@@ -172,6 +172,6 @@ class Dispatcher:
             except Exception:  # noqa: BLE001 - a sink problem must not stop alerting
                 log.exception("could not queue the alert for InfluxDB")
         if self.publish is not None:
-            await self.publish(alerts_topic(ev.patient, self.prefix),
+            await self.publish(alerts_topic(ev.patient, prefix=self.prefix),
                                alert_message(ev).model_dump_json().encode())
             self.counts["mqtt"] += 1

@@ -33,9 +33,11 @@ import re
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
+                      field_validator, model_validator)
 
 from alerts.rules import VITALS_METRICS
+from ingest.messages import PATIENT_ID_RE, TOPIC_PREFIX, alerts_topic, vitals_topic
 
 __all__ = [
     "TOPIC_PREFIX",
@@ -56,23 +58,22 @@ __all__ = [
     "patient_from_topic",
 ]
 
-TOPIC_PREFIX = "p2es/v1"
 ACK_TOPIC = f"{TOPIC_PREFIX}/alerts/ack"
 DEADLETTER_TOPIC = f"{TOPIC_PREFIX}/deadletter"
 VITALS_SUBSCRIPTION = f"{TOPIC_PREFIX}/patients/+/vitals"
-PATIENT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_PAYLOAD = 64 * 1024
 _VITALS_TOPIC_RE = re.compile(r"^(?P<prefix>.+)/patients/(?P<pid>[^/]+)/vitals$")
 
 Number = float | None
 
 
-def vitals_topic(patient: str, prefix: str = TOPIC_PREFIX) -> str:
-    return f"{prefix}/patients/{patient}/vitals"
+def _patient_id(v: str) -> str:
+    if not PATIENT_ID_RE.fullmatch(v):
+        raise ValueError("patient must match [A-Za-z0-9_.-]{1,64}")
+    return v
 
 
-def alerts_topic(patient: str, prefix: str = TOPIC_PREFIX) -> str:
-    return f"{prefix}/patients/{patient}/alerts"
+PatientId = Annotated[str, AfterValidator(_patient_id)]  # the ingest contract's patient id
 
 
 def patient_from_topic(topic: str) -> str | None:
@@ -85,7 +86,7 @@ class VitalsMessage(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    patient: str
+    patient: PatientId
     t: float  # Unix seconds of the window start (device clock)
     hr_bpm: Number = None
     hr_ppg_bpm: Number = None
@@ -98,13 +99,6 @@ class VitalsMessage(BaseModel):
     st_anterior_mv: Number = None
     st_lateral_mv: Number = None
     st_inferior_mv: Number = None
-
-    @field_validator("patient")
-    @classmethod
-    def _pid(cls, v: str) -> str:
-        if not PATIENT_ID_RE.match(v):
-            raise ValueError("patient must match [A-Za-z0-9_.-]{1,64}")
-        return v
 
     @field_validator("t")
     @classmethod
@@ -131,21 +125,14 @@ class _Cmd(BaseModel):
 
 class AckCommand(_Cmd):
     action: Literal["ack"]
-    patient: str
+    patient: PatientId
     rule: str
-
-    @field_validator("patient")
-    @classmethod
-    def _pid(cls, v: str) -> str:
-        if not PATIENT_ID_RE.match(v):
-            raise ValueError("patient must match [A-Za-z0-9_.-]{1,64}")
-        return v
 
 
 class SilenceCommand(_Cmd):
     action: Literal["silence"]
     id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    patient: str | None = None
+    patient: PatientId | None = None
     rule: str | None = None
     ends_at: float | None = None
     duration_s: float | None = Field(None, gt=0, le=7 * 86400)
@@ -154,8 +141,6 @@ class SilenceCommand(_Cmd):
     def _check(self) -> SilenceCommand:
         if self.patient is None and self.rule is None:
             raise ValueError("a silence needs a patient and/or a rule matcher")
-        if self.patient is not None and not PATIENT_ID_RE.match(self.patient):
-            raise ValueError("patient must match [A-Za-z0-9_.-]{1,64}")
         if (self.ends_at is None) == (self.duration_s is None):
             raise ValueError("give exactly one of ends_at (Unix seconds) or duration_s")
         if self.ends_at is not None and not math.isfinite(self.ends_at):

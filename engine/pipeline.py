@@ -175,6 +175,7 @@ class Pipeline:
         self._vitals_q: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=10_000)
         self._vitals_dropped = 0  # vitals messages dropped because the publisher queue was full
         self._vitals_failed = 0  # vitals messages the broker did not take (not connected / error)
+        self._rate_mark: tuple[float, int] | None = None  # (time, windows) at the last health point
 
     # ------------------------------------------------------------------ lifecycle
     def _make_backend(self):
@@ -397,6 +398,7 @@ class Pipeline:
 
     async def _on_result(self, st: _PatientState, w, res) -> None:
         from engine.runtime import PatientStitcher, window_vitals
+        from ingest.messages import vitals_topic
         from sink.lineprotocol import sample_times_ns, vitals_line
 
         if st.stitcher is None or w.segment != st.segment:
@@ -437,7 +439,7 @@ class Pipeline:
             else:
                 st.vitals += 1
             if self.config.publish_vitals:
-                self._queue_vitals(vitals_topic(st.patient), vitals_json(v))
+                self._queue_vitals(vitals_topic(st.patient, prefix=self.ingest.prefix), vitals_json(v))
             if self.on_vitals is not None:
                 self.on_vitals(v)
         e2e = time.time() - float(w.created_at)
@@ -514,8 +516,7 @@ class Pipeline:
 
     def _recent_rate(self, now: float) -> float:
         """Windows per second over the last health interval (whole uptime for the first)."""
-        prev = getattr(self, "_rate_mark", None)
-        self._rate_mark = (now, self._windows_done)
+        prev, self._rate_mark = self._rate_mark, (now, self._windows_done)
         if prev is None:
             up = now - (self._started_mono or now)
             return self._windows_done / up if up > 0 else 0.0
@@ -564,10 +565,6 @@ class Pipeline:
 
 
 PIPELINE_MEASUREMENT = "pipeline"
-
-
-def vitals_topic(patient: str, prefix: str = "p2es/v1") -> str:
-    return f"{prefix}/patients/{patient}/vitals"
 
 
 def vitals_json(v: Any) -> str:

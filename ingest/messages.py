@@ -73,6 +73,8 @@ __all__ = [
     "FS_MIN",
     "FS_MAX",
     "PATIENT_ID_RE",
+    "vitals_topic",
+    "alerts_topic",
     "DEADLETTER_CODES",
     "BIN_MAGIC",
     "BIN_VERSION",
@@ -127,6 +129,16 @@ def ppg_topic(patient_id: str, *, binary: bool = False, prefix: str = TOPIC_PREF
 
 def profile_topic(patient_id: str, *, prefix: str = TOPIC_PREFIX) -> str:
     return f"{prefix}/patients/{patient_id}/profile"
+
+
+def vitals_topic(patient_id: str, *, prefix: str = TOPIC_PREFIX) -> str:
+    """Where the engine publishes a patient's per-window vitals."""
+    return f"{prefix}/patients/{patient_id}/vitals"
+
+
+def alerts_topic(patient_id: str, *, prefix: str = TOPIC_PREFIX) -> str:
+    """Where the alert service publishes a patient's alert events."""
+    return f"{prefix}/patients/{patient_id}/alerts"
 
 
 # Sub-topics p2es itself publishes under patients/{id}/ (vitals from the engine, alert

@@ -6,7 +6,7 @@ Three small dataclasses travel inside every checkpoint (as plain dicts):
 * :class:`ScheduleConfig`             - the forward noise process (this file),
 * :class:`engine.train.TrainConfig`   - how it was trained.
 
-``VARIANTS`` names the six models of a checkpoint set (the method and its baselines /
+``VARIANTS`` names the seven models of a checkpoint set (the method and its baselines /
 ablations).  ``variant(name)`` returns the matching model + schedule configs.
 """
 
@@ -75,12 +75,15 @@ class Variant:
     use_deblur: bool
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    adversarial: bool = False  # trained with engine.adversarial's discriminators (CardioGAN-style)
 
 
 VARIANTS: dict[str, Variant] = {
     "p2es": Variant("blur", True, True, "P2Es: blurring diffusion + demographic groups + deblur"),
     "unet_regression": Variant("none", False, False, "deterministic 1-D UNet regression (MSE)"),
     "ddpm": Variant("gaussian", False, False, "RDDM-like Gaussian DDPM/DDIM baseline"),
+    "cardiogan": Variant("none", False, False, "CardioGAN-style adversarial translator: the regression "
+                         "UNet + time- and frequency-domain discriminators", adversarial=True),
     "p2es_no_blur": Variant("gaussian", True, True, "ablation: Gaussian instead of blurring noise"),
     "p2es_no_groups": Variant("blur", False, True, "ablation: one lead-mixing matrix, no demographics"),
     "p2es_no_deblur": Variant("blur", True, False, "ablation: no frequency-deblurring stage"),

@@ -7,7 +7,10 @@ kept).  Loss::
     L = w_mse * |x0_hat - x0|^2  +  w_spec * |DCT x0_hat - DCT x0|_1  +  w_contrast * SupCon(z)
 
 averaged over samples, leads and time; t ~ U(0, 1) (stratified over the batch).  The
-regression baseline (``diffusion == "none"``) uses the same loss without noise.  AdamW with
+regression baseline (``diffusion == "none"``) uses the same loss without noise; the
+CardioGAN-style baseline (an adversarial variant) adds ``w_adv`` times the least-squares
+generator loss of engine.adversarial's time- and frequency-domain discriminators, which take
+one Adam step (``lr_disc``) after each generator step.  AdamW with
 linear warm-up and cosine decay, gradient clipping, EMA of the weights (the checkpoint holds
 the EMA weights).  The group bank is re-fitted every ``group_refit_every`` steps from the
 embeddings of the last ``group_reservoir`` windows and copied into the EMA model.
@@ -35,7 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from engine import checkpoint as ckpt
-from engine.config import ScheduleConfig, from_dict, to_dict, variant
+from engine.adversarial import Discriminators
+from engine.config import VARIANTS, ScheduleConfig, from_dict, to_dict, variant
 from engine.data import ArrayStream, SimStream, get_synthesize, load_npz, prepare
 from engine.diffusion import dct_matrix, make_schedule
 from engine.groups import demographic_positives, supcon_loss
@@ -60,6 +64,8 @@ class TrainConfig:
     w_mse: float = 1.0
     w_spec: float = 0.1
     w_contrast: float = 0.05
+    w_adv: float = 0.05                # adversarial weight (adversarial variants: cardiogan)
+    lr_disc: float = 2e-4              # discriminator Adam lr (betas 0.5, 0.999 as in pix2pix)
     contrast_temp: float = 0.1
     contrast_k: int = 3
     group_refit_every: int = 250
@@ -151,7 +157,8 @@ class EMA:
 
 
 def loss_terms(model: P2ES, schedule, batch: dict[str, torch.Tensor], cfg: TrainConfig,
-               gen: torch.Generator, V: torch.Tensor, autocast) -> tuple[torch.Tensor, dict[str, float], Any]:
+               gen: torch.Generator, V: torch.Tensor, autocast
+               ) -> tuple[torch.Tensor, dict[str, float], Any, torch.Tensor]:
     x0 = batch["x0"]
     B = x0.shape[0]
     x_t = t = None
@@ -175,7 +182,7 @@ def loss_terms(model: P2ES, schedule, batch: dict[str, torch.Tensor], cfg: Train
         loss = loss + cfg.w_contrast * con
         terms["con"] = con.item()
     terms["loss"] = loss.item()
-    return loss, terms, cond
+    return loss, terms, cond, x0_hat
 
 
 def _rng_device(dev: torch.device) -> str:
@@ -198,6 +205,10 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike, resume: bool = False) -
         model.groups.reservoir = model.groups.reservoir.new_zeros(cfg.group_reservoir, model.cfg.group_dim)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = EMA(model, cfg.ema_decay)
+    disc = opt_d = None
+    if VARIANTS[cfg.variant].adversarial:
+        disc = Discriminators(model.cfg.n_leads, model.cfg.ppg_channels, model.cfg.fs).to(dev)
+        opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_disc, betas=(0.5, 0.999))
     gen = torch.Generator(device=_rng_device(dev)).manual_seed(cfg.seed + 1)
     step, history = 0, []
     if os.path.exists(out_path):  # fail now, not after hours of training, if the set is unusable
@@ -211,6 +222,9 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike, resume: bool = False) -
         ema.model.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])
         gen.set_state(st["gen"])
+        if disc is not None:
+            disc.load_state_dict(st["disc"])
+            opt_d.load_state_dict(st["opt_d"])
         step, history = int(st["step"]), list(st.get("history_json") and json.loads(st["history_json"]) or [])
         if model.groups is not None and "reservoir" in st:
             model.groups.reservoir.copy_(st["reservoir"].to(dev))
@@ -239,6 +253,8 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike, resume: bool = False) -
         st = {"train_config": to_dict(cfg), "step": step, "model": model.state_dict(),
               "ema": ema.model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
               "history_json": json.dumps(history)}
+        if disc is not None:
+            st["disc"], st["opt_d"] = disc.state_dict(), opt_d.state_dict()
         if model.groups is not None:
             st["reservoir"] = model.groups.reservoir.detach().cpu()
             st["reservoir_seen"] = model.groups.reservoir_seen
@@ -255,12 +271,22 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike, resume: bool = False) -
         batch = {k: v.to(dev, non_blocking=True) for k, v in next(it).items()}
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        loss, terms, cond = loss_terms(model, schedule, batch, cfg, gen, V, autocast)
+        loss, terms, cond, x0_hat = loss_terms(model, schedule, batch, cfg, gen, V, autocast)
+        if disc is not None:  # generator's adversarial term, then one discriminator step
+            adv = disc.g_loss(x0_hat, batch["ppg"])
+            loss = loss + cfg.w_adv * adv
+            terms["adv"], terms["loss"] = adv.item(), loss.item()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
+        if disc is not None:
+            d_loss = disc.d_loss(batch["x0"], x0_hat, batch["ppg"])
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            terms["disc"] = d_loss.item()
         step += 1
         if model.groups is not None:
             model.groups.remember(cond.z)

@@ -15,16 +15,17 @@ STEPS=${STEPS:-1500}
 BATCH=${BATCH:-16}
 DEVICE=${DEVICE:-cpu}
 PARALLEL=${PARALLEL:-2}
+THREADS=${THREADS:-1}
 PPG_FRONTEND=${PPG_FRONTEND:-0.0}
 STOP_AT=${STOP_AT:-0}
 OUT=${OUT:-engine/weights/p2es_set.pt}
 P2ES=${P2ES:-.venv/bin/p2es}
 LOG=${LOG:-out/train}
-VARIANTS=(${VARIANTS:-p2es ddpm unet_regression p2es_no_blur p2es_no_groups p2es_no_deblur})
+VARIANTS=(${VARIANTS:-p2es ddpm unet_regression p2es_no_blur p2es_no_groups p2es_no_deblur cardiogan})
 mkdir -p "$(dirname "$OUT")" "$LOG"
 run() {
   "$P2ES" train --variant "$1" --steps "$STEPS" --batch-size "$BATCH" --lr 1e-3 --warmup 200 \
-    --seed 0 --device "$DEVICE" --num-threads 1 --ckpt-every 250 --half-weights true \
+    --seed 0 --device "$DEVICE" --num-threads "$THREADS" --ckpt-every 250 --half-weights true \
     --ppg-frontend "$PPG_FRONTEND" --stop-at "$STOP_AT" --progress false --log-every 50 --out "$OUT" --resume \
     > "$LOG/$1.steps$STEPS.log" 2>&1
 }

@@ -145,7 +145,8 @@ def test_missing_demographics(batch, name):
 
 
 def test_param_counts_and_variants():
-    for name in ["p2es", "unet_regression", "ddpm", "p2es_no_blur", "p2es_no_groups", "p2es_no_deblur"]:
+    for name in ["p2es", "unet_regression", "ddpm", "p2es_no_blur", "p2es_no_groups", "p2es_no_deblur",
+                 "cardiogan"]:
         mc, _ = variant(name)
         n = P2ES(mc).num_params()
         assert 2e5 < n < 1e6, (name, n)
@@ -244,6 +245,45 @@ def test_resume_is_exact(tmp_path):
     res = train(cfg, tmp_path / "b.pt", resume=True)
     for (n, p), q in zip(full["model"].state_dict().items(), res["model"].state_dict().values()):
         assert torch.equal(p, q), n
+
+
+def test_cardiogan_trains_with_both_discriminators_and_resumes_exactly(tmp_path):
+    """The adversarial baseline: generator = the regression UNet (inference needs nothing
+    else), two discriminators whose state travels in the resume file (a resumed run equals an
+    uninterrupted one), and a set entry that samples like any regression model."""
+    from engine.adversarial import Discriminators
+    cfg = _tiny_train_cfg(steps=4, variant="cardiogan", ckpt_every=2, log_every=1)
+    full = train(cfg, tmp_path / "a.pt")
+    assert {"adv", "disc"} <= set(full["history"][-1])
+    train(_tiny_train_cfg(**{**cfg.__dict__, "steps": 2}), tmp_path / "b.pt")
+    res = train(cfg, tmp_path / "b.pt", resume=True)
+    for (n, p), q in zip(full["model"].state_dict().items(), res["model"].state_dict().values()):
+        assert torch.equal(p, q), n
+    st = ckpt.load_resume(ckpt.resume_path(tmp_path / "b.pt", "cardiogan"))
+    assert "disc" in st and "opt_d" in st
+    e = ckpt.load_model(tmp_path / "a.pt", "cardiogan")
+    assert e.model_config.diffusion == "none" and e.model.groups is None
+    feats = torch.randn(2, 3, TINY["T"])
+    r = sample(e.model, e.schedule, feats, None, steps=10, k=3)
+    assert r.samples is None and torch.count_nonzero(r.std) == 0
+
+    # the discriminators tell real ECG from a blurred copy after a few steps
+    data = prepare(fake_synthesize(32, seed=3, duration_s=2.0), ecg_scale=2.0)
+    real = data["x0"]
+    fake = torch.nn.functional.avg_pool1d(real, 9, stride=1, padding=4)
+    torch.manual_seed(0)
+    d = Discriminators(8, 3, 128.0)
+    opt = torch.optim.Adam(d.parameters(), lr=2e-3, betas=(0.5, 0.999))
+    with torch.no_grad():
+        first = float(d.d_loss(real, fake, data["ppg"]))
+    for _ in range(30):
+        loss = d.d_loss(real, fake, data["ppg"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        assert float(d.d_loss(real, fake, data["ppg"])) < 0.5 * first
+        assert float(d.g_loss(fake, data["ppg"])) > float(d.g_loss(real, data["ppg"]))
 
 
 def test_checkpoint_errors(tmp_path):

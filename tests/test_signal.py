@@ -142,6 +142,38 @@ def test_r_peaks_empty_cases():
     assert abs(len(detect_r_peaks(x, 500)) - len(r)) <= 1
 
 
+def _lead_ii_with_gains(fs, gains, rr=0.6, noise=0.02, seed=0):
+    """Lead II with the QRS of beat i scaled by gains[i] (P and T unchanged), and R times."""
+    rng = np.random.default_rng(seed)
+    beats = 0.4 + rr * np.arange(len(gains))
+    t = np.arange(int(round((beats[-1] + 0.6) * fs))) / fs
+    ii = 1                                                # lead II among I, II, V1..V6
+    x = np.zeros(t.size)
+    for b, g in zip(beats, gains):
+        for wave, (c, s) in TIMING.items():
+            a = AMP[wave][ii] * (g if wave in "QRS" else 1.0)
+            x += a * np.exp(-0.5 * ((t - b - c) / s) ** 2)
+    return x + noise * rng.standard_normal(t.size), beats
+
+
+@pytest.mark.parametrize("case", ["weak_run", "mixed"])
+def test_r_peaks_keep_small_complexes_next_to_tall_ones(case):
+    """Complexes at 35-70 % of a tall neighbour's amplitude are beats (reconstructed ECGs
+    look like this).  Pan & Tompkins set the threshold from the running *mean* beat level
+    and search back again after each beat found in an RR gap; a threshold from the largest
+    nearby beat, or a single search-back per gap, loses a run of small complexes."""
+    fs = 128
+    if case == "weak_run":   # tall beats, then 6 at 40 %, then tall again
+        gains = [1.0] * 4 + [0.4] * 6 + [1.0] * 4
+    else:                    # small complexes of varying size, every fifth one tall
+        gains = [1.3 if i % 5 == 0 else g
+                 for i, g in enumerate(np.random.default_rng(3).uniform(0.35, 0.7, 16))]
+    x, r = _lead_ii_with_gains(fs, gains)
+    p = detect_r_peaks(x, fs)
+    n_ok, errs = match_peaks(p, fs, r, tol_s=0.02)
+    assert n_ok == len(r) and len(p) == len(r), (len(p), len(r), errs)
+
+
 # --------------------------------------------------------------------------- rhythm helpers
 
 

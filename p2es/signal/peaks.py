@@ -14,26 +14,32 @@ R peaks
     votes equally whatever its amplitude or polarity.  Candidates are local maxima of the
     integrated energy at least 250 ms apart (``scipy.signal.find_peaks``: the larger wins,
     i.e. the refractory period; up to 240 bpm).  The adaptive threshold of Pan & Tompkins
-    (running signal/noise peak levels) is replaced by a non-causal equivalent: a candidate is a
-    beat when its height exceeds 25 % of the largest (artefact-clipped) candidate within
-    +-2.5 s and 20 % of the record's typical beat height (85th percentile of the candidate
-    heights); a record whose largest candidate is not 6 x above the noise floor (10th
-    percentile of the integrated energy) has no beats, and each beat must exceed 4.5 x that
-    floor.
+    (running signal/noise peak levels) is replaced by a non-causal equivalent in two passes.
+    First pass: a candidate is a beat when its height exceeds 25 % of the largest
+    (artefact-clipped) candidate within +-2.5 s and 20 % of the record's typical beat height
+    (85th percentile of the candidate heights).  Second pass, Pan & Tompkins' levels: SPK =
+    mean height of the first pass's beats within +-2.5 s, NPK = median height of the other
+    candidates there, threshold NPK + 0.25 (SPK - NPK) (and >= 20 % of the typical beat
+    height), so that one tall narrow complex does not hide its smaller neighbours.  A record
+    whose largest candidate is not 6 x above the noise floor (10th percentile of the
+    integrated energy) has no beats, and each beat must exceed 4.5 x that floor.
     As in Pan & Tompkins, a beat within 360 ms of the previous one with less than half its
     energy is taken for a T wave, and a search-back with half the threshold fills RR gaps
-    longer than 1.66 x the median RR.  Each detection is finally refined to the largest
+    longer than 1.66 x the median RR, again after each beat it finds (a run of small
+    complexes is filled, not only its largest one).  bench/r_peaks.py scores the detector
+    against the simulator's annotated beats.  Each detection is finally refined to the largest
     absolute deflection of the QRS within +-60 ms of the (baseline-removed, 0.5-40 Hz) ECG:
     for one lead the extremum of the polarity that dominates the record's QRS complexes
     (so negative-QRS leads such as aVR work and R/S do not alternate), for several leads the
     maximum of the spatial magnitude ``sqrt(sum_l x_l**2)``.
 PPG beats
     Band-pass 0.5-8 Hz, first derivative; the maximal upslope of each pulse (a peak of the
-    derivative, refractory 0.3 s, same adaptive selection as above) anchors the beat.  The
-    systolic peak is the maximum of the band-passed pulse between that upslope and the next
-    one (at most 0.5 s later).  A pulse much weaker (upslope x amplitude < 60 %) than a
-    neighbour closer than 0.7 x the typical beat interval is a dicrotic/reflected wave and is
-    dropped.  The foot (onset) is given by the intersecting-tangent method
+    derivative, refractory 0.3 s, first pass and search-back of the selection above)
+    anchors the beat.  The systolic peak is the maximum of the band-passed pulse between
+    that upslope and the next one (at most 0.5 s later).  A pulse much weaker (upslope x
+    amplitude < 60 %) than a neighbour closer than 0.7 x the typical beat interval is a
+    dicrotic/reflected wave and is dropped.  The foot (onset) is given by the
+    intersecting-tangent method
     (tangent at the maximal upslope intersected with the horizontal line through the
     preceding minimum; Chiu et al. 1991, Am Heart J 121:1460, as used for pulse transit
     time), clipped to lie between that minimum and the upslope.
@@ -123,9 +129,27 @@ def _moving_average(x: np.ndarray, width: int, axis: int = -1) -> np.ndarray:
     return ndimage.uniform_filter1d(x, size=width, axis=axis, mode="nearest")
 
 
+def _window_mean(pos: np.ndarray, val: np.ndarray, at: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of ``val`` (at sorted positions ``pos``) within +-``half`` samples of each ``at``,
+    and how many values that mean took (0 -> mean 0)."""
+    c = np.concatenate([[0.0], np.cumsum(val)])
+    lo = np.searchsorted(pos, at - half, side="left")
+    hi = np.searchsorted(pos, at + half, side="right")
+    cnt = hi - lo
+    return (c[hi] - c[lo]) / np.maximum(cnt, 1), cnt
+
+
+def _window_median(pos: np.ndarray, val: np.ndarray, at: np.ndarray, half: int) -> np.ndarray:
+    """Median of ``val`` (at sorted positions ``pos``) within +-``half`` samples of each ``at``
+    (0 where there is none)."""
+    lo = np.searchsorted(pos, at - half, side="left")
+    hi = np.searchsorted(pos, at + half, side="right")
+    return np.array([float(np.median(val[a:b])) if b > a else 0.0 for a, b in zip(lo, hi)])
+
+
 def _select_beats(sig: np.ndarray, fs: float, refractory_s: float, *, rel_local: float = 0.25,
                   rel_global: float = 0.2, snr: float = 6.0, t_wave_s: float | None = 0.36,
-                  window_s: float = 2.5) -> np.ndarray:
+                  window_s: float = 2.5, levels: bool = False) -> np.ndarray:
     """Adaptive, non-causal selection of beat peaks in a non-negative detection signal.
 
     Shared by the ECG (integrated QRS energy) and PPG (upslope) detectors; see the module
@@ -159,6 +183,21 @@ def _select_beats(sig: np.ndarray, fs: float, refractory_s: float, *, rel_local:
         return _EMPTY
     thr = np.maximum(thr, 0.75 * snr * floor)
     keep = h > thr
+    if levels and keep.any():
+        # Pan & Tompkins' signal / noise peak levels, non-causal: SPK = mean height of the
+        # beats of the first pass within +-window_s (artefacts clipped), NPK = median height
+        # of the other candidates there (a median: small beats the first pass missed are
+        # among them and must not raise the noise level); threshold
+        # NPK + rel_local * (SPK - NPK).  A mean, not the largest beat, so one tall narrow
+        # complex does not hide its smaller neighbours.
+        half = int(round(window_s * fs))
+        spk, ns = _window_mean(cand[keep], hc[keep], cand, half)
+        npk = _window_median(cand[~keep], h[~keep], cand, half)
+        spk = np.where(ns > 0, spk, local)
+        thr2 = npk + rel_local * np.maximum(spk - npk, 0.0)
+        thr2 = np.maximum(thr2, rel_global * level)
+        thr = np.maximum(thr2, 0.75 * snr * floor)
+        keep = h > thr
     beats = cand[keep]
     hb = h[keep]
     # T-wave rejection (Pan & Tompkins): close and much weaker than the previous beat
@@ -167,22 +206,28 @@ def _select_beats(sig: np.ndarray, fs: float, refractory_s: float, *, rel_local:
         weak = hb[1:] < 0.5 * hb[:-1]
         drop = np.concatenate([[False], close & weak])
         beats, hb = beats[~drop], hb[~drop]
-    # search-back in long gaps with half the threshold
+    # search-back in long gaps with half the threshold, repeated until no gap is left that
+    # holds a candidate (as Pan & Tompkins go on from each beat found in a search-back; one
+    # pass would fill only one beat of a run of weak ones).  The typical RR is the first
+    # pass's median; the T-wave test applies to what the search-back finds too.
     if beats.size >= 3:
-        rr = np.diff(beats)
-        med = float(np.median(rr))
-        gaps = np.flatnonzero(rr > 1.66 * med)
-        if gaps.size:
-            thr_all = thr
+        med = float(np.median(np.diff(beats)))
+        ok = (h > 0.5 * thr) & (h > 0.75 * snr * floor)
+        for _ in range(cand.size):                    # each round adds >= 1 beat or stops
+            rr = np.diff(beats)
+            gaps = np.flatnonzero(rr > 1.66 * med)
             extra = []
             for g in gaps:  # loops only over (rare) gaps
                 a, b = beats[g] + dist, beats[g + 1] - dist
-                m = (cand > a) & (cand < b) & (h > 0.5 * thr_all) & (h > 0.75 * snr * floor)
+                m = (cand > a) & (cand < b) & ok
+                if t_wave_s is not None:
+                    m &= ~((cand - beats[g] < t_wave_s * fs) & (h < 0.5 * sig[beats[g]]))
                 if m.any():
                     idx = np.flatnonzero(m)
                     extra.append(cand[idx[np.argmax(h[idx])]])
-            if extra:
-                beats = np.sort(np.concatenate([beats, np.asarray(extra, dtype=beats.dtype)]))
+            if not extra:
+                break
+            beats = np.sort(np.concatenate([beats, np.asarray(extra, dtype=beats.dtype)]))
     return beats.astype(np.int64)
 
 
@@ -242,7 +287,7 @@ def detect_r_peaks(ecg: np.ndarray, fs: float, *, lead_axis: int = 0) -> np.ndar
     # 3) centred moving-window integration, 150 ms
     mwi = _moving_average(e, int(round(0.15 * fs)))
     # 4) adaptive selection with refractory period
-    beats = _select_beats(mwi, fs, 0.25)
+    beats = _select_beats(mwi, fs, 0.25, levels=True)
     if beats.size == 0:
         return _EMPTY
     # 5) refinement to the largest absolute deflection within +-60 ms

@@ -136,6 +136,8 @@ def check_main(args: argparse.Namespace) -> int:
         gate = rf.gate_for(r)
         gtxt = (f" [gated {gate.max_uncertainty_mv:g} mV / SQI {gate.min_sqi:g}"
                 + (f" / HR <= {gate.max_hr_bpm:g}" if gate.max_hr_bpm is not None else "") + "]") if gate else ""
+        if r.rate_agreement is not None:
+            gtxt += f" [ECG rate within {100 * r.rate_agreement:g} % of the PPG's]"
         clear = "" if r.clear_threshold is None else f", clear {r.clear_threshold:g}"
         print(f"  {r.name:<26} {r.priority:<6} {r.metric} {r.op} {r.threshold:g} for "
               f"{format_duration(r.for_)}{clear}{gtxt}")

@@ -174,7 +174,9 @@ class AlertMessage(BaseModel):
     ends_at: float | None  # when it resolved (resolved events only)
     fingerprint: str
     labels: dict[str, str]
-    gate: dict[str, float | None] | None = None  # uncertainty, max_uncertainty_mv, sqi, min_sqi
+    # uncertainty, max_uncertainty_mv, sqi, min_sqi [, hr_bpm, max_hr_bpm]
+    # [, hr_ecg_bpm, hr_ppg_bpm, rate_agreement] -- what the rule's gate checked
+    gate: dict[str, float | None] | None = None
     silenced_by: str | None = None  # id of the silence that suppressed the webhook, if any
     acknowledged_by: str | None = None
 

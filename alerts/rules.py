@@ -22,6 +22,11 @@ message) with a threshold::
         priority: medium         # high | medium | low (IEC 60601-1-8 alarm priorities)
         labels: {team: ward-3}
         summary: "HR {value:.0f} bpm > {threshold:g} bpm"
+      - name: rr_irregular
+        metric: rr_irregularity
+        op: ">"
+        threshold: 0.10
+        rate_agreement: 0.05     # only windows whose ECG rate is within 5 % of the PPG's
 
 Validation is strict: unknown keys, unknown metrics, bad durations, duplicate rule names, a
 ``clear_threshold`` on the unsafe side of ``threshold`` and templates with unknown
@@ -185,6 +190,11 @@ class Rule(BaseModel):
     summary: str = "{metric} {value:g} {op} {threshold:g}"
     description: str = ""
     gate: GateOverride | None = None
+    # Rhythm metrics are measured on the reconstruction; a window counts only when its rate
+    # agrees with the PPG's own pulse rate: |hr_bpm - hr_ppg_bpm| <= rate_agreement * hr_ppg_bpm
+    # (either null: the window is skipped).  A reconstruction that missed or added a beat
+    # then cannot raise an irregular-rhythm alert.
+    rate_agreement: float | None = Field(None, gt=0, le=1)
 
     @field_validator("name")
     @classmethod
@@ -236,6 +246,8 @@ class Rule(BaseModel):
             raise ValueError("op must be '>' or '>=' for a no_data rule (seconds since the last vitals)")
         if self.metric == "no_data" and self.gate is not None:
             raise ValueError("gate is not allowed on a no_data rule")
+        if self.metric == "no_data" and self.rate_agreement is not None:
+            raise ValueError("rate_agreement is not allowed on a no_data rule")
         return self
 
     # -- evaluation helpers (pure) -------------------------------------------------------

@@ -22,7 +22,9 @@ Silences expire on the wall clock; acknowledgements last until the alert resolve
 
 Windows that are skipped: a window whose metric is null, or, for a gated rule (morphology
 metrics ``st_*``, ``qtc_ms``, ``qrs_ms``, or any rule with a ``gate:``), whose uncertainty is above
-``max_uncertainty_mv`` or SQI below ``min_sqi`` (a null uncertainty/SQI fails the gate), is not
+``max_uncertainty_mv`` or SQI below ``min_sqi`` (a null uncertainty/SQI fails the gate), or, for
+a rule with ``rate_agreement``, whose reconstructed rate is off the PPG's pulse rate by more than
+that fraction (either rate null: off), is not
 evaluated: it neither advances nor clears anything -- a pending alert stays pending, a firing
 alert stays firing and a running ``clear_for`` keeps running.  Durations are measured between
 evaluated windows; if more than ``max_gap`` passes between two evaluated windows, a pending
@@ -144,7 +146,7 @@ class AlertEngine:
         self.silences: dict[str, Silence] = {}
         self.last_seen: dict[str, float] = {}  # patient -> wall clock of the last vitals
         self.stats: dict[str, int] = {"observed": 0, "skipped_null": 0, "gated_out": 0,
-                                      "events": 0}
+                                      "rate_mismatch": 0, "events": 0}
         self.dirty = False  # state changed since the last save
 
     # ------------------------------------------------------------------ inputs
@@ -167,6 +169,12 @@ class AlertEngine:
                 if not ginfo["passed"]:
                     self.stats["gated_out"] += 1
                     continue
+            if rule.rate_agreement is not None:
+                rinfo = self._rate_info(rule.rate_agreement, values)
+                if not rinfo["passed"]:
+                    self.stats["rate_mismatch"] += 1
+                    continue
+                ginfo = {**(ginfo or {}), **rinfo}
             out += self._advance(rule, patient, t, float(v), now, ginfo)
         for rule in self._nodata_rules:  # data arrived: the no_data condition is clear now
             out += self._advance(rule, patient, now, 0.0, now, None)
@@ -247,6 +255,13 @@ class AlertEngine:
             info.update(hr_bpm=hr, max_hr_bpm=gate.max_hr_bpm)
         info["passed"] = ok
         return info
+
+    @staticmethod
+    def _rate_info(tol: float, values: Mapping[str, float | None]) -> dict[str, Any]:
+        ecg, ppg = values.get("hr_bpm"), values.get("hr_ppg_bpm")
+        ok = (ecg is not None and ppg is not None and math.isfinite(ecg) and math.isfinite(ppg)
+              and ppg > 0 and abs(ecg - ppg) <= tol * ppg)
+        return {"hr_ecg_bpm": ecg, "hr_ppg_bpm": ppg, "rate_agreement": tol, "passed": ok}
 
     def _alert(self, rule: Rule, patient: str) -> Alert:
         key = (rule.name, patient)
@@ -337,14 +352,20 @@ class AlertEngine:
 
     @staticmethod
     def gate_text(gate: Mapping[str, Any] | None) -> str:
-        """``gated: uncertainty 0.030 ≤ 0.05 mV, SQI 0.91 ≥ 0.6``"""
+        """``gated: uncertainty 0.030 ≤ 0.05 mV, SQI 0.91 ≥ 0.6`` (and the HR limit / the rate
+        agreement, where the rule has them)."""
         if not gate:
             return ""
-        text = (f"gated: uncertainty {gate['uncertainty']:.3f} ≤ {gate['max_uncertainty_mv']:g} mV, "
-                f"SQI {gate['sqi']:.2f} ≥ {gate['min_sqi']:g}")
+        parts = []
+        if "uncertainty" in gate:
+            parts.append(f"uncertainty {gate['uncertainty']:.3f} ≤ {gate['max_uncertainty_mv']:g} mV, "
+                         f"SQI {gate['sqi']:.2f} ≥ {gate['min_sqi']:g}")
         if gate.get("max_hr_bpm") is not None:
-            text += f", HR {gate['hr_bpm']:.0f} ≤ {gate['max_hr_bpm']:g} bpm"
-        return text
+            parts.append(f"HR {gate['hr_bpm']:.0f} ≤ {gate['max_hr_bpm']:g} bpm")
+        if gate.get("rate_agreement") is not None:
+            parts.append(f"ECG rate {gate['hr_ecg_bpm']:.0f} bpm within {100 * gate['rate_agreement']:g} % "
+                         f"of the PPG's {gate['hr_ppg_bpm']:.0f} bpm")
+        return "gated: " + ", ".join(parts)
 
     def _event(self, kind: EventKind, rule: Rule, a: Alert, t: float, value: float | None, *,
                notify: bool, message: str | None = None, silenced_by: str | None = None,

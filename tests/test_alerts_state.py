@@ -230,3 +230,46 @@ def test_hr_gate_uses_the_faster_of_ecg_and_ppg_rate():
     assert ("st_inf", "bed-1") not in e.alerts
     ev = feed(e, [110] * 3, start=6, st_inferior_mv=0.21, hr_ppg_bpm=100.0)
     assert [x.kind for x in ev if x.rule == "st_inf"] == ["firing"]
+
+
+RR_RULE = """
+  - name: rr_irr
+    metric: rr_irregularity
+    op: ">"
+    threshold: 0.10
+    for: 12s
+    clear_threshold: 0.08
+    rate_agreement: 0.05
+    summary: "nRMSSD {value:.2f}"
+"""
+
+
+def test_rate_agreement_skips_windows_whose_reconstructed_rate_is_off_the_pulse():
+    """An irregularity measured on a reconstruction that missed a beat (ECG 70 bpm, pulse
+    84 bpm) is not evaluated: it neither starts nor clears anything; windows whose rates agree
+    within 5 % are, and the message says which rates agreed."""
+    e = AlertEngine(load_rules_text(RULES + RR_RULE))
+    # 40 s of 'irregular' windows, all with the ECG rate 17 % under the pulse rate: nothing
+    feed(e, [70] * 10, rr_irregularity=0.3, hr_ppg_bpm=84.0)
+    assert ("rr_irr", "bed-1") not in e.alerts and e.stats["rate_mismatch"] == 10
+    # missing pulse rate: skipped too
+    feed(e, [80] * 2, start=10, rr_irregularity=0.3)
+    assert ("rr_irr", "bed-1") not in e.alerts and e.stats["rate_mismatch"] == 12
+    # rates within 5 % (82 vs 84 bpm): evaluated, fires after `for`
+    ev = feed(e, [82] * 5, start=12, rr_irregularity=0.3, hr_ppg_bpm=84.0)
+    fired = [x for x in ev if x.rule == "rr_irr"]
+    assert [x.kind for x in fired] == ["firing"]
+    assert fired[0].message.endswith("gated: ECG rate 82 bpm within 5 % of the PPG's 84 bpm")
+    assert fired[0].gate["rate_agreement"] == 0.05 and "uncertainty" not in fired[0].gate
+    # a regular-looking window with mismatched rates does not clear it either
+    feed(e, [60] * 5, start=17, rr_irregularity=0.01, hr_ppg_bpm=84.0)
+    assert e.alerts[("rr_irr", "bed-1")].state == "firing"
+    ev = feed(e, [83] * 3, start=22, rr_irregularity=0.01, hr_ppg_bpm=84.0)
+    assert [x.kind for x in ev if x.rule == "rr_irr"] == ["resolved"]
+
+
+def test_rate_agreement_validation():
+    with pytest.raises(Exception, match="rate_agreement"):
+        load_rules_text(RULES + RR_RULE.replace("rate_agreement: 0.05", "rate_agreement: 1.5"), "t.yaml")
+    with pytest.raises(Exception, match="rate_agreement is not allowed on a no_data rule"):
+        load_rules_text(RULES.replace("    repeat: 60s\n", "    repeat: 60s\n    rate_agreement: 0.1\n"), "t.yaml")

@@ -5,12 +5,12 @@
 ``rr_irregular`` (alerts/default_rules.yaml) compares nRMSSD of the R peaks of reconstructed
 lead II with 0.10.  A reconstruction that misses or adds one beat makes a regular rhythm look
 irregular, so the rule only evaluates windows whose reconstructed rate agrees with the PPG's own
-pulse rate (``rate_agreement``).  This script reconstructs simulated 8 s windows the way the live
-engine does (PPG band-passed causally as ingest does, features as ``engine.runtime.prepare_batch``
-makes them, K samples, their mean; vitals as in
-``engine.runtime.window_vitals``) and reports per rhythm: the fraction of windows over 0.10, the
-fraction whose rates agree within 5 / 10 %, and the fraction that are both (what the rule acts
-on).  The truth column is nRMSSD of the simulator's own beats.
+pulse rate (``rate_agreement``).  This script reconstructs simulated 8 s windows the way the
+live engine does -- PPG band-passed causally as ingest does, features from
+``engine.runtime.prepare_batch``, K samples and their mean, vitals from
+``engine.runtime.window_vitals`` -- and reports per rhythm: the fraction of windows over 0.10,
+the fraction whose rates agree within 5 / 10 %, and the fraction that are both (what the rule
+acts on).  The truth column is nRMSSD of the simulator's own beats.
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ def main() -> None:
     import torch
 
     from engine.checkpoint import load_model
-    from engine.data import bandpass, ppg_features
+    from engine.data import bandpass
     from engine.reconstruct import DEFAULT_CHECKPOINT
+    from engine.runtime import WindowRequest, WindowResult, prepare_batch, window_vitals
     from engine.sampler import sample
-    from p2es.signal import detect_ppg_beats, detect_r_peaks, heart_rate_bpm, rr_irregularity
+    from p2es.signal import rr_irregularity
     from wearable.sim import synthesize
 
     torch.set_num_threads(2)
@@ -49,17 +50,17 @@ def main() -> None:
                        ("pvc", None)]:
         d = synthesize(args.records, args.seed, duration_s=8.0, fs=fs, rhythm_mix=rhythm, hr_bpm=hr)
         ppg = bandpass(d["ppg"], fs, zero_phase=False)          # what ingest hands the engine
-        feats = torch.from_numpy(ppg_features(ppg, fs, zero_phase=True))  # engine.runtime.prepare_batch
+        reqs = [WindowRequest(f"sim-{i}", 0.0, fs, ppg[i]) for i in range(len(ppg))]
+        feats, _, _ = prepare_batch(reqs)
         g = torch.Generator().manual_seed(args.seed)
-        r = sample(e.model, e.schedule, feats, None, steps=10, k=args.k, generator=g, keep_samples=False)
-        ii = r.mean[:, 1].numpy()
+        r = sample(e.model, e.schedule, torch.from_numpy(feats), None, steps=10, k=args.k, generator=g,
+                   keep_samples=False)
         irr, mis, true_irr = [], [], []
-        for i in range(len(ii)):
-            rp = detect_r_peaks(ii[i], fs)
-            feet = detect_ppg_beats(ppg[i], fs)["feet"]
-            hr_e, hr_p = heart_rate_bpm(rp, fs), heart_rate_bpm(feet, fs)
-            irr.append(rr_irregularity(rp, fs) > thr)
-            mis.append(abs(hr_e - hr_p) / hr_p if np.isfinite(hr_e) and np.isfinite(hr_p) and hr_p > 0 else np.inf)
+        for i, req in enumerate(reqs):
+            v = window_vitals(WindowResult(req, r.mean[i].numpy(), r.std[i].numpy(), len(reqs), 0.0, 0.0))
+            irr.append(v.rr_irregularity > thr)
+            ok = np.isfinite(v.hr_bpm) and np.isfinite(v.hr_ppg_bpm) and v.hr_ppg_bpm > 0
+            mis.append(abs(v.hr_bpm - v.hr_ppg_bpm) / v.hr_ppg_bpm if ok else np.inf)
             tb = d["r_peaks"][i]
             true_irr.append(rr_irregularity(tb[tb >= 0], fs) > thr)
         irr, mis, true_irr = np.array(irr), np.array(mis), np.array(true_irr)

@@ -23,6 +23,11 @@ with every model of the set and scores them with :mod:`engine.metrics`:
   ``band_coverage`` (fraction of true samples inside mean +- 2 std of the k samples).
   For the single-sample rows the std comes from a separate k-sample run (an independent
   draw), for ``p2es_mean_of_k`` from its own samples.
+* paired comparison: every row except ``p2es`` gets ``paired_vs_p2es`` = {metric: {"diff",
+  "ci95", "n"}} for HR, QRS and QT error: the mean over windows of (row's |error| - p2es's
+  |error|) on the same windows, with a 95 % percentile-bootstrap interval over windows
+  (:func:`engine.metrics.paired_difference`); the table prints it below the main one.  FD is a
+  distribution distance with no per-window value, so it has no such interval.
 * ``ms_per_window``: wall time of the sampling calls of that row (after one untimed warm-up
   call per model) divided by the windows, in this process with ``threads`` torch threads
   (recorded at the top level); ``p2es_mean_of_k`` times its k samples per window.
@@ -207,7 +212,8 @@ def uncertainty_stats(true: np.ndarray, recon: np.ndarray, mean_k: np.ndarray, s
     }
 
 
-def _score(true, recon, fs, true_cache, groups) -> dict[str, Any]:
+def _score(true, recon, fs, true_cache, groups) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(metrics row, per-window errors for the paired comparison)."""
     rc = M.measure(recon, fs)
     row = M.compute_all(true, recon, fs, true_cache=true_cache, recon_cache=rc)
     per_rhythm = {}
@@ -219,7 +225,13 @@ def _score(true, recon, fs, true_cache, groups) -> dict[str, Any]:
                             recon_cache=M.subset(rc, idx))
         per_rhythm[g] = {m: sub[m] for m in RHYTHM_METRICS}
     row["per_rhythm"] = per_rhythm
-    return row
+    return row, M.window_errors(true_cache, rc)
+
+
+def paired_vs(ref: str, werr: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, Any]]:
+    """For every other row: ``{metric: paired_difference(row, ref)}`` (> 0: ``ref`` better)."""
+    return {name: {m: M.paired_difference(e[m], werr[ref][m]) for m in M.WINDOW_METRICS}
+            for name, e in werr.items() if name != ref}
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -274,6 +286,7 @@ def evaluate(checkpoint=None, records: int = 512, seed: int = 0, steps: int = 10
                    generator=torch.Generator().manual_seed(0), keep_samples=False)
 
         out_models: dict[str, dict[str, Any]] = {}
+        werr: dict[str, dict[str, np.ndarray]] = {}
         kruns: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
 
         def krun(name: str):
@@ -283,7 +296,7 @@ def evaluate(checkpoint=None, records: int = 512, seed: int = 0, steps: int = 10
             return kruns[name]
 
         def finish(name, base, recon, secs, samples, dm, unc=None):
-            row = _score(true, recon, fs, true_cache, groups)
+            row, werr[name] = _score(true, recon, fs, true_cache, groups)
             row["ms_per_window"] = 1000.0 * secs / n
             row.update(base_model=base, samples_per_window=samples, diffusion=entries[base].model_config.diffusion,
                        targets_sha1=_sha1(true.astype(np.float32)), ppg_sha1=_sha1(ppg.numpy()),
@@ -310,6 +323,9 @@ def evaluate(checkpoint=None, records: int = 512, seed: int = 0, steps: int = 10
                 mk, sk, _ = krun(base)
                 unc = uncertainty_stats(true, recon, mk, sk)
             finish(name, base, recon, secs, 1, dv, unc)
+        if "p2es" in werr:
+            for name, diffs in paired_vs("p2es", werr).items():
+                out_models[name]["paired_vs_p2es"] = diffs
     finally:
         torch.set_num_threads(old_threads)
 
@@ -356,6 +372,20 @@ def markdown_table(result: dict[str, Any]) -> str:
             s = f"{v:.{nd}f}"
             cells.append(f"**{s}**" if best[key] is not None and f"{best[key]:.{nd}f}" == s else s)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    paired = [(n, r["paired_vs_p2es"]) for n, r in models.items() if r.get("paired_vs_p2es")]
+    if paired:
+        lines += ["", "Paired vs p2es on the same windows: mean (model - p2es) of the per-window absolute "
+                  "error, [95 % bootstrap interval]; > 0 means p2es is better, an interval without 0 "
+                  "a difference beyond chance.", "",
+                  "| model | HR bpm | QRS ms | QT ms |", "|---|---:|---:|---:|"]
+        for n, pv in paired:
+            cells = []
+            for m, nd in (("hr_mae_bpm", 2), ("qrs_ms_mae", 1), ("qt_ms_mae", 1)):
+                d = pv.get(m) or {}
+                v, (lo, hi) = d.get("diff"), (d.get("ci95") or [None, None])
+                ok = all(isinstance(x, (int, float)) and math.isfinite(x) for x in (v, lo, hi))
+                cells.append(f"{v:+.{nd}f} [{lo:+.{nd}f}, {hi:+.{nd}f}]" if ok else "-")
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
     foot = (f"\n{result.get('records')} held-out records (seed {result.get('seed')}), {result.get('steps')} steps, "
             f"k = {result.get('k')}, FD batch {result.get('fd_batch')} x 512 samples, "
             f"{result.get('threads')} thread(s).")

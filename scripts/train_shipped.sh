@@ -17,6 +17,9 @@ DEVICE=${DEVICE:-cpu}
 PARALLEL=${PARALLEL:-2}
 THREADS=${THREADS:-1}
 PPG_FRONTEND=${PPG_FRONTEND:-0.0}
+# Blur width of the blurring-diffusion variants (p2es, p2es_no_groups, p2es_no_deblur) in this
+# call, in samples; empty = the ScheduleConfig default (20).  The others have no blur.
+SIGMA_BLUR_MAX=${SIGMA_BLUR_MAX:-}
 STOP_AT=${STOP_AT:-0}
 OUT=${OUT:-engine/weights/p2es_set.pt}
 P2ES=${P2ES:-.venv/bin/p2es}
@@ -24,10 +27,15 @@ LOG=${LOG:-out/train}
 VARIANTS=(${VARIANTS:-p2es ddpm unet_regression p2es_no_blur p2es_no_groups p2es_no_deblur cardiogan})
 mkdir -p "$(dirname "$OUT")" "$LOG"
 run() {
+  local sched=()
+  case "$1" in
+    p2es|p2es_no_groups|p2es_no_deblur)
+      [[ -n "$SIGMA_BLUR_MAX" ]] && sched=(--schedule "{\"sigma_blur_max\": $SIGMA_BLUR_MAX}") ;;
+  esac
   "$P2ES" train --variant "$1" --steps "$STEPS" --batch-size "$BATCH" --lr 1e-3 --warmup 200 \
     --seed 0 --device "$DEVICE" --num-threads "$THREADS" --ckpt-every 250 --half-weights true \
     --ppg-frontend "$PPG_FRONTEND" --stop-at "$STOP_AT" --progress false --log-every 50 --out "$OUT" --resume \
-    > "$LOG/$1.steps$STEPS.log" 2>&1
+    "${sched[@]}" > "$LOG/$1.steps$STEPS.log" 2>&1
 }
 i=0
 for v in "${VARIANTS[@]}"; do

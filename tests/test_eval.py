@@ -127,6 +127,40 @@ def test_fd_rank_deficient_and_lead_layout():
         assert r.per_lead[l] == pytest.approx(ref, rel=1e-5)
 
 
+def test_paired_difference():
+    rng = np.random.default_rng(0)
+    b = rng.uniform(0, 5, 400)
+    a = b + 1.5                                            # model a is worse by exactly 1.5 everywhere
+    r = M.paired_difference(a, b)
+    assert r["diff"] == pytest.approx(1.5) and r["ci95"] == pytest.approx([1.5, 1.5]) and r["n"] == 400
+    assert M.paired_difference(b, a)["diff"] == pytest.approx(-1.5)    # sign: first minus second
+    # pure noise around 0: the interval straddles 0; a real shift of 1 with the same noise excludes it
+    noise = rng.normal(0, 2, 400)
+    r0 = M.paired_difference(b + noise, b)
+    assert r0["ci95"][0] < 0 < r0["ci95"][1]
+    r1 = M.paired_difference(b + noise + 1.0, b)
+    assert r1["ci95"][0] > 0 and r1["ci95"][0] < r1["diff"] < r1["ci95"][1]
+    # only windows where both have a value count; too few -> NaN, never an exception
+    a2 = a.copy()
+    a2[:100] = np.nan
+    assert M.paired_difference(a2, b)["n"] == 300
+    assert math.isnan(M.paired_difference([np.nan, 1.0], [1.0, np.nan])["diff"])
+    assert M.paired_difference(a, b, seed=1)["ci95"] == M.paired_difference(a, b, seed=1)["ci95"]
+    with pytest.raises(ValueError):
+        M.paired_difference(a, b[:10])
+
+
+def test_window_errors_match_the_maes(ecg):
+    fs = 128.0
+    true = ecg
+    recon = np.roll(ecg, 3, axis=-1) * 0.8
+    tc, rc = M.measure(true, fs), M.measure(recon, fs)
+    e = M.window_errors(tc, rc)
+    assert np.nanmean(e["hr_mae_bpm"]) == pytest.approx(M.hr_mae_bpm(true, recon, fs).mae)
+    assert np.nanmean(e["qrs_ms_mae"]) == pytest.approx(M.qrs_ms_mae(true, recon, fs).mae)
+    assert np.nanmean(e["qt_ms_mae"]) == pytest.approx(M.qt_ms_mae(true, recon, fs).mae)
+
+
 def test_derangement():
     for n in (2, 3, 8, 33):
         src = derangement(n, 5)
@@ -165,8 +199,18 @@ def test_evaluate_end_to_end(tiny_set, tmp_path):
         assert 0 <= row["band_coverage"] <= 1
     assert "uncertainty_mean_std" not in res["models"]["unet_regression"]
 
+    # paired comparison with p2es on the same windows, for every other row
+    assert "paired_vs_p2es" not in p
+    for name in names[1:]:
+        pv = res["models"][name]["paired_vs_p2es"]
+        assert set(pv) == {"hr_mae_bpm", "qrs_ms_mae", "qt_ms_mae"}
+        for d in pv.values():
+            assert d["n"] <= 8 and (d["diff"] is None or d["ci95"][0] <= d["diff"] <= d["ci95"][1])
+
     table = markdown_table(res)
-    assert table.count("\n| ") == len(names) and "**" in table
+    main_table = table.split("\n\n")[0]
+    assert main_table.count("\n| ") == len(names) and "**" in main_table
+    assert "Paired vs p2es" in table and table.count("\n| ddpm |") == 2
 
     # deterministic, and a model subset scores the same records identically
     again = evaluate(tiny_set, records=8, seed=3, steps=2, k=2, batch=4, progress=False, threads=1,

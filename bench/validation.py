@@ -1,0 +1,119 @@
+"""Compare candidate models on the validation split (never the test split of ``p2es eval``).
+
+    python bench/validation.py --candidate s20=/tmp/pilot/s20/set.pt:p2es \
+        --candidate s10=/tmp/pilot/s10/set.pt:p2es [--records 512] [--seed 0] [--json OUT.json]
+
+Used to choose settings that are not learned (the blur width of a training leg, sampler
+options) without looking at the test records that the README's table comes from.  Every
+candidate sees the same ``records`` windows of ``fixed_set("val", records, seed)`` (simulator
+seeds disjoint from the training and test seeds), the same initial noise (generator seeded with
+``seed``), one sample per window, ``--steps`` reverse steps.  Printed: the headline metrics of
+``p2es eval`` that the selection uses (FD, HR MAE, QRS and QT MAE) plus RMSE, the HR MAE per
+rhythm group, the standard error of the HR MAE (over windows) and each candidate's mean rank
+over the four selection metrics (1 = best).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+SELECT = ("fd", "hr_mae_bpm", "qrs_ms_mae", "qt_ms_mae")
+
+
+def parse_candidate(text: str) -> tuple[str, str, str]:
+    name, sep, rest = text.partition("=")
+    if not sep or not name or not rest:
+        raise SystemExit(f"validation: --candidate must be NAME=PATH[:MODEL], got {text!r}")
+    path, _, model = rest.rpartition(":") if ":" in rest else (rest, "", "p2es")
+    return name, path or rest, model or "p2es"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--candidate", action="append", required=True, metavar="NAME=PATH[:MODEL]")
+    ap.add_argument("--records", type=int, default=512)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--eta", type=float, default=0.0, help="sampler eta (0 = DDIM, as p2es eval)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from engine import metrics as M
+    from engine.checkpoint import load_model
+    from engine.data import fixed_set, prepare
+    from engine.evaluate import rhythm_group
+    from engine.sampler import sample
+    from p2es.errors import P2esError
+
+    torch.set_num_threads(args.threads)
+    cands = [parse_candidate(c) for c in args.candidate]
+    try:
+        entries = {name: load_model(path, model) for name, path, model in cands}
+    except P2esError as e:
+        sys.exit(f"validation: {e}")
+    mc = next(iter(entries.values())).model_config
+    fs, T = float(mc.fs), int(mc.T)
+    raw = fixed_set("val", args.records, args.seed, duration_s=T / fs, fs=fs, noisy_ecg=False)
+    prep = prepare(raw)
+    true = np.asarray(raw["ecg"], dtype=np.float64)
+    groups = np.array([rhythm_group(s) for s in np.asarray(raw["rhythm"]).astype(str)])
+    tc = M.measure(true, fs)
+
+    rows: dict[str, dict] = {}
+    for name, e in entries.items():
+        gen = torch.Generator().manual_seed(args.seed)
+        out = []
+        for s in tqdm(range(0, args.records, 64), desc=name, leave=False):
+            sl = slice(s, s + 64)
+            r = sample(e.model, e.schedule, prep["ppg"][sl], (prep["demo"][sl], prep["demo_mask"][sl]),
+                       steps=args.steps, k=1, eta=args.eta, generator=gen, keep_samples=False)
+            out.append(r.mean.numpy())
+        recon = np.concatenate(out)
+        rc = M.measure(recon, fs)
+        row = M.compute_all(true, recon, fs, true_cache=tc, recon_cache=rc)
+        d = np.abs(tc["hr_bpm"] - rc["hr_bpm"])
+        d = d[np.isfinite(d)]
+        row["hr_se"] = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
+        row["hr_by_rhythm"] = {}
+        for g in ("sinus", "af", "pvc", "other"):
+            idx = np.flatnonzero(groups == g)
+            if idx.size:
+                sub = M.hr_mae_bpm(true[idx], recon[idx], fs, true_cache=M.subset(tc, idx),
+                                   recon_cache=M.subset(rc, idx))
+                row["hr_by_rhythm"][g] = sub.mae
+        row.pop("per_lead", None)
+        rows[name] = row
+
+    names = list(rows)
+    ranks = {n: [] for n in names}
+    for m in SELECT:
+        order = sorted(names, key=lambda n: rows[n][m])
+        for r, n in enumerate(order, 1):
+            ranks[n].append(r)
+    print(f"{args.records} validation records (val split, seed {args.seed}), {args.steps} steps, eta {args.eta:g}, 1 sample")
+    print("| candidate | FD | HR MAE bpm (SE) | QRS MAE ms | QT MAE ms | RMSE mV | HR sinus / AF / PVC / other | mean rank |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|")
+    for n in names:
+        r = rows[n]
+        hb = " / ".join(f"{r['hr_by_rhythm'].get(g, float('nan')):.2f}" for g in ("sinus", "af", "pvc", "other"))
+        r["mean_rank"] = float(np.mean(ranks[n]))
+        print(f"| {n} | {r['fd']:.2f} | {r['hr_mae_bpm']:.2f} ({r['hr_se']:.2f}) | {r['qrs_ms_mae']:.1f} | "
+              f"{r['qt_ms_mae']:.1f} | {r['rmse']:.4f} | {hb} | {r['mean_rank']:.2f} |")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"records": args.records, "seed": args.seed, "steps": args.steps, "eta": args.eta,
+                       "candidates": {n: {"path": p, "model": m} for n, p, m in cands}, "rows": rows},
+                      fh, indent=1, default=float)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

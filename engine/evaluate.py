@@ -26,7 +26,8 @@ with every model of the set and scores them with :mod:`engine.metrics`:
 * paired comparison: every row except ``p2es`` gets ``paired_vs_p2es`` = {metric: {"diff",
   "ci95", "n"}} for HR, QRS and QT error: the mean over windows of (row's |error| - p2es's
   |error|) on the same windows, with a 95 % percentile-bootstrap interval over windows
-  (:func:`engine.metrics.paired_difference`); the table prints it below the main one.  FD is a
+  (:func:`engine.metrics.paired_difference`), also per rhythm group under ``"per_rhythm"``;
+  the table prints the overall ones below the main table.  FD is a
   distribution distance with no per-window value, so it has no such interval.
 * ``ms_per_window``: wall time of the sampling calls of that row (after one untimed warm-up
   call per model) divided by the windows, in this process with ``threads`` torch threads
@@ -228,10 +229,22 @@ def _score(true, recon, fs, true_cache, groups) -> tuple[dict[str, Any], dict[st
     return row, M.window_errors(true_cache, rc)
 
 
-def paired_vs(ref: str, werr: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, Any]]:
-    """For every other row: ``{metric: paired_difference(row, ref)}`` (> 0: ``ref`` better)."""
-    return {name: {m: M.paired_difference(e[m], werr[ref][m]) for m in M.WINDOW_METRICS}
-            for name, e in werr.items() if name != ref}
+def paired_vs(ref: str, werr: dict[str, dict[str, np.ndarray]], groups: np.ndarray | None = None
+              ) -> dict[str, dict[str, Any]]:
+    """For every other row: ``{metric: paired_difference(row, ref)}`` (> 0: ``ref`` better),
+    plus ``"per_rhythm": {group: {metric: ...}}`` when the windows' rhythm ``groups`` are given."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, e in werr.items():
+        if name == ref:
+            continue
+        row: dict[str, Any] = {m: M.paired_difference(e[m], werr[ref][m]) for m in M.WINDOW_METRICS}
+        if groups is not None:
+            row["per_rhythm"] = {
+                g: {m: M.paired_difference(e[m][groups == g], werr[ref][m][groups == g])
+                    for m in M.WINDOW_METRICS}
+                for g in ("sinus", "af", "pvc", "other") if (groups == g).any()}
+        out[name] = row
+    return out
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -324,7 +337,7 @@ def evaluate(checkpoint=None, records: int = 512, seed: int = 0, steps: int = 10
                 unc = uncertainty_stats(true, recon, mk, sk)
             finish(name, base, recon, secs, 1, dv, unc)
         if "p2es" in werr:
-            for name, diffs in paired_vs("p2es", werr).items():
+            for name, diffs in paired_vs("p2es", werr, groups).items():
                 out_models[name]["paired_vs_p2es"] = diffs
     finally:
         torch.set_num_threads(old_threads)

@@ -203,9 +203,11 @@ def test_evaluate_end_to_end(tiny_set, tmp_path):
     assert "paired_vs_p2es" not in p
     for name in names[1:]:
         pv = res["models"][name]["paired_vs_p2es"]
-        assert set(pv) == {"hr_mae_bpm", "qrs_ms_mae", "qt_ms_mae"}
-        for d in pv.values():
+        assert set(pv) == {"hr_mae_bpm", "qrs_ms_mae", "qt_ms_mae", "per_rhythm"}
+        assert set(pv["per_rhythm"]) == set(p["per_rhythm"])
+        for d in [pv[m] for m in M.WINDOW_METRICS] + [g[m] for g in pv["per_rhythm"].values() for m in g]:
             assert d["n"] <= 8 and (d["diff"] is None or d["ci95"][0] <= d["diff"] <= d["ci95"][1])
+        assert sum(g["hr_mae_bpm"]["n"] for g in pv["per_rhythm"].values()) == pv["hr_mae_bpm"]["n"]
 
     table = markdown_table(res)
     main_table = table.split("\n\n")[0]

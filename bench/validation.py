@@ -3,8 +3,8 @@
     python bench/validation.py --candidate s20=/tmp/pilot/s20/set.pt:p2es \
         --candidate s10=/tmp/pilot/s10/set.pt:p2es [--records 512] [--seed 0] [--json OUT.json]
 
-Used to choose settings that are not learned (the blur width of a training leg, sampler
-options) without looking at the test records that the README's table comes from.  Every
+Used to choose settings that are not learned (e.g. the blur width of a training leg)
+without looking at the test records that the README's table comes from.  Every
 candidate sees the same ``records`` windows of ``fixed_set("val", records, seed)`` (simulator
 seeds disjoint from the training and test seeds), the same initial noise (generator seeded with
 ``seed``), one sample per window, ``--steps`` reverse steps.  Printed: the headline metrics of
@@ -38,19 +38,16 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--eta", type=float, default=0.0, help="sampler eta (0 = DDIM, as p2es eval)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
     import torch
-    from tqdm.auto import tqdm
 
     from engine import metrics as M
     from engine.checkpoint import load_model
     from engine.data import fixed_set, prepare
-    from engine.evaluate import rhythm_group
-    from engine.sampler import sample
+    from engine.evaluate import rhythm_group, sample_windows, score
     from p2es.errors import P2esError
 
     torch.set_num_threads(args.threads)
@@ -68,27 +65,13 @@ def main() -> None:
     tc = M.measure(true, fs)
 
     rows: dict[str, dict] = {}
-    for name, e in entries.items():
-        gen = torch.Generator().manual_seed(args.seed)
-        out = []
-        for s in tqdm(range(0, args.records, 64), desc=name, leave=False):
-            sl = slice(s, s + 64)
-            r = sample(e.model, e.schedule, prep["ppg"][sl], (prep["demo"][sl], prep["demo_mask"][sl]),
-                       steps=args.steps, k=1, eta=args.eta, generator=gen, keep_samples=False)
-            out.append(r.mean.numpy())
-        recon = np.concatenate(out)
-        rc = M.measure(recon, fs)
-        row = M.compute_all(true, recon, fs, true_cache=tc, recon_cache=rc)
-        d = np.abs(tc["hr_bpm"] - rc["hr_bpm"])
-        d = d[np.isfinite(d)]
+    for name, e in entries.items():  # sampled and scored exactly as `p2es eval` does, k = 1
+        recon, _, _ = sample_windows(e, prep["ppg"], prep["demo"], prep["demo_mask"], steps=args.steps, k=1,
+                                     batch=64, seed=args.seed, desc=name, progress=True)
+        row, werr = score(true, recon, fs, tc, groups)
+        d = werr["hr_mae_bpm"][np.isfinite(werr["hr_mae_bpm"])]
         row["hr_se"] = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
-        row["hr_by_rhythm"] = {}
-        for g in ("sinus", "af", "pvc", "other"):
-            idx = np.flatnonzero(groups == g)
-            if idx.size:
-                sub = M.hr_mae_bpm(true[idx], recon[idx], fs, true_cache=M.subset(tc, idx),
-                                   recon_cache=M.subset(rc, idx))
-                row["hr_by_rhythm"][g] = sub.mae
+        row["hr_by_rhythm"] = {g: v["hr_mae_bpm"] for g, v in row.pop("per_rhythm").items()}
         row.pop("per_lead", None)
         rows[name] = row
 
@@ -98,7 +81,7 @@ def main() -> None:
         order = sorted(names, key=lambda n: rows[n][m])
         for r, n in enumerate(order, 1):
             ranks[n].append(r)
-    print(f"{args.records} validation records (val split, seed {args.seed}), {args.steps} steps, eta {args.eta:g}, 1 sample")
+    print(f"{args.records} validation records (val split, seed {args.seed}), {args.steps} steps, 1 sample")
     print("| candidate | FD | HR MAE bpm (SE) | QRS MAE ms | QT MAE ms | RMSE mV | HR sinus / AF / PVC / other | mean rank |")
     print("|---|---:|---:|---:|---:|---:|---|---:|")
     for n in names:
@@ -109,7 +92,7 @@ def main() -> None:
               f"{r['qt_ms_mae']:.1f} | {r['rmse']:.4f} | {hb} | {r['mean_rank']:.2f} |")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"records": args.records, "seed": args.seed, "steps": args.steps, "eta": args.eta,
+            json.dump({"records": args.records, "seed": args.seed, "steps": args.steps,
                        "candidates": {n: {"path": p, "model": m} for n, p, m in cands}, "rows": rows},
                       fh, indent=1, default=float)
         print(f"wrote {args.json}")

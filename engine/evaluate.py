@@ -168,7 +168,7 @@ def load_test_data(data: str, records: int, seed: int, T: int, fs: float) -> dic
     return raw
 
 
-def _run(entry: ckpt.Entry, ppg, demo, mask, *, steps: int, k: int, batch: int, seed: int,
+def sample_windows(entry: ckpt.Entry, ppg, demo, mask, *, steps: int, k: int, batch: int, seed: int,
          desc: str, progress: bool) -> tuple[np.ndarray, np.ndarray, float]:
     """Sample every window in batches: (mean [N,12,T], std [N,12,T], seconds)."""
     from tqdm.auto import tqdm
@@ -213,8 +213,10 @@ def uncertainty_stats(true: np.ndarray, recon: np.ndarray, mean_k: np.ndarray, s
     }
 
 
-def _score(true, recon, fs, true_cache, groups) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """(metrics row, per-window errors for the paired comparison)."""
+def score(true, recon, fs, true_cache, groups) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Score one model's reconstructions: (metrics row with ``per_rhythm``, per-window errors for
+    the paired comparison).  ``true_cache`` = ``metrics.measure(true, fs)``; ``groups`` = the
+    windows' :func:`rhythm_group`."""
     rc = M.measure(recon, fs)
     row = M.compute_all(true, recon, fs, true_cache=true_cache, recon_cache=rc)
     per_rhythm = {}
@@ -304,12 +306,12 @@ def evaluate(checkpoint=None, records: int = 512, seed: int = 0, steps: int = 10
 
         def krun(name: str):
             if name not in kruns:
-                kruns[name] = _run(entries[name], ppg, demo, mask, steps=steps, k=k, batch=batch, seed=seed,
+                kruns[name] = sample_windows(entries[name], ppg, demo, mask, steps=steps, k=k, batch=batch, seed=seed,
                                    desc=f"{name} k={k}", progress=progress)
             return kruns[name]
 
         def finish(name, base, recon, secs, samples, dm, unc=None):
-            row, werr[name] = _score(true, recon, fs, true_cache, groups)
+            row, werr[name] = score(true, recon, fs, true_cache, groups)
             row["ms_per_window"] = 1000.0 * secs / n
             row.update(base_model=base, samples_per_window=samples, diffusion=entries[base].model_config.diffusion,
                        targets_sha1=_sha1(true.astype(np.float32)), ppg_sha1=_sha1(ppg.numpy()),
@@ -328,7 +330,7 @@ def evaluate(checkpoint=None, records: int = 512, seed: int = 0, steps: int = 10
             base = "p2es" if name == SHUFFLED else name
             e = entries[base]
             dv, dm = (demo_sh, mask_sh) if name == SHUFFLED else (demo, mask)
-            recon, _, secs = _run(e, ppg, dv, dm, steps=steps, k=1, batch=batch, seed=seed, desc=name,
+            recon, _, secs = sample_windows(e, ppg, dv, dm, steps=steps, k=1, batch=batch, seed=seed, desc=name,
                                   progress=progress)
             unc = None
             if e.model_config.diffusion != "none" and k > 1 and name != SHUFFLED and (

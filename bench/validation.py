@@ -47,7 +47,7 @@ def main() -> None:
     from engine import metrics as M
     from engine.checkpoint import load_model
     from engine.data import fixed_set, prepare
-    from engine.evaluate import rhythm_group, sample_windows, score
+    from engine.evaluate import GROUP_ORDER, rhythm_group, sample_windows, score
     from p2es.errors import P2esError
 
     torch.set_num_threads(args.threads)
@@ -86,7 +86,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---|---:|")
     for n in names:
         r = rows[n]
-        hb = " / ".join(f"{r['hr_by_rhythm'].get(g, float('nan')):.2f}" for g in ("sinus", "af", "pvc", "other"))
+        hb = " / ".join(f"{r['hr_by_rhythm'].get(g, float('nan')):.2f}" for g in GROUP_ORDER)
         r["mean_rank"] = float(np.mean(ranks[n]))
         print(f"| {n} | {r['fd']:.2f} | {r['hr_mae_bpm']:.2f} ({r['hr_se']:.2f}) | {r['qrs_ms_mae']:.1f} | "
               f"{r['qt_ms_mae']:.1f} | {r['rmse']:.4f} | {hb} | {r['mean_rank']:.2f} |")

@@ -61,6 +61,7 @@ DERIVED = (SHUFFLED, MEAN_OF_K)
 HEADLINE = ("rmse", "mae", "pearson", "prd", "fd", "fd_batch", "hr_mae_bpm", "qrs_ms_mae", "qt_ms_mae",
             "spectral_distance", "einthoven_max_abs", "ms_per_window")
 RHYTHM_GROUPS = {"sinus": ("sinus", "sinus_brady", "sinus_tachy"), "af": ("af",), "pvc": ("pvc",)}
+GROUP_ORDER = ("sinus", "af", "pvc", "other")   # rhythm_group() values, in report order
 RHYTHM_METRICS = ("n", "rmse", "mae", "pearson", "prd", "fd", "fd_batch", "hr_mae_bpm", "hr_fail_rate",
                   "qrs_ms_mae", "qt_ms_mae", "spectral_distance")
 DISCLAIMER = "Reconstructed from PPG - not a diagnostic ECG"
@@ -220,7 +221,7 @@ def score(true, recon, fs, true_cache, groups) -> tuple[dict[str, Any], dict[str
     rc = M.measure(recon, fs)
     row = M.compute_all(true, recon, fs, true_cache=true_cache, recon_cache=rc)
     per_rhythm = {}
-    for g in ("sinus", "af", "pvc", "other"):
+    for g in GROUP_ORDER:
         idx = np.flatnonzero(groups == g)
         if idx.size == 0:
             continue
@@ -244,7 +245,7 @@ def paired_vs(ref: str, werr: dict[str, dict[str, np.ndarray]], groups: np.ndarr
             row["per_rhythm"] = {
                 g: {m: M.paired_difference(e[m][groups == g], werr[ref][m][groups == g])
                     for m in M.WINDOW_METRICS}
-                for g in ("sinus", "af", "pvc", "other") if (groups == g).any()}
+                for g in GROUP_ORDER if (groups == g).any()}
         out[name] = row
     return out
 
@@ -350,7 +351,7 @@ def evaluate(checkpoint=None, records: int = 512, seed: int = 0, steps: int = 10
         "batch": int(batch), "threads": int(threads if threads is not None else old_threads),
         "fs": float(fs), "T": int(T), "fd_batch": int(fd_batch),
         "checkpoint": os.fspath(checkpoint), "data": raw["_desc"],
-        "rhythm_counts": {g: int((groups == g).sum()) for g in ("sinus", "af", "pvc", "other")},
+        "rhythm_counts": {g: int((groups == g).sum()) for g in GROUP_ORDER},
         "demographics_permutation": "derangement (random cycle), seed-fixed",
         "checkpoint_meta": {b: _clean({kk: entries[b].meta.get(kk) for kk in ("steps", "variant") if kk in entries[b].meta})
                             for b in bases},

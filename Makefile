@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 OUT ?= out
 PYTEST_ARGS ?=
 
-.PHONY: install demo test services services-stop bench clean
+.PHONY: install demo test lint services services-stop bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,7 +27,12 @@ services:
 services-stop:
 	scripts/services.sh stop
 
-test: install services
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: install lint services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install

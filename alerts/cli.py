@@ -11,7 +11,7 @@
     p2es alerts new-secret
 
 ``ack``/``silence``/``unsilence`` publish one command on ``p2es/v1/alerts/ack`` (QoS 1) and
-return once the broker has it (see :mod:`alerts.messages` for the JSON).  Bad input anywhere
+return once the broker has it (see :mod:`p2es.contracts.alerts` for the JSON).  Bad input anywhere
 is one ``p2es: error: ...`` line and exit status 2; ``check`` prints one ``FILE:LINE: path: msg``
 line per problem (exit 2) or a summary (exit 0).
 """
@@ -28,48 +28,55 @@ import secrets
 import signal
 import sys
 import time
+from typing import TYPE_CHECKING, Any
 
 from p2es.errors import P2esError
+from p2es.transport.settings import SERVICE_FLAGS, add_broker_flags, add_service_flags
+
+if TYPE_CHECKING:
+    from alerts.service import AlertServiceConfig
 
 __all__ = ["register"]
 
-_RUN_FLAGS = {
-    "broker": "broker", "mqtt_username": "mqtt_username", "mqtt_password": "mqtt_password",
-    "mqtt_version": "mqtt_version", "client_id": "client_id", "influx_url": "influx_url",
-    "influx_api": "influx_api", "influx_db": "influx_db", "influx_org": "influx_org",
-    "influx_bucket": "influx_bucket", "influx_token": "influx_token", "spool_dir": "spool_dir",
-    "rules": "rules", "outbox_dir": "outbox_dir", "state_file": "state_file",
-    "external_url": "external_url", "backoff_base_s": "backoff_base_s", "backoff_cap_s": "backoff_cap_s",
-    "max_age_s": "max_age_s", "tick_s": "tick_s", "health_port": "health_port",
-}
+#: ``p2es alerts run`` flags, each named like the AlertServiceConfig field it sets
+_RUN_FLAGS = (
+    *SERVICE_FLAGS,
+    "spool_dir",
+    "rules",
+    "outbox_dir",
+    "state_file",
+    "external_url",
+    "backoff_base_s",
+    "backoff_cap_s",
+    "max_age_s",
+    "tick_s",
+    "health_port",
+)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a = sub.add_parser("alerts", help="rule-based alerts on the live vitals: check, run, ack, silence")
     asub = a.add_subparsers(dest="alerts_command", metavar="SUBCOMMAND", parser_class=type(a))
     asub.required = True
 
     c = asub.add_parser("check", help="validate a rules file (line-precise errors, exit 2)")
-    c.add_argument("file", nargs="?", default=None, help="rules YAML (default: the shipped default_rules.yaml)")
+    c.add_argument(
+        "file", nargs="?", default=None, help="rules YAML (default: the shipped default_rules.yaml)"
+    )
     c.set_defaults(func=check_main)
 
     r = asub.add_parser("run", help="run the alert service (stops cleanly on SIGINT/SIGTERM)")
     r.add_argument("--rules", help="rules YAML (default: the shipped default_rules.yaml)")
     r.add_argument("--config", help="YAML/JSON with AlertServiceConfig fields; flags override it")
-    r.add_argument("--broker", help="mqtt://HOST:PORT or mqtts://HOST:PORT")
-    r.add_argument("--mqtt-username")
-    r.add_argument("--mqtt-password", help="(better: env P2ES_MQTT_PASSWORD)")
-    r.add_argument("--mqtt-version", choices=("5", "3.1.1"))
-    r.add_argument("--client-id")
-    r.add_argument("--influx-url", help="InfluxDB URL, or 'none' for no InfluxDB")
-    r.add_argument("--influx-api", choices=("v1", "v2"))
-    r.add_argument("--influx-db")
-    r.add_argument("--influx-org")
-    r.add_argument("--influx-bucket")
-    r.add_argument("--influx-token", help="(better: env P2ES_INFLUX_TOKEN)")
+    add_service_flags(r)
     r.add_argument("--spool-dir")
-    r.add_argument("--webhook", action="append", default=None, metavar="URL",
-                   help="webhook URL (repeatable); secret from --webhook-secret-file or env P2ES_WEBHOOK_SECRET")
+    r.add_argument(
+        "--webhook",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="webhook URL (repeatable); secret from --webhook-secret-file or env P2ES_WEBHOOK_SECRET",
+    )
     r.add_argument("--webhook-secret-file", help="file holding the whsec_ secret for --webhook URLs")
     r.add_argument("--outbox-dir")
     r.add_argument("--state-file")
@@ -83,11 +90,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run_main)
 
     def broker_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--broker", default=os.environ.get("P2ES_BROKER", "mqtt://127.0.0.1:1883"),
-                       help="mqtt://HOST:PORT (default: env P2ES_BROKER or mqtt://127.0.0.1:1883)")
-        p.add_argument("--mqtt-username")
-        p.add_argument("--mqtt-password", help="(better: env P2ES_MQTT_PASSWORD)")
-        p.add_argument("--mqtt-version", choices=("5", "3.1.1"), default="5")
+        add_broker_flags(
+            p, broker_default=os.environ.get("P2ES_BROKER", "mqtt://127.0.0.1:1883"), version_default="5"
+        )
 
     k = asub.add_parser("ack", help="acknowledge one firing alert (stops its repeats until it resolves)")
     k.add_argument("--patient", required=True)
@@ -119,7 +124,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # ------------------------------------------------------------------------------ check
 def check_main(args: argparse.Namespace) -> int:
-    from alerts.rules import DEFAULT_RULES_PATH, RuleFileError, format_duration, load_rules
+    from alerts.rules import (  # lazy: CLI start-up
+        DEFAULT_RULES_PATH,
+        RuleFileError,
+        format_duration,
+        load_rules,
+    )
 
     path = args.file or str(DEFAULT_RULES_PATH)
     try:
@@ -130,26 +140,37 @@ def check_main(args: argparse.Namespace) -> int:
         return 2
     gated = [r.name for r in rf.rules if rf.gate_for(r) is not None]
     g = rf.defaults.gate
-    print(f"{path}: {len(rf.rules)} rule(s) OK; gate uncertainty <= {g.max_uncertainty_mv:g} mV, "
-          f"SQI >= {g.min_sqi:g}; default repeat {format_duration(rf.defaults.repeat)}")
+    print(
+        f"{path}: {len(rf.rules)} rule(s) OK; gate uncertainty <= {g.max_uncertainty_mv:g} mV, "
+        f"SQI >= {g.min_sqi:g}; default repeat {format_duration(rf.defaults.repeat)}"
+    )
     for r in rf.rules:
         gate = rf.gate_for(r)
-        gtxt = (f" [gated {gate.max_uncertainty_mv:g} mV / SQI {gate.min_sqi:g}"
-                + (f" / HR <= {gate.max_hr_bpm:g}" if gate.max_hr_bpm is not None else "") + "]") if gate else ""
+        gtxt = (
+            (
+                f" [gated {gate.max_uncertainty_mv:g} mV / SQI {gate.min_sqi:g}"
+                + (f" / HR <= {gate.max_hr_bpm:g}" if gate.max_hr_bpm is not None else "")
+                + "]"
+            )
+            if gate
+            else ""
+        )
         if r.rate_agreement is not None:
             gtxt += f" [ECG rate within {100 * r.rate_agreement:g} % of the PPG's]"
         clear = "" if r.clear_threshold is None else f", clear {r.clear_threshold:g}"
-        print(f"  {r.name:<26} {r.priority:<6} {r.metric} {r.op} {r.threshold:g} for "
-              f"{format_duration(r.for_)}{clear}{gtxt}")
+        print(
+            f"  {r.name:<26} {r.priority:<6} {r.metric} {r.op} {r.threshold:g} for "
+            f"{format_duration(r.for_)}{clear}{gtxt}"
+        )
     if gated:
         print(f"  ({len(gated)} morphology/gated rule(s) evaluate only windows that pass the gate)")
     return 0
 
 
 # ------------------------------------------------------------------------------ run
-def load_service_config(args: argparse.Namespace):
-    from alerts.service import AlertServiceConfig
-    from p2es.settings import merge_flags, read_settings_file, validate
+def load_service_config(args: argparse.Namespace) -> AlertServiceConfig:
+    from alerts.service import AlertServiceConfig  # lazy: CLI start-up (aiomqtt, sink)
+    from p2es.transport.settings import merge_flags, read_settings_file, validate  # lazy: CLI start-up
 
     data = merge_flags(read_settings_file(getattr(args, "config", None)), args, _RUN_FLAGS)
     if getattr(args, "webhook", None):
@@ -164,7 +185,7 @@ def load_service_config(args: argparse.Namespace):
 
 
 def run_main(args: argparse.Namespace) -> int:
-    from alerts.service import AlertService
+    from alerts.service import AlertService  # lazy: CLI start-up (aiomqtt, sink)
 
     cfg = load_service_config(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -178,8 +199,13 @@ def run_main(args: argparse.Namespace) -> int:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
         await svc.start()
-        log.info("p2es alerts: %d rule(s), broker %s, influx %s, %d webhook(s)", len(svc.rules.rules),
-                 cfg.broker, cfg.influx_url or "off", len(cfg.webhooks))
+        log.info(
+            "p2es alerts: %d rule(s), broker %s, influx %s, %d webhook(s)",
+            len(svc.rules.rules),
+            cfg.broker,
+            cfg.influx_url or "off",
+            len(cfg.webhooks),
+        )
         every = float(args.stats_every or 0)
         try:
             while not stop.is_set():
@@ -196,11 +222,11 @@ def run_main(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------ commands
-def _publish_command(args: argparse.Namespace, payload: dict) -> None:
-    import aiomqtt
+def _publish_command(args: argparse.Namespace, payload: dict[str, Any]) -> None:
+    import aiomqtt  # lazy: CLI start-up
 
-    from alerts.messages import ACK_TOPIC, parse_command
-    from alerts.service import mqtt_client_args
+    from p2es.contracts.alerts import ACK_TOPIC, parse_command  # lazy: CLI start-up
+    from p2es.transport.mqtt import MqttEndpoint  # lazy: CLI start-up
 
     body = json.dumps({k: v for k, v in payload.items() if v is not None}).encode()
     parsed = parse_command(body)  # the same validation the service applies
@@ -208,13 +234,19 @@ def _publish_command(args: argparse.Namespace, payload: dict) -> None:
         raise P2esError(parsed.split(": ", 1)[-1])
     if not (args.broker.startswith("mqtt://") or args.broker.startswith("mqtts://")):
         raise P2esError(f"--broker must be mqtt://HOST:PORT or mqtts://HOST:PORT, got {args.broker!r}")
-    kw = mqtt_client_args(args.broker, username=args.mqtt_username or os.environ.get("P2ES_MQTT_USERNAME"),
-                          password=args.mqtt_password or os.environ.get("P2ES_MQTT_PASSWORD"),
-                          client_id=f"p2es-alerts-cli-{secrets.token_hex(4)}",
-                          mqtt_version=args.mqtt_version, persistent=False)
+    try:
+        endpoint = MqttEndpoint.from_url(
+            args.broker,
+            username=args.mqtt_username or os.environ.get("P2ES_MQTT_USERNAME"),
+            password=args.mqtt_password or os.environ.get("P2ES_MQTT_PASSWORD"),
+            client_id=f"p2es-alerts-cli-{secrets.token_hex(4)}",
+            version=args.mqtt_version,
+        )
+    except ValueError as e:
+        raise P2esError(str(e)) from None
 
     async def go() -> None:
-        async with aiomqtt.Client(**kw) as client:
+        async with endpoint.client(persistent=False) as client:
             await client.publish(ACK_TOPIC, body, qos=1, timeout=10)
 
     try:
@@ -228,14 +260,22 @@ def _who(by: str | None) -> str:
 
 
 def ack_main(args: argparse.Namespace) -> int:
-    _publish_command(args, {"action": "ack", "patient": args.patient, "rule": args.rule,
-                            "by": _who(args.by), "comment": args.comment})
+    _publish_command(
+        args,
+        {
+            "action": "ack",
+            "patient": args.patient,
+            "rule": args.rule,
+            "by": _who(args.by),
+            "comment": args.comment,
+        },
+    )
     print(f"ack sent: {args.patient}/{args.rule}")
     return 0
 
 
 def silence_main(args: argparse.Namespace) -> int:
-    from alerts.rules import parse_duration
+    from alerts.rules import parse_duration  # lazy: CLI start-up
 
     if args.patient is None and args.rule is None:
         raise P2esError("a silence needs --patient and/or --rule")
@@ -247,8 +287,18 @@ def silence_main(args: argparse.Namespace) -> int:
         raise P2esError("--for must be > 0")
     sid = args.id or "s-" + secrets.token_hex(4)
     ends = time.time() + dur
-    _publish_command(args, {"action": "silence", "id": sid, "patient": args.patient, "rule": args.rule,
-                            "ends_at": ends, "by": _who(args.by), "comment": args.comment})
+    _publish_command(
+        args,
+        {
+            "action": "silence",
+            "id": sid,
+            "patient": args.patient,
+            "rule": args.rule,
+            "ends_at": ends,
+            "by": _who(args.by),
+            "comment": args.comment,
+        },
+    )
     print(sid)
     return 0
 
@@ -260,7 +310,7 @@ def unsilence_main(args: argparse.Namespace) -> int:
 
 
 def new_secret_main(args: argparse.Namespace) -> int:
-    from alerts.webhook import generate_secret
+    from alerts.webhook import generate_secret  # lazy: CLI start-up
 
     print(generate_secret())
     return 0

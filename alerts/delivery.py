@@ -24,10 +24,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from alerts.messages import AlertMessage, alerts_topic
 from alerts.outbox import Outbox, OutboxRow, backoff_delay
 from alerts.state import AlertEvent
 from alerts.webhook import PostResult, alertmanager_body, new_message_id, post
+from p2es.contracts.alerts import AlertMessage
+from p2es.contracts.topics import alerts_topic
+from sink.lineprotocol import alert_line
+from sink.writer import Writer
 
 __all__ = ["WebhookTarget", "WebhookSender", "Dispatcher", "alert_message"]
 
@@ -45,10 +48,18 @@ class WebhookTarget:
 class WebhookSender:
     """Outbox -> HTTP, in order per webhook, with backoff, max age and dead letters."""
 
-    def __init__(self, outbox: Outbox, targets: list[WebhookTarget], *, external_url: str = "",
-                 backoff_base_s: float = 1.0, backoff_cap_s: float = 300.0,
-                 max_age_s: float = 86400.0, rng: random.Random | None = None,
-                 poster: Callable[..., PostResult] = post) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        targets: list[WebhookTarget],
+        *,
+        external_url: str = "",
+        backoff_base_s: float = 1.0,
+        backoff_cap_s: float = 300.0,
+        max_age_s: float = 86400.0,
+        rng: random.Random | None = None,
+        poster: Callable[..., PostResult] = post,
+    ) -> None:
         self.outbox = outbox
         self.targets = {t.name: t for t in targets}
         self.external_url = external_url
@@ -112,8 +123,9 @@ class WebhookSender:
 
     async def _attempt(self, target: WebhookTarget, row: OutboxRow) -> None:
         self.attempts += 1
-        res = await asyncio.to_thread(self._post, target.url, row.body, row.msg_id, target.secret,
-                                      timeout=target.timeout_s)
+        res = await asyncio.to_thread(
+            self._post, target.url, row.body, row.msg_id, target.secret, timeout=target.timeout_s
+        )
         now = time.time()
         if res.ok:
             self.outbox.delivered(row)
@@ -128,50 +140,95 @@ class WebhookSender:
             log.error("webhook %s: %s rejected for good (%s); dead-lettered", target.name, row.msg_id, err)
             return
         if now - row.created >= self.max_age:
-            self.outbox.dead_letter(row, f"gave up after {row.attempts + 1} attempts over "
-                                         f"{now - row.created:.0f} s: {err}", now, attempts=row.attempts + 1)
-            log.error("webhook %s: gave up on %s after %.0f s (%s)", target.name, row.msg_id,
-                      now - row.created, err)
+            self.outbox.dead_letter(
+                row,
+                f"gave up after {row.attempts + 1} attempts over {now - row.created:.0f} s: {err}",
+                now,
+                attempts=row.attempts + 1,
+            )
+            log.error(
+                "webhook %s: gave up on %s after %.0f s (%s)", target.name, row.msg_id, now - row.created, err
+            )
             return
         delay = backoff_delay(row.attempts, self.base, self.cap, self.rng, res.retry_after)
         delay = min(delay, max(0.0, row.created + self.max_age - now))
         self.outbox.failed(row, err, now + delay)
-        log.warning("webhook %s: attempt %d of %s failed (%s); retry in %.2f s", target.name,
-                    row.attempts + 1, row.msg_id, err, delay)
+        log.warning(
+            "webhook %s: attempt %d of %s failed (%s); retry in %.2f s",
+            target.name,
+            row.attempts + 1,
+            row.msg_id,
+            err,
+            delay,
+        )
 
 
 def alert_message(ev: AlertEvent) -> AlertMessage:
-    return AlertMessage(patient=ev.patient, rule=ev.rule, priority=ev.priority, state=ev.kind, t=ev.t,
-                        metric=ev.metric, op=ev.op, threshold=ev.threshold, value=ev.value,
-                        message=ev.message, starts_at=ev.starts_at, ends_at=ev.ends_at,
-                        fingerprint=ev.fingerprint, labels=ev.labels, gate=ev.gate,
-                        silenced_by=ev.silenced_by, acknowledged_by=ev.acknowledged_by)
+    return AlertMessage(
+        patient=ev.patient,
+        rule=ev.rule,
+        priority=ev.priority,
+        state=ev.kind,
+        t=ev.t,
+        metric=ev.metric,
+        op=ev.op,
+        threshold=ev.threshold,
+        value=ev.value,
+        message=ev.message,
+        starts_at=ev.starts_at,
+        ends_at=ev.ends_at,
+        fingerprint=ev.fingerprint,
+        labels=ev.labels,
+        gate=ev.gate,
+        silenced_by=ev.silenced_by,
+        acknowledged_by=ev.acknowledged_by,
+    )
 
 
 class Dispatcher:
     """Fan one event out to MQTT, InfluxDB and the webhook outbox."""
 
-    def __init__(self, *, publish: Callable[[str, bytes], Awaitable[None]] | None,
-                 writer=None, sender: WebhookSender | None = None, prefix: str = "p2es/v1") -> None:
+    def __init__(
+        self,
+        *,
+        publish: Callable[[str, bytes], Awaitable[None]] | None,
+        writer: Writer | None = None,
+        sender: WebhookSender | None = None,
+        prefix: str = "p2es/v1",
+    ) -> None:
         self.publish, self.writer, self.sender, self.prefix = publish, writer, sender, prefix
         self.counts: dict[str, int] = {"events": 0, "mqtt": 0, "influx": 0, "webhook_rows": 0}
 
     async def dispatch(self, ev: AlertEvent) -> None:
-        from sink.lineprotocol import alert_line
-
         self.counts["events"] += 1
-        log.info("alert %s %s/%s: %s%s", ev.kind, ev.patient, ev.rule, ev.message,
-                 f" [silenced by {ev.silenced_by}]" if ev.silenced_by else "")
+        log.info(
+            "alert %s %s/%s: %s%s",
+            ev.kind,
+            ev.patient,
+            ev.rule,
+            ev.message,
+            f" [silenced by {ev.silenced_by}]" if ev.silenced_by else "",
+        )
         if self.sender is not None and ev.notify:  # durable first
             self.counts["webhook_rows"] += len(self.sender.enqueue(ev))
         if self.writer is not None:
             try:
-                self.writer.put_nowait(alert_line(ev.patient, ev.rule, ev.priority, int(round(ev.t * 1e9)),
-                                                  state=ev.kind, value=ev.value, message=ev.message))
+                self.writer.put_nowait(
+                    alert_line(
+                        ev.patient,
+                        ev.rule,
+                        ev.priority,
+                        int(round(ev.t * 1e9)),
+                        state=ev.kind,
+                        value=ev.value,
+                        message=ev.message,
+                    )
+                )
                 self.counts["influx"] += 1
             except Exception:  # noqa: BLE001 - a sink problem must not stop alerting
                 log.exception("could not queue the alert for InfluxDB")
         if self.publish is not None:
-            await self.publish(alerts_topic(ev.patient, prefix=self.prefix),
-                               alert_message(ev).model_dump_json().encode())
+            await self.publish(
+                alerts_topic(ev.patient, prefix=self.prefix), alert_message(ev).model_dump_json().encode()
+            )
             self.counts["mqtt"] += 1

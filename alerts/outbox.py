@@ -26,6 +26,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["Outbox", "OutboxRow", "backoff_delay"]
 
@@ -67,8 +68,9 @@ class OutboxRow:
     last_error: str | None
 
 
-def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random | None = None,
-                  retry_after: float | None = None) -> float:
+def backoff_delay(
+    attempt: int, base: float, cap: float, rng: random.Random | None = None, retry_after: float | None = None
+) -> float:
     """Seconds before retry ``attempt`` (0-based): full jitter, at least Retry-After (<= cap)."""
     r = rng or random
     d = r.uniform(0.0, min(cap, base * 2.0 ** min(attempt, 60)))
@@ -101,8 +103,10 @@ class Outbox:
             self.db.execute("BEGIN IMMEDIATE")
             cur = self.db.execute(
                 "INSERT INTO outbox (webhook, msg_id, body, created, next_attempt) VALUES (?,?,?,?,?)",
-                (webhook, msg_id, body, now, now))
+                (webhook, msg_id, body, now, now),
+            )
             self._bump("enqueued")
+        assert cur.lastrowid is not None  # set by every successful INSERT
         return int(cur.lastrowid)
 
     def delivered(self, row: OutboxRow) -> None:
@@ -114,32 +118,49 @@ class Outbox:
     def failed(self, row: OutboxRow, error: str, next_attempt: float) -> None:
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt = ? "
-                            "WHERE seq = ?", (error, next_attempt, row.seq))
+            self.db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt = ? WHERE seq = ?",
+                (error, next_attempt, row.seq),
+            )
             self._bump("failed_attempts")
 
-    def dead_letter(self, row: OutboxRow, reason: str, now: float | None = None, *,
-                    attempts: int | None = None) -> None:
+    def dead_letter(
+        self, row: OutboxRow, reason: str, now: float | None = None, *, attempts: int | None = None
+    ) -> None:
         now = time.time() if now is None else now
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute(
                 "INSERT INTO dead_letter (webhook, msg_id, body, created, failed_at, attempts, reason) "
                 "VALUES (?,?,?,?,?,?,?)",
-                (row.webhook, row.msg_id, row.body, row.created, now,
-                 row.attempts if attempts is None else attempts, reason))
+                (
+                    row.webhook,
+                    row.msg_id,
+                    row.body,
+                    row.created,
+                    now,
+                    row.attempts if attempts is None else attempts,
+                    reason,
+                ),
+            )
             self.db.execute("DELETE FROM outbox WHERE seq = ?", (row.seq,))
             self._bump("dead_letters")
 
     def _bump(self, name: str) -> None:
-        self.db.execute("INSERT INTO counters (name, value) VALUES (?, 1) "
-                        "ON CONFLICT(name) DO UPDATE SET value = value + 1", (name,))
+        self.db.execute(
+            "INSERT INTO counters (name, value) VALUES (?, 1) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + 1",
+            (name,),
+        )
 
     # ------------------------------------------------------------------ reads
     def head(self, webhook: str) -> OutboxRow | None:
         """The oldest pending row of ``webhook`` (delivery is in order per webhook)."""
-        r = self.db.execute("SELECT seq, webhook, msg_id, body, created, next_attempt, attempts, last_error "
-                            "FROM outbox WHERE webhook = ? ORDER BY seq LIMIT 1", (webhook,)).fetchone()
+        r = self.db.execute(
+            "SELECT seq, webhook, msg_id, body, created, next_attempt, attempts, last_error "
+            "FROM outbox WHERE webhook = ? ORDER BY seq LIMIT 1",
+            (webhook,),
+        ).fetchone()
         return OutboxRow(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6], r[7]) if r else None
 
     def pending(self, webhook: str | None = None) -> int:
@@ -147,10 +168,13 @@ class Outbox:
             return int(self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
         return int(self.db.execute("SELECT COUNT(*) FROM outbox WHERE webhook = ?", (webhook,)).fetchone()[0])
 
-    def dead_letters(self) -> list[dict]:
-        rows = self.db.execute("SELECT webhook, msg_id, created, failed_at, attempts, reason "
-                               "FROM dead_letter ORDER BY seq").fetchall()
-        return [dict(zip(("webhook", "msg_id", "created", "failed_at", "attempts", "reason"), r)) for r in rows]
+    def dead_letters(self) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT webhook, msg_id, created, failed_at, attempts, reason FROM dead_letter ORDER BY seq"
+        ).fetchall()
+        return [
+            dict(zip(("webhook", "msg_id", "created", "failed_at", "attempts", "reason"), r)) for r in rows
+        ]
 
     def counters(self) -> dict[str, int]:
         d = {k: 0 for k in ("enqueued", "delivered", "failed_attempts", "dead_letters")}

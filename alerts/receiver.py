@@ -44,8 +44,15 @@ class Received:
 
 
 class WebhookReceiver:
-    def __init__(self, secret: str, *, port: int = 0, host: str = "127.0.0.1", path: str = "/hook",
-                 respond: Callable[[int, Received], int] | None = None) -> None:
+    def __init__(
+        self,
+        secret: str,
+        *,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        path: str = "/hook",
+        respond: Callable[[int, Received], int] | None = None,
+    ) -> None:
         self.secret, self.host, self.port, self.path = secret, host, port, path
         self.respond = respond or (lambda n, req: 200)
         self.received: list[Received] = []
@@ -66,7 +73,7 @@ class WebhookReceiver:
             def log_message(self, *a: Any) -> None:  # quiet
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:  # noqa: N802 - the name http.server dispatches to
                 n = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(n)
                 hdr = {k.lower(): v for k, v in self.headers.items()}
@@ -75,8 +82,16 @@ class WebhookReceiver:
                     verify(rx.secret, hdr, body)
                 except WebhookVerificationError as e:
                     err = str(e)
-                req = Received(hdr.get("webhook-id"), hdr.get("webhook-timestamp"),
-                               hdr.get("webhook-signature"), body, err is None, err, 0, headers=hdr)
+                req = Received(
+                    hdr.get("webhook-id"),
+                    hdr.get("webhook-timestamp"),
+                    hdr.get("webhook-signature"),
+                    body,
+                    err is None,
+                    err,
+                    0,
+                    headers=hdr,
+                )
                 with rx._lock:
                     status = 401 if err else int(rx.respond(len(rx.received), req))
                     req.status = status
@@ -93,8 +108,9 @@ class WebhookReceiver:
         self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="webhook-receiver",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="webhook-receiver", daemon=True
+        )
         self._thread.start()
         return self
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -53,6 +54,8 @@ from pydantic import (
     model_validator,
 )
 
+from p2es.contracts.vitals import MORPHOLOGY_METRICS, VITALS_METRICS
+from p2es.contracts.vitals import UNITS as VITALS_UNITS
 from p2es.errors import P2esError
 
 __all__ = [
@@ -71,20 +74,10 @@ __all__ = [
     "DEFAULT_RULES_PATH",
 ]
 
-#: the vitals fields of the engine's MQTT vitals message (engine.runtime.VITALS_FIELDS)
-VITALS_METRICS: tuple[str, ...] = (
-    "hr_bpm", "hr_ppg_bpm", "qrs_ms", "qtc_ms", "sqi", "uncertainty", "rr_irregularity",
-    "st_septal_mv", "st_anterior_mv", "st_lateral_mv", "st_inferior_mv")
 #: ``no_data`` = seconds since the last vitals message of the patient (wall clock, on ticks)
 METRICS: tuple[str, ...] = VITALS_METRICS + ("no_data",)
-#: metrics that depend on fine ECG morphology: evaluated only through the uncertainty/SQI gate
-MORPHOLOGY_METRICS: frozenset[str] = frozenset(
-    {"qrs_ms", "qtc_ms", "st_septal_mv", "st_anterior_mv", "st_lateral_mv", "st_inferior_mv"})
 #: units used in messages
-UNITS: dict[str, str] = {
-    "hr_bpm": "bpm", "hr_ppg_bpm": "bpm", "qrs_ms": "ms", "qtc_ms": "ms", "sqi": "", "uncertainty": "mV",
-    "rr_irregularity": "", "st_septal_mv": "mV", "st_anterior_mv": "mV", "st_lateral_mv": "mV",
-    "st_inferior_mv": "mV", "no_data": "s"}
+UNITS: dict[str, str] = {**VITALS_UNITS, "no_data": "s"}
 
 DEFAULT_RULES_PATH = Path(__file__).with_name("default_rules.yaml")
 
@@ -167,9 +160,20 @@ class Defaults(BaseModel):
     forget_after: Duration = 3600.0  # no_data: stop watching a patient silent for this long
 
 
-_TEMPLATE_FIELDS = {"patient": "bed-1", "rule": "r", "metric": "hr_bpm", "op": ">", "threshold": 1.0,
-                    "clear_threshold": 1.0, "value": 1.0, "unit": "bpm", "priority": "high",
-                    "for": "30s", "gate": "", "labels": {}}
+_TEMPLATE_FIELDS = {
+    "patient": "bed-1",
+    "rule": "r",
+    "metric": "hr_bpm",
+    "op": ">",
+    "threshold": 1.0,
+    "clear_threshold": 1.0,
+    "value": 1.0,
+    "unit": "bpm",
+    "priority": "high",
+    "for": "30s",
+    "gate": "",
+    "labels": {},
+}
 
 
 class Rule(BaseModel):
@@ -178,7 +182,7 @@ class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     name: str
-    metric: Literal[METRICS]  # type: ignore[valid-type]
+    metric: Literal[METRICS]  # type: ignore[valid-type]  # the Literal's values are built at run time from the vitals contract
     op: Literal[">", ">=", "<", "<="]
     threshold: float
     for_: Duration = Field(0.0, alias="for")
@@ -226,8 +230,9 @@ class Rule(BaseModel):
         try:
             v.format_map(_TEMPLATE_FIELDS)
         except KeyError as e:
-            raise ValueError(f"unknown placeholder {{{e.args[0]}}}; use one of "
-                             + ", ".join(sorted(_TEMPLATE_FIELDS))) from None
+            raise ValueError(
+                f"unknown placeholder {{{e.args[0]}}}; use one of " + ", ".join(sorted(_TEMPLATE_FIELDS))
+            ) from None
         except (ValueError, IndexError, AttributeError) as e:
             raise ValueError(f"bad template: {e}") from None
         return v
@@ -237,11 +242,15 @@ class Rule(BaseModel):
         c = self.clear_threshold
         if c is not None:
             if self.op in (">", ">=") and c > self.threshold:
-                raise ValueError(f"clear_threshold {c:g} must be <= threshold {self.threshold:g} "
-                                 f"for op '{self.op}' (the safe side)")
+                raise ValueError(
+                    f"clear_threshold {c:g} must be <= threshold {self.threshold:g} "
+                    f"for op '{self.op}' (the safe side)"
+                )
             if self.op in ("<", "<=") and c < self.threshold:
-                raise ValueError(f"clear_threshold {c:g} must be >= threshold {self.threshold:g} "
-                                 f"for op '{self.op}' (the safe side)")
+                raise ValueError(
+                    f"clear_threshold {c:g} must be >= threshold {self.threshold:g} "
+                    f"for op '{self.op}' (the safe side)"
+                )
         if self.metric == "no_data" and self.op not in (">", ">="):
             raise ValueError("op must be '>' or '>=' for a no_data rule (seconds since the last vitals)")
         if self.metric == "no_data" and self.gate is not None:
@@ -294,10 +303,13 @@ class RuleFile(BaseModel):
         o = rule.gate
         if o is None:
             return g
-        return Gate(max_uncertainty_mv=o.max_uncertainty_mv if o.max_uncertainty_mv is not None
-                    else g.max_uncertainty_mv,
-                    min_sqi=o.min_sqi if o.min_sqi is not None else g.min_sqi,
-                    max_hr_bpm=o.max_hr_bpm if o.max_hr_bpm is not None else g.max_hr_bpm)
+        return Gate(
+            max_uncertainty_mv=o.max_uncertainty_mv
+            if o.max_uncertainty_mv is not None
+            else g.max_uncertainty_mv,
+            min_sqi=o.min_sqi if o.min_sqi is not None else g.min_sqi,
+            max_hr_bpm=o.max_hr_bpm if o.max_hr_bpm is not None else g.max_hr_bpm,
+        )
 
     def repeat_for(self, rule: Rule) -> float:
         return self.defaults.repeat if rule.repeat is None else rule.repeat
@@ -325,8 +337,11 @@ class RuleFileError(P2esError):
         self.filename = filename
         self.problems = sorted(problems, key=lambda p: (p.line, p.path))
         self.lines = [p.format(filename) for p in self.problems]
-        more = f" (and {len(self.lines) - 1} more problem(s); run 'p2es alerts check')" \
-            if len(self.lines) > 1 else ""
+        more = (
+            f" (and {len(self.lines) - 1} more problem(s); run 'p2es alerts check')"
+            if len(self.lines) > 1
+            else ""
+        )
         super().__init__(self.lines[0] + more if self.lines else f"{filename}: invalid rules file")
 
 
@@ -344,7 +359,7 @@ def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[yaml.Node | 
     """The deepest node along ``loc`` (and whether it was reached fully).  For a mapping key,
     the *key* node when the value is missing (unknown key) -- else the value node."""
     node = root
-    for i, p in enumerate(loc):
+    for _i, p in enumerate(loc):
         if isinstance(node, yaml.MappingNode):
             hit = None
             for k, v in node.value:
@@ -391,7 +406,7 @@ def _duplicate_keys(node: yaml.Node, path: tuple[Any, ...], out: list[Problem]) 
             _duplicate_keys(v, path + (i,), out)
 
 
-def _message(err: dict[str, Any]) -> str:
+def _message(err: Mapping[str, Any]) -> str:
     t, msg = err.get("type", ""), str(err.get("msg", "invalid"))
     if t == "extra_forbidden":
         return "unknown key"
@@ -404,7 +419,7 @@ def _message(err: dict[str, Any]) -> str:
         return f"got {got!r}; expected one of {exp}" if exp else msg
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
-            msg = msg[len(prefix):]
+            msg = msg[len(prefix) :]
     return msg
 
 
@@ -427,8 +442,9 @@ def load_rules_text(text: str, filename: str = "<rules>") -> RuleFile:
     if root is not None:
         _duplicate_keys(root, (), problems)
     if not isinstance(data, dict):
-        raise RuleFileError(filename, problems + [Problem(_line(root), "", "the file must be a mapping "
-                                                                         "with a 'rules' list")])
+        raise RuleFileError(
+            filename, problems + [Problem(_line(root), "", "the file must be a mapping with a 'rules' list")]
+        )
     try:
         rf = RuleFile.model_validate(data)
     except ValidationError as e:
@@ -444,7 +460,11 @@ def load_rules_text(text: str, filename: str = "<rules>") -> RuleFile:
                     # a model-level check (e.g. hysteresis): point at the key it names
                     hits = []
                     for k, _v in node.value:
-                        m = re.search(rf"\b{re.escape(k.value)}\b", msg) if isinstance(k, yaml.ScalarNode) else None
+                        m = (
+                            re.search(rf"\b{re.escape(k.value)}\b", msg)
+                            if isinstance(k, yaml.ScalarNode)
+                            else None
+                        )
                         if m:
                             hits.append((m.start(), k))
                     if hits:
@@ -462,8 +482,13 @@ def load_rules_text(text: str, filename: str = "<rules>") -> RuleFile:
     for i, r in enumerate(rf.rules):
         if r.name in seen:
             node, _ = _node_at(rules_node, (i, "name"))
-            problems.append(Problem(_line(node), f"rules[{i}].name",
-                                    f"duplicate rule name {r.name!r} (first at rules[{seen[r.name]}])"))
+            problems.append(
+                Problem(
+                    _line(node),
+                    f"rules[{i}].name",
+                    f"duplicate rule name {r.name!r} (first at rules[{seen[r.name]}])",
+                )
+            )
         else:
             seen[r.name] = i
     if problems:

@@ -34,34 +34,36 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import secrets
-import ssl
 import time
 from collections import Counter, deque
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from alerts.delivery import Dispatcher, WebhookSender, WebhookTarget
-from alerts.messages import (
+from alerts.health import HealthServer
+from alerts.outbox import Outbox
+from alerts.rules import VITALS_METRICS, RuleFile, load_rules
+from alerts.state import AlertEngine, AlertEvent, Silence, load_state, save_state
+from alerts.webhook import MIN_KEY_BYTES, decode_secret
+from p2es.contracts.alerts import (
     AckCommand,
     SilenceCommand,
     UnsilenceCommand,
     parse_command,
-    parse_vitals,
 )
-from alerts.outbox import Outbox
-from alerts.rules import RuleFile, load_rules
-from alerts.state import AlertEngine, AlertEvent, Silence, load_state, save_state
-from alerts.webhook import MIN_KEY_BYTES, decode_secret
+from p2es.contracts.ppg import DeadLetter
+from p2es.contracts.topics import ack_topic, deadletter_topic, vitals_subscription
+from p2es.contracts.vitals import parse_vitals
 from p2es.errors import P2esError
+from p2es.transport.mqtt import Backoff, payload_bytes, run_reconnecting
+from p2es.transport.settings import ServiceSettings
+from sink.writer import Writer
 
-__all__ = ["WebhookConfig", "AlertServiceConfig", "AlertService", "mqtt_client_args"]
+__all__ = ["WebhookConfig", "AlertServiceConfig", "AlertService"]
 
 log = logging.getLogger("p2es.alerts")
 
@@ -99,38 +101,29 @@ class WebhookConfig(BaseModel):
         elif os.environ.get("P2ES_WEBHOOK_SECRET"):
             s, src = os.environ["P2ES_WEBHOOK_SECRET"], "env P2ES_WEBHOOK_SECRET"
         else:
-            raise P2esError(f"webhook {self.name} has no secret (set secret, secret_file, secret_env "
-                            "or env P2ES_WEBHOOK_SECRET; make one with 'p2es alerts new-secret')")
+            raise P2esError(
+                f"webhook {self.name} has no secret (set secret, secret_file, secret_env "
+                "or env P2ES_WEBHOOK_SECRET; make one with 'p2es alerts new-secret')"
+            )
         try:
             key = decode_secret(s)
         except ValueError as e:
             raise P2esError(f"webhook {self.name}: {src}: {e}") from None
         if len(key) < MIN_KEY_BYTES:
-            raise P2esError(f"webhook {self.name}: {src}: the key must be at least {MIN_KEY_BYTES} bytes "
-                            f"(Standard Webhooks), got {len(key)}")
+            raise P2esError(
+                f"webhook {self.name}: {src}: the key must be at least {MIN_KEY_BYTES} bytes "
+                f"(Standard Webhooks), got {len(key)}"
+            )
         return s
 
 
-class AlertServiceConfig(BaseModel):
-    """Everything ``p2es alerts run`` needs.  Secrets may come from the environment
-    (``P2ES_MQTT_USERNAME``, ``P2ES_MQTT_PASSWORD``, ``P2ES_INFLUX_TOKEN``, ``P2ES_WEBHOOK_SECRET``)."""
+class AlertServiceConfig(ServiceSettings):
+    """Everything ``p2es alerts run`` needs: the broker/InfluxDB/secrets of
+    :class:`p2es.transport.settings.ServiceSettings` plus the alert service's own settings
+    (webhook secrets also from ``P2ES_WEBHOOK_SECRET``)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    broker: str = "mqtt://127.0.0.1:1883"
-    mqtt_username: str | None = None
-    mqtt_password: str | None = None
-    mqtt_version: Literal["5", "3.1.1"] = "5"
     client_id: str = "p2es-alerts"
-    session_expiry_s: int = Field(3600, ge=0)
-    influx_url: str | None = "http://127.0.0.1:8086"  # None = no InfluxDB
-    influx_api: Literal["v1", "v2"] = "v1"
-    influx_db: str = "p2es"
-    influx_org: str | None = None
-    influx_bucket: str | None = None
-    influx_token: str | None = None
     spool_dir: str = ".run/alerts/spool"
-    writer_flush_interval_s: float = Field(1.0, gt=0)
     rules: str | None = None  # rules file; None = the shipped alerts/default_rules.yaml
     webhooks: list[WebhookConfig] = Field(default_factory=list)
     outbox_dir: str = ".run/alerts/outbox"
@@ -141,68 +134,19 @@ class AlertServiceConfig(BaseModel):
     max_age_s: float = Field(86400.0, gt=0)  # give a notification up (dead letter) after this long
     tick_s: float = Field(1.0, gt=0)
     state_save_interval_s: float = Field(5.0, gt=0)
-    reconnect_min_s: float = Field(0.2, gt=0)
-    reconnect_max_s: float = Field(10.0, gt=0)
     max_backlog: int = Field(10000, ge=1)  # outgoing MQTT messages kept while disconnected
     prefix: str = "p2es/v1"
     health_port: int = Field(0, ge=0, le=65535)  # /healthz + /metrics over HTTP (0 = off)
     health_addr: str = "127.0.0.1"
 
-    @field_validator("broker")
-    @classmethod
-    def _broker(cls, v: str) -> str:
-        if not (v.startswith("mqtt://") or v.startswith("mqtts://")):
-            raise ValueError(f"broker must be mqtt://HOST:PORT or mqtts://HOST:PORT, got {v!r}")
-        return v
-
-    @field_validator("influx_url")
-    @classmethod
-    def _influx(cls, v: str | None) -> str | None:
-        if v is not None and v.lower() == "none":
-            return None
-        if v is not None and not (v.startswith("http://") or v.startswith("https://")):
-            raise ValueError(f"influx_url must be http(s)://HOST:PORT or none, got {v!r}")
-        return v
-
     @model_validator(mode="after")
-    def _env(self) -> AlertServiceConfig:
-        env = os.environ
-        if self.mqtt_username is None and env.get("P2ES_MQTT_USERNAME"):
-            self.mqtt_username = env["P2ES_MQTT_USERNAME"]
-        if self.mqtt_password is None and env.get("P2ES_MQTT_PASSWORD"):
-            self.mqtt_password = env["P2ES_MQTT_PASSWORD"]
-        if self.influx_token is None and env.get("P2ES_INFLUX_TOKEN"):
-            self.influx_token = env["P2ES_INFLUX_TOKEN"]
-        if self.influx_url and self.influx_api == "v2" and not (self.influx_org and self.influx_token):
-            raise ValueError("influx api v2 needs influx_org and influx_token (token also from P2ES_INFLUX_TOKEN)")
+    def _alert_checks(self) -> AlertServiceConfig:
         if self.backoff_cap_s < self.backoff_base_s:
             raise ValueError("backoff_cap_s must be >= backoff_base_s")
         names = [w.name for w in self.webhooks]
         if len(set(names)) != len(names):
             raise ValueError("webhook names must be unique")
         return self
-
-
-def mqtt_client_args(url: str, *, username: str | None, password: str | None, client_id: str,
-                     mqtt_version: str, persistent: bool, session_expiry_s: int = 3600) -> dict[str, Any]:
-    """aiomqtt.Client keyword arguments for a broker URL (shared by the service and the CLI)."""
-    from ingest.service import parse_url
-
-    try:
-        host, port, tls, uu, up = parse_url(url)
-    except ValueError as e:
-        raise P2esError(str(e)) from None
-    if mqtt_version == "5":
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = session_expiry_s if persistent else 0
-        session: dict[str, Any] = dict(protocol=aiomqtt.ProtocolVersion.V5, clean_start=not persistent,
-                                       properties=props)
-    else:
-        session = dict(protocol=aiomqtt.ProtocolVersion.V311, clean_session=not persistent)
-    return dict(hostname=host, port=port, username=username if username is not None else uu,
-                password=password if password is not None else up, identifier=client_id,
-                tls_context=ssl.create_default_context() if tls else None, timeout=10, keepalive=30,
-                **session)
 
 
 class AlertService:
@@ -212,21 +156,23 @@ class AlertService:
         self.config = config
         self.rules = rules if rules is not None else load_rules(config.rules)
         self.engine = AlertEngine(self.rules)
-        self.targets = [WebhookTarget(w.name, w.url, w.resolve_secret(), w.timeout_s) for w in config.webhooks]
-        self.ack_topic = f"{config.prefix}/alerts/ack"
-        self.deadletter_topic = f"{config.prefix}/deadletter"
-        self.vitals_subscription = f"{config.prefix}/patients/+/vitals"
+        self.targets = [
+            WebhookTarget(w.name, w.url, w.resolve_secret(), w.timeout_s) for w in config.webhooks
+        ]
+        self.ack_topic = ack_topic(config.prefix)
+        self.deadletter_topic = deadletter_topic(config.prefix)
+        self.vitals_subscription = vitals_subscription(config.prefix)
         self.connected = asyncio.Event()
         self.outbox: Outbox | None = None
         self.sender: WebhookSender | None = None
-        self.writer = None
+        self.writer: Writer | None = None
         self.dispatcher: Dispatcher | None = None
         self._client: aiomqtt.Client | None = None
         self._backlog: deque[tuple[str, bytes]] = deque()
         self._backlog_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_save = 0.0
-        self.health = None  # alerts.health.HealthServer when health_port is set
+        self.health: HealthServer | None = None  # when health_port is set
         self.c: Counter[str] = Counter()
         self.invalid: Counter[str] = Counter()
         self.started = False
@@ -234,42 +180,42 @@ class AlertService:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         cfg = self.config
-        try:
-            mqtt_client_args(cfg.broker, username=None, password=None, client_id=cfg.client_id,
-                             mqtt_version=cfg.mqtt_version, persistent=True)
-        except P2esError:
-            raise
         if load_state(self.engine, cfg.state_file, time.time()):
-            log.info("alerts: restored %d alert(s), %d silence(s) from %s", len(self.engine.alerts),
-                     len(self.engine.silences), cfg.state_file)
+            log.info(
+                "alerts: restored %d alert(s), %d silence(s) from %s",
+                len(self.engine.alerts),
+                len(self.engine.silences),
+                cfg.state_file,
+            )
         if self.targets:
             self.outbox = Outbox(cfg.outbox_dir)
-            self.sender = WebhookSender(self.outbox, self.targets, external_url=cfg.external_url,
-                                        backoff_base_s=cfg.backoff_base_s, backoff_cap_s=cfg.backoff_cap_s,
-                                        max_age_s=cfg.max_age_s)
+            self.sender = WebhookSender(
+                self.outbox,
+                self.targets,
+                external_url=cfg.external_url,
+                backoff_base_s=cfg.backoff_base_s,
+                backoff_cap_s=cfg.backoff_cap_s,
+                max_age_s=cfg.max_age_s,
+            )
             self.sender.start()
         if cfg.influx_url:
-            from sink.writer import Writer, make_transport
-
-            transport = make_transport(cfg.influx_url, version=1 if cfg.influx_api == "v1" else 2,
-                                       database=cfg.influx_db, org=cfg.influx_org, bucket=cfg.influx_bucket,
-                                       token=cfg.influx_token)
-            self.writer = Writer(transport, cfg.spool_dir, batch_lines=1000,
-                                 flush_interval=cfg.writer_flush_interval_s, backoff_cap=30.0)
+            self.writer = cfg.influx_writer(cfg.spool_dir, batch_lines=1000, backoff_cap_s=30.0)
             self.writer.start()
-        self.dispatcher = Dispatcher(publish=self._publish, writer=self.writer, sender=self.sender,
-                                     prefix=cfg.prefix)
+        self.dispatcher = Dispatcher(
+            publish=self._publish, writer=self.writer, sender=self.sender, prefix=cfg.prefix
+        )
         if cfg.health_port:
-            from alerts.health import HealthServer
-
             try:
                 self.health = HealthServer(self.counters, cfg.health_port, cfg.health_addr)
             except OSError as e:
-                raise P2esError(f"cannot serve health on {cfg.health_addr}:{cfg.health_port}: "
-                                f"{e.strerror or e}") from None
-        self._tasks = [asyncio.create_task(self._mqtt_loop(), name="alerts:mqtt"),
-                       asyncio.create_task(self._publisher(), name="alerts:publisher"),
-                       asyncio.create_task(self._ticker(), name="alerts:tick")]
+                raise P2esError(
+                    f"cannot serve health on {cfg.health_addr}:{cfg.health_port}: {e.strerror or e}"
+                ) from None
+        self._tasks = [
+            asyncio.create_task(self._mqtt_loop(), name="alerts:mqtt"),
+            asyncio.create_task(self._publisher(), name="alerts:publisher"),
+            asyncio.create_task(self._ticker(), name="alerts:tick"),
+        ]
         self.started = True
 
     async def wait_connected(self, timeout: float = 10.0) -> None:
@@ -303,8 +249,11 @@ class AlertService:
             self.health.shutdown()
             self.health = None
         if self._backlog:
-            log.warning("alerts: %d MQTT alert message(s) not published at shutdown (InfluxDB and "
-                        "webhooks have them)", len(self._backlog))
+            log.warning(
+                "alerts: %d MQTT alert message(s) not published at shutdown (InfluxDB and "
+                "webhooks have them)",
+                len(self._backlog),
+            )
 
     async def __aenter__(self) -> AlertService:
         await self.start()
@@ -316,34 +265,32 @@ class AlertService:
     # ------------------------------------------------------------------ MQTT
     async def _mqtt_loop(self) -> None:
         cfg = self.config
-        backoff = cfg.reconnect_min_s
-        while True:
-            was_connected = False
-            try:
-                args = mqtt_client_args(cfg.broker, username=cfg.mqtt_username, password=cfg.mqtt_password,
-                                        client_id=cfg.client_id, mqtt_version=cfg.mqtt_version,
-                                        persistent=True, session_expiry_s=cfg.session_expiry_s)
-                self.c["connect_attempts"] += 1
-                async with aiomqtt.Client(**args) as client:
-                    await client.subscribe(self.vitals_subscription, qos=1)
-                    await client.subscribe(self.ack_topic, qos=1)
-                    self._client = client
-                    self.connected.set()
-                    self.c["connects"] += 1
-                    self._backlog_wake.set()
-                    log.info("alerts connected to %s as %s", cfg.broker, cfg.client_id)
-                    async for msg in client.messages:
-                        await self._handle(str(msg.topic), msg.payload)
-            except aiomqtt.MqttError as e:
-                log.warning("alerts: MQTT connection to %s lost or refused: %s", cfg.broker, e)
-            finally:
-                was_connected = self.connected.is_set()
-                self.connected.clear()
-                self._client = None
-            if was_connected:
-                backoff = cfg.reconnect_min_s
-            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-            backoff = min(cfg.reconnect_max_s, backoff * 2)
+        endpoint = cfg.mqtt_endpoint()
+
+        async def session() -> None:
+            self.c["connect_attempts"] += 1
+            async with endpoint.client(persistent=True) as client:
+                await client.subscribe(self.vitals_subscription, qos=1)
+                await client.subscribe(self.ack_topic, qos=1)
+                self._client = client
+                self.connected.set()
+                self.c["connects"] += 1
+                self._backlog_wake.set()
+                log.info("alerts connected to %s as %s", cfg.broker, cfg.client_id)
+                async for msg in client.messages:
+                    await self._handle(str(msg.topic), msg.payload)
+
+        def disconnected(_was_connected: bool) -> None:
+            self._client = None
+
+        await run_reconnecting(
+            session,
+            connected=self.connected,
+            backoff=Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s),
+            log=log,
+            name=f"alerts {endpoint.address}",
+            on_disconnect=disconnected,
+        )
 
     async def _publish(self, topic: str, payload: bytes) -> None:
         if len(self._backlog) >= self.config.max_backlog:
@@ -365,7 +312,7 @@ class AlertService:
                 await client.publish(topic, payload, qos=1, timeout=5)
                 self._backlog.popleft()
                 self.c["published"] += 1
-            except (aiomqtt.MqttError, asyncio.TimeoutError, OSError) as e:
+            except (TimeoutError, aiomqtt.MqttError, OSError) as e:
                 self.c["publish_errors"] += 1
                 log.warning("alerts: publish on %s failed (%s); keeping it queued", topic, e)
                 await asyncio.sleep(0.5)
@@ -375,27 +322,14 @@ class AlertService:
                 await asyncio.sleep(0.5)
 
     async def _dead_letter(self, topic: str, reason: str, payload: bytes) -> None:
-        from ingest.messages import DeadLetter
-
         code = reason.split(":", 1)[0]
         self.invalid[code] += 1
         log.warning("alerts: dead letter from %s: %s", topic, reason)
-        try:
-            excerpt = payload[:200].decode("utf-8")
-        except UnicodeDecodeError:
-            import base64
-
-            excerpt = "base64:" + base64.b64encode(payload[:96]).decode()
-        dl = DeadLetter(topic=topic, reason=reason[:500], received_at=time.time(), payload_excerpt=excerpt)
+        dl = DeadLetter.of(topic, reason, payload)
         await self._publish(self.deadletter_topic, dl.model_dump_json().encode())
 
     async def _handle(self, topic: str, payload: Any) -> None:
-        if isinstance(payload, str):
-            payload = payload.encode()
-        elif payload is None:
-            payload = b""
-        elif not isinstance(payload, bytes):
-            payload = bytes(payload) if isinstance(payload, (bytearray, memoryview)) else str(payload).encode()
+        payload = payload_bytes(payload)
         try:
             if topic == self.ack_topic:
                 await self._on_command(topic, payload)
@@ -418,8 +352,6 @@ class AlertService:
         await self._emit(events)
 
     def rules_metrics(self) -> tuple[str, ...]:
-        from alerts.rules import VITALS_METRICS
-
         return VITALS_METRICS
 
     async def _on_command(self, topic: str, payload: bytes) -> None:
@@ -446,8 +378,15 @@ class AlertService:
             ends = cmd.ends_at if cmd.ends_at is not None else now + float(cmd.duration_s or 0)
             self.engine.add_silence(Silence(sid, ends, cmd.patient, cmd.rule, now, cmd.by, cmd.comment))
             self.c["silences"] += 1
-            log.info("alerts: silence %s (patient=%s rule=%s) until %.0f by %s: %s", sid, cmd.patient,
-                     cmd.rule, ends, cmd.by, cmd.comment or "")
+            log.info(
+                "alerts: silence %s (patient=%s rule=%s) until %.0f by %s: %s",
+                sid,
+                cmd.patient,
+                cmd.rule,
+                ends,
+                cmd.by,
+                cmd.comment or "",
+            )
             self._save(force=True)
         elif isinstance(cmd, UnsilenceCommand):
             if not self.engine.remove_silence(cmd.id):

@@ -53,13 +53,14 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from alerts.rules import UNITS, Gate, Rule, RuleFile, format_duration
+from p2es.errors import P2esError
+from p2es.files import atomic_write_text
 
 __all__ = ["Alert", "AlertEvent", "Silence", "AlertEngine", "fingerprint", "save_state", "load_state"]
 
@@ -125,11 +126,14 @@ class Silence:
     comment: str | None = None
 
     def matches(self, patient: str, rule: str, now: float) -> bool:
-        return (now < self.ends_at and (self.patient is None or self.patient == patient)
-                and (self.rule is None or self.rule == rule))
+        return (
+            now < self.ends_at
+            and (self.patient is None or self.patient == patient)
+            and (self.rule is None or self.rule == rule)
+        )
 
 
-class _Fields(dict):
+class _Fields(dict[str, Any]):
     def __missing__(self, key: str) -> str:  # templates are validated at load; belt and braces
         return "{" + key + "}"
 
@@ -145,13 +149,19 @@ class AlertEngine:
         self.alerts: dict[tuple[str, str], Alert] = {}
         self.silences: dict[str, Silence] = {}
         self.last_seen: dict[str, float] = {}  # patient -> wall clock of the last vitals
-        self.stats: dict[str, int] = {"observed": 0, "skipped_null": 0, "gated_out": 0,
-                                      "rate_mismatch": 0, "events": 0}
+        self.stats: dict[str, int] = {
+            "observed": 0,
+            "skipped_null": 0,
+            "gated_out": 0,
+            "rate_mismatch": 0,
+            "events": 0,
+        }
         self.dirty = False  # state changed since the last save
 
     # ------------------------------------------------------------------ inputs
-    def observe(self, patient: str, t: float, values: Mapping[str, float | None],
-                now: float) -> list[AlertEvent]:
+    def observe(
+        self, patient: str, t: float, values: Mapping[str, float | None], now: float
+    ) -> list[AlertEvent]:
         """One vitals window of ``patient`` at event time ``t`` (arrived at wall time ``now``)."""
         self.stats["observed"] += 1
         self.last_seen[patient] = now
@@ -214,8 +224,15 @@ class AlertEngine:
             return None
         a.acked_by, a.acked_at = (by or "unknown"), now
         self.dirty = True
-        ev = self._event("acknowledged", r, a, now, a.value, notify=False,
-                         message=f"acknowledged by {a.acked_by}: {self._summary(r, a, a.value)}")
+        ev = self._event(
+            "acknowledged",
+            r,
+            a,
+            now,
+            a.value,
+            notify=False,
+            message=f"acknowledged by {a.acked_by}: {self._summary(r, a, a.value)}",
+        )
         self.stats["events"] += 1
         return ev
 
@@ -241,15 +258,28 @@ class AlertEngine:
     @staticmethod
     def _gate_info(gate: Gate, values: Mapping[str, float | None]) -> dict[str, Any]:
         unc, sqi = values.get("uncertainty"), values.get("sqi")
-        ok = (unc is not None and math.isfinite(unc) and unc <= gate.max_uncertainty_mv
-              and sqi is not None and math.isfinite(sqi) and sqi >= gate.min_sqi)
-        info = {"uncertainty": unc, "max_uncertainty_mv": gate.max_uncertainty_mv, "sqi": sqi,
-                "min_sqi": gate.min_sqi}
+        ok = (
+            unc is not None
+            and math.isfinite(unc)
+            and unc <= gate.max_uncertainty_mv
+            and sqi is not None
+            and math.isfinite(sqi)
+            and sqi >= gate.min_sqi
+        )
+        info = {
+            "uncertainty": unc,
+            "max_uncertainty_mv": gate.max_uncertainty_mv,
+            "sqi": sqi,
+            "min_sqi": gate.min_sqi,
+        }
         if gate.max_hr_bpm is not None:
             # the faster of the reconstructed and the PPG's own rate: a reconstruction that
             # misses beats must not open the gate during a tachycardia
-            rates = [r for r in (values.get("hr_bpm"), values.get("hr_ppg_bpm"))
-                     if r is not None and math.isfinite(r)]
+            rates = [
+                r
+                for r in (values.get("hr_bpm"), values.get("hr_ppg_bpm"))
+                if r is not None and math.isfinite(r)
+            ]
             hr = max(rates) if rates else None
             ok = ok and hr is not None and hr <= gate.max_hr_bpm
             info.update(hr_bpm=hr, max_hr_bpm=gate.max_hr_bpm)
@@ -259,8 +289,14 @@ class AlertEngine:
     @staticmethod
     def _rate_info(tol: float, values: Mapping[str, float | None]) -> dict[str, Any]:
         ecg, ppg = values.get("hr_bpm"), values.get("hr_ppg_bpm")
-        ok = (ecg is not None and ppg is not None and math.isfinite(ecg) and math.isfinite(ppg)
-              and ppg > 0 and abs(ecg - ppg) <= tol * ppg)
+        ok = (
+            ecg is not None
+            and ppg is not None
+            and math.isfinite(ecg)
+            and math.isfinite(ppg)
+            and ppg > 0
+            and abs(ecg - ppg) <= tol * ppg
+        )
         return {"hr_ecg_bpm": ecg, "hr_ppg_bpm": ppg, "rate_agreement": tol, "passed": ok}
 
     def _alert(self, rule: Rule, patient: str) -> Alert:
@@ -270,8 +306,9 @@ class AlertEngine:
             a = self.alerts[key] = Alert(rule.name, patient)
         return a
 
-    def _advance(self, rule: Rule, patient: str, t: float, value: float, now: float,
-                 ginfo: dict[str, Any] | None) -> list[AlertEvent]:
+    def _advance(
+        self, rule: Rule, patient: str, t: float, value: float, now: float, ginfo: dict[str, Any] | None
+    ) -> list[AlertEvent]:
         a = self.alerts.get((rule.name, patient))
         if a is None:
             if not rule.breaches(value):
@@ -313,8 +350,7 @@ class AlertEngine:
                 out.append(self._event("firing", rule, a, t, value, notify=True))
                 return out
             rep = self.rules.repeat_for(rule)
-            if (rep > 0 and a.acked_by is None and a.last_notified is not None
-                    and t - a.last_notified >= rep):
+            if rep > 0 and a.acked_by is None and a.last_notified is not None and t - a.last_notified >= rep:
                 a.last_notified = t
                 out.append(self._event("repeat", rule, a, t, value, notify=True))
             return out
@@ -324,31 +360,48 @@ class AlertEngine:
             out.append(self._resolve(rule, a, t, value, now))
         return out
 
-    def _resolve(self, rule: Rule, a: Alert, t: float, value: float, now: float, *,
-                 forgotten: bool = False) -> AlertEvent:
+    def _resolve(
+        self, rule: Rule, a: Alert, t: float, value: float, now: float, *, forgotten: bool = False
+    ) -> AlertEvent:
         sil = self.silenced_by(a.patient, rule.name, now)
         a.state, a.resolved_at, a.clear_since, a.pending_since = "resolved", t, None, None
         unit = UNITS.get(rule.metric, "")
         cleared = f"{_NEG[rule.op]} {rule.clear_level:g}{(' ' + unit) if unit else ''}"
-        msg = (f"resolved: no_data patient forgotten after {format_duration(value)}" if forgotten else
-               f"resolved: {rule.metric} {value:g}{(' ' + unit) if unit else ''} "
-               f"({cleared} for {format_duration(rule.clear_for)})")
+        msg = (
+            f"resolved: no_data patient forgotten after {format_duration(value)}"
+            if forgotten
+            else f"resolved: {rule.metric} {value:g}{(' ' + unit) if unit else ''} "
+            f"({cleared} for {format_duration(rule.clear_for)})"
+        )
         notify = a.notified and sil is None
-        ev = self._event("resolved", rule, a, t, value, notify=notify, message=msg, silenced_by=sil,
-                         ends_at=t)
+        ev = self._event(
+            "resolved", rule, a, t, value, notify=notify, message=msg, silenced_by=sil, ends_at=t
+        )
         a.notified = False
         a.acked_by = a.acked_at = None
         return ev
 
     # ------------------------------------------------------------------ rendering
+    @staticmethod
+    def _fields(rule: Rule, a: Alert, value: float | None, gate: str) -> _Fields:
+        """What a rule's ``summary`` / ``description`` template may name."""
+        return _Fields(
+            patient=a.patient,
+            rule=rule.name,
+            metric=rule.metric,
+            op=rule.op,
+            threshold=rule.threshold,
+            clear_threshold=rule.clear_level,
+            value=value if value is not None else math.nan,
+            unit=UNITS.get(rule.metric, ""),
+            priority=rule.priority,
+            labels=rule.labels,
+            gate=gate,
+            **{"for": format_duration(rule.for_)},
+        )
+
     def _summary(self, rule: Rule, a: Alert, value: float | None) -> str:
-        unit = UNITS.get(rule.metric, "")
-        fields = _Fields(patient=a.patient, rule=rule.name, metric=rule.metric, op=rule.op,
-                         threshold=rule.threshold, clear_threshold=rule.clear_level,
-                         value=value if value is not None else math.nan, unit=unit,
-                         priority=rule.priority, labels=rule.labels,
-                         gate="", **{"for": format_duration(rule.for_)})
-        return rule.summary.format_map(fields)
+        return rule.summary.format_map(self._fields(rule, a, value, ""))
 
     @staticmethod
     def gate_text(gate: Mapping[str, Any] | None) -> str:
@@ -358,18 +411,32 @@ class AlertEngine:
             return ""
         parts = []
         if "uncertainty" in gate:
-            parts.append(f"uncertainty {gate['uncertainty']:.3f} ≤ {gate['max_uncertainty_mv']:g} mV, "
-                         f"SQI {gate['sqi']:.2f} ≥ {gate['min_sqi']:g}")
+            parts.append(
+                f"uncertainty {gate['uncertainty']:.3f} ≤ {gate['max_uncertainty_mv']:g} mV, "
+                f"SQI {gate['sqi']:.2f} ≥ {gate['min_sqi']:g}"
+            )
         if gate.get("max_hr_bpm") is not None:
             parts.append(f"HR {gate['hr_bpm']:.0f} ≤ {gate['max_hr_bpm']:g} bpm")
         if gate.get("rate_agreement") is not None:
-            parts.append(f"ECG rate {gate['hr_ecg_bpm']:.0f} bpm within {100 * gate['rate_agreement']:g} % "
-                         f"of the PPG's {gate['hr_ppg_bpm']:.0f} bpm")
+            parts.append(
+                f"ECG rate {gate['hr_ecg_bpm']:.0f} bpm within {100 * gate['rate_agreement']:g} % "
+                f"of the PPG's {gate['hr_ppg_bpm']:.0f} bpm"
+            )
         return "gated: " + ", ".join(parts)
 
-    def _event(self, kind: EventKind, rule: Rule, a: Alert, t: float, value: float | None, *,
-               notify: bool, message: str | None = None, silenced_by: str | None = None,
-               ends_at: float | None = None) -> AlertEvent:
+    def _event(
+        self,
+        kind: EventKind,
+        rule: Rule,
+        a: Alert,
+        t: float,
+        value: float | None,
+        *,
+        notify: bool,
+        message: str | None = None,
+        silenced_by: str | None = None,
+        ends_at: float | None = None,
+    ) -> AlertEvent:
         summary = self._summary(rule, a, value)
         if message is None:
             message = summary
@@ -378,27 +445,43 @@ class AlertEngine:
             if kind == "repeat":
                 message = f"still firing since {format_duration(t - (a.fired_at or t))}: {message}"
         labels = {"alertname": rule.name, "patient": a.patient, "priority": rule.priority, **rule.labels}
-        desc = rule.description.format_map(_Fields(
-            patient=a.patient, rule=rule.name, metric=rule.metric, op=rule.op, threshold=rule.threshold,
-            clear_threshold=rule.clear_level, value=value if value is not None else math.nan,
-            unit=UNITS.get(rule.metric, ""), priority=rule.priority, labels=rule.labels,
-            gate=self.gate_text(a.gate), **{"for": format_duration(rule.for_)})) if rule.description else ""
+        desc = (
+            rule.description.format_map(self._fields(rule, a, value, self.gate_text(a.gate)))
+            if rule.description
+            else ""
+        )
         if a.gate and kind != "resolved":
             desc = (desc + " " if desc else "") + self.gate_text(a.gate)
         return AlertEvent(
-            kind=kind, rule=rule.name, patient=a.patient, priority=rule.priority, metric=rule.metric,
-            op=rule.op, threshold=rule.threshold, t=t, value=value, message=message,
-            starts_at=a.fired_at if a.fired_at is not None else t, ends_at=ends_at,
-            fingerprint=fingerprint(rule.name, a.patient), labels=labels,
-            annotations={"summary": summary, "description": desc}, notify=notify, gate=a.gate,
-            silenced_by=silenced_by, acknowledged_by=a.acked_by)
+            kind=kind,
+            rule=rule.name,
+            patient=a.patient,
+            priority=rule.priority,
+            metric=rule.metric,
+            op=rule.op,
+            threshold=rule.threshold,
+            t=t,
+            value=value,
+            message=message,
+            starts_at=a.fired_at if a.fired_at is not None else t,
+            ends_at=ends_at,
+            fingerprint=fingerprint(rule.name, a.patient),
+            labels=labels,
+            annotations={"summary": summary, "description": desc},
+            notify=notify,
+            gate=a.gate,
+            silenced_by=silenced_by,
+            acknowledged_by=a.acked_by,
+        )
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
-        return {"version": 1,
-                "alerts": [asdict(a) for a in self.alerts.values() if a.state != "inactive"],
-                "silences": [asdict(s) for s in self.silences.values()],
-                "last_seen": dict(self.last_seen)}
+        return {
+            "version": 1,
+            "alerts": [asdict(a) for a in self.alerts.values() if a.state != "inactive"],
+            "silences": [asdict(s) for s in self.silences.values()],
+            "last_seen": dict(self.last_seen),
+        }
 
     def restore(self, data: Mapping[str, Any], now: float) -> None:
         """Load a saved state.  Alerts of rules no longer in the file are dropped; patients are
@@ -418,26 +501,8 @@ class AlertEngine:
 
 def save_state(engine: AlertEngine, path: str | os.PathLike[str]) -> None:
     """Write the engine state atomically (temp file in the same directory, fsync, rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     data = json.dumps(engine.to_dict(), separators=(",", ":"), allow_nan=False, default=_nan_none)
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        with _suppress():
-            os.unlink(tmp)
-        raise
-    with _suppress():
-        dfd = os.open(p.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    atomic_write_text(path, data, durable=True)
     engine.dirty = False
 
 
@@ -449,8 +514,6 @@ def load_state(engine: AlertEngine, path: str | os.PathLike[str], now: float) ->
     try:
         engine.restore(json.loads(p.read_text(encoding="utf-8")), now)
     except (ValueError, TypeError, KeyError) as e:
-        from p2es.errors import P2esError
-
         raise P2esError(f"alert state file {p} is unreadable ({e}); move it away to start fresh") from None
     return True
 

@@ -41,8 +41,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from alerts.state import AlertEvent
@@ -76,7 +77,7 @@ def decode_secret(secret: str | bytes) -> bytes:
     else:
         s = secret.strip()
         if s.startswith(SECRET_PREFIX):
-            s = s[len(SECRET_PREFIX):]
+            s = s[len(SECRET_PREFIX) :]
         try:
             key = base64.b64decode(s + "=" * (-len(s) % 4), validate=True)
         except (binascii.Error, ValueError):
@@ -105,8 +106,14 @@ def sign(secret: str | bytes, msg_id: str, timestamp: int, body: bytes | str) ->
     return "v1," + base64.b64encode(mac).decode()
 
 
-def verify(secret: str | bytes, headers: Mapping[str, str], body: bytes | str, *,
-           tolerance_s: float = 300.0, now: float | None = None) -> None:
+def verify(
+    secret: str | bytes,
+    headers: Mapping[str, str],
+    body: bytes | str,
+    *,
+    tolerance_s: float = 300.0,
+    now: float | None = None,
+) -> None:
     """Raise :class:`WebhookVerificationError` unless the request is authentic and fresh.
 
     ``headers`` may use any case.  ``body`` must be the raw bytes received (not re-serialised
@@ -140,7 +147,7 @@ def verify(secret: str | bytes, headers: Mapping[str, str], body: bytes | str, *
 
 
 def _rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def alertmanager_body(ev: AlertEvent, *, receiver: str, external_url: str) -> bytes:
@@ -193,8 +200,16 @@ class PostResult:
         return self.status is not None and 400 <= self.status < 500 and self.status not in (408, 429)
 
 
-def post(url: str, body: bytes, msg_id: str, secret: str | bytes, *, timeout: float = 15.0,
-         now: float | None = None, extra_headers: Mapping[str, str] | None = None) -> PostResult:
+def post(
+    url: str,
+    body: bytes,
+    msg_id: str,
+    secret: str | bytes,
+    *,
+    timeout: float = 15.0,
+    now: float | None = None,
+    extra_headers: Mapping[str, str] | None = None,
+) -> PostResult:
     """One signed POST (blocking; run it in a thread).  Never raises for network errors."""
     ts = int(time.time() if now is None else now)
     headers = {
@@ -218,7 +233,7 @@ def post(url: str, body: bytes, msg_id: str, secret: str | bytes, *, timeout: fl
         ra = _retry_after(e.headers.get("Retry-After") if e.headers else None)
         try:
             detail = e.read(300).decode("utf-8", "replace").strip()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - the error body is optional detail, never a second failure
             detail = ""
         msg = f"HTTP {e.code}" + (f": {' '.join(detail.split())[:200]}" if detail else "")
         return PostResult(e.code, msg, ra)
@@ -233,8 +248,6 @@ def _retry_after(v: str | None) -> float | None:
     try:
         return max(0.0, float(v))
     except ValueError:
-        from email.utils import parsedate_to_datetime
-
         try:
             return max(0.0, parsedate_to_datetime(v).timestamp() - time.time())
         except (TypeError, ValueError):
@@ -243,6 +256,4 @@ def _retry_after(v: str | None) -> float | None:
 
 def event_dict(ev: AlertEvent) -> dict[str, Any]:
     """An event as a plain dict (for logs and tests)."""
-    from dataclasses import asdict
-
     return asdict(ev)

@@ -4,7 +4,7 @@ Usage:  python bench/gpu_bench.py [--batch-sizes 1,8,32,128] [--steps 10] [--k 2
                                   [--checkpoint PATH] [--json OUT.json] [--device cuda]
 
 Needs only torch (+ this repository's own dependencies).  Four variants of
-:class:`engine.runtime.TorchBackend`, all the same sampling loop: fp32 eager (the baseline),
+:class:`engine.serve.runtime.TorchBackend`, all the same sampling loop: fp32 eager (the baseline),
 fp32 + CUDA graphs, bf16 eager, bf16 + CUDA graphs.  Every (variant, batch) is warmed up once (the
 graph capture happens there), then ``repeats`` interleaved rounds; the table gives windows/s of the
 median, p50/p99 batch latency, the ratio to fp32 eager at the same batch size, the achieved
@@ -38,10 +38,9 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from engine.bench import _device_name, _flops, _requests, parse_batch_sizes, peak_flops
-    from engine.checkpoint import load_model
-    from engine.reconstruct import DEFAULT_CHECKPOINT
-    from engine.runtime import TorchBackend, prepare_batch
+    from engine.app.bench import _device_name, _flops, _requests, parse_batch_sizes, peak_flops
+    from engine.model.checkpoint import DEFAULT_CHECKPOINT, load_model
+    from engine.serve.runtime import TorchBackend, prepare_batch
 
     cuda = a.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
@@ -49,14 +48,26 @@ def main(argv=None) -> int:
         return 2
     sizes = parse_batch_sizes(a.batch_sizes)
     ck = a.checkpoint or DEFAULT_CHECKPOINT
-    variants = [("fp32 eager", "fp32", False), ("fp32 graphs", "fp32", True),
-                ("bf16 eager", "bf16", False), ("bf16 graphs", "bf16", True)]
+    variants = [
+        ("fp32 eager", "fp32", False),
+        ("fp32 graphs", "fp32", True),
+        ("bf16 eager", "bf16", False),
+        ("bf16 graphs", "bf16", True),
+    ]
     if not cuda:
         variants = [v for v in variants if not v[2] and v[1] == "fp32"]
     bes = {}
     for name, prec, graphs in variants:
-        bes[name] = TorchBackend(load_model(ck, "p2es"), device=a.device, steps=a.steps, k=a.k, seed=0,
-                                 precision=prec, cuda_graphs=graphs, max_batch=max(sizes))
+        bes[name] = TorchBackend(
+            load_model(ck, "p2es"),
+            device=a.device,
+            steps=a.steps,
+            k=a.k,
+            seed=0,
+            precision=prec,
+            cuda_graphs=graphs,
+            max_batch=max(sizes),
+        )
     fs = next(iter(bes.values())).fs
     inputs = {b: prepare_batch(_requests(b, fs, 8.0, 0)) for b in sizes}
     fl = _flops(load_model(ck, "p2es"), a.steps, a.k)
@@ -87,26 +98,53 @@ def main(argv=None) -> int:
             wps = b / float(np.median(ts))
             tflops = fl["window"] * wps / 1e12 if fl else None
             peak = peak_flops(dev, prec) if cuda else None
-            rows.append({"variant": n, "batch": b, "windows_per_s": wps,
-                         "latency_ms_p50": float(np.percentile(ts, 50)) * 1e3,
-                         "latency_ms_p99": float(np.percentile(ts, 99)) * 1e3,
-                         "ratio_vs_fp32_eager": wps / base, "tflops": tflops,
-                         "fraction_of_peak": (tflops * 1e12 / peak) if (tflops and peak) else None,
-                         "max_abs_diff_mv": err[(n, b)]})
-    print(f"gpu_bench: {dev}, torch {torch.__version__}, steps {a.steps}, k {a.k}, "
-          f"{fl['window'] / 1e9:.2f} GFLOP per window" if fl else "")
-    print(f"{'variant':<12} {'batch':>5} {'windows/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'x eager':>7} "
-          f"{'TFLOP/s':>8} {'%peak':>6} {'max|d| mV':>9}")
+            rows.append(
+                {
+                    "variant": n,
+                    "batch": b,
+                    "windows_per_s": wps,
+                    "latency_ms_p50": float(np.percentile(ts, 50)) * 1e3,
+                    "latency_ms_p99": float(np.percentile(ts, 99)) * 1e3,
+                    "ratio_vs_fp32_eager": wps / base,
+                    "tflops": tflops,
+                    "fraction_of_peak": (tflops * 1e12 / peak) if (tflops and peak) else None,
+                    "max_abs_diff_mv": err[(n, b)],
+                }
+            )
+    print(
+        f"gpu_bench: {dev}, torch {torch.__version__}, steps {a.steps}, k {a.k}, "
+        f"{fl['window'] / 1e9:.2f} GFLOP per window"
+        if fl
+        else ""
+    )
+    print(
+        f"{'variant':<12} {'batch':>5} {'windows/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'x eager':>7} "
+        f"{'TFLOP/s':>8} {'%peak':>6} {'max|d| mV':>9}"
+    )
     for r in rows:
         pk = f"{100 * r['fraction_of_peak']:.2f}" if r["fraction_of_peak"] else "-"
         tf = f"{r['tflops']:.2f}" if r["tflops"] else "-"
-        print(f"{r['variant']:<12} {r['batch']:>5} {r['windows_per_s']:>10.1f} {r['latency_ms_p50']:>8.1f} "
-              f"{r['latency_ms_p99']:>8.1f} {r['ratio_vs_fp32_eager']:>7.2f} {tf:>8} {pk:>6} "
-              f"{r['max_abs_diff_mv']:>9.2e}")
+        print(
+            f"{r['variant']:<12} {r['batch']:>5} {r['windows_per_s']:>10.1f} {r['latency_ms_p50']:>8.1f} "
+            f"{r['latency_ms_p99']:>8.1f} {r['ratio_vs_fp32_eager']:>7.2f} {tf:>8} {pk:>6} "
+            f"{r['max_abs_diff_mv']:>9.2e}"
+        )
     print(f"({time.monotonic() - t0:.0f} s)")
     if a.json:
-        Path(a.json).write_text(json.dumps({"device": dev, "torch": torch.__version__, "steps": a.steps,
-                                            "k": a.k, "flops": fl, "rows": rows}, indent=2) + "\n")
+        Path(a.json).write_text(
+            json.dumps(
+                {
+                    "device": dev,
+                    "torch": torch.__version__,
+                    "steps": a.steps,
+                    "k": a.k,
+                    "flops": fl,
+                    "rows": rows,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

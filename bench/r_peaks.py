@@ -57,24 +57,31 @@ def score(signals: np.ndarray, r_peaks: np.ndarray, fs: float) -> dict[str, floa
         a, b, c = match(det, ann, fs, x.shape[-1])
         tp, fn, fp = tp + a, fn + b, fp + c
         hr_ok += int(abs(heart_rate_bpm(det, fs) - heart_rate_bpm(ann, fs)) <= 3.0)
-    return {"se": tp / max(tp + fn, 1), "ppv": tp / max(tp + fp, 1), "fn": fn, "fp": fp,
-            "hr_within_3": hr_ok / len(signals)}
+    return {
+        "se": tp / max(tp + fn, 1),
+        "ppv": tp / max(tp + fp, 1),
+        "fn": fn,
+        "fp": fp,
+        "hr_within_3": hr_ok / len(signals),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=256)
     ap.add_argument("--seed", type=int, default=5)
-    ap.add_argument("--models", default="p2es,ddpm", help="comma list of models of the shipped set ('' = none)")
+    ap.add_argument(
+        "--models", default="p2es,ddpm", help="comma list of models of the shipped set ('' = none)"
+    )
     ap.add_argument("--steps", type=int, default=10)
     args = ap.parse_args()
 
     import torch
 
-    from engine.checkpoint import load_model
-    from engine.data import fixed_set, ppg_features
-    from engine.reconstruct import DEFAULT_CHECKPOINT
-    from engine.sampler import sample
+    from engine.model.checkpoint import DEFAULT_CHECKPOINT, load_model
+    from engine.model.data import fixed_set
+    from engine.model.preprocess import ppg_features
+    from engine.model.sampler import sample
     from p2es.leads import LEADS
 
     torch.manual_seed(0)
@@ -88,19 +95,36 @@ def main() -> None:
     for name in filter(None, args.models.split(",")):
         e = load_model(DEFAULT_CHECKPOINT, name)
         g = torch.Generator().manual_seed(args.seed)
-        out = [sample(e.model, e.schedule, feats[i:i + 64], None, steps=args.steps, k=1, generator=g,
-                      keep_samples=False).mean[:, ii].numpy() for i in range(0, len(feats), 64)]
+        out = [
+            sample(
+                e.model,
+                e.schedule,
+                feats[i : i + 64],
+                None,
+                steps=args.steps,
+                k=1,
+                generator=g,
+                keep_samples=False,
+            )
+            .mean[:, ii]
+            .numpy()
+            for i in range(0, len(feats), 64)
+        ]
         rows.append((f"{name} reconstruction", np.concatenate(out)))
     rhythms = np.asarray(d["rhythm"])
-    print(f"{args.records} records (val split, seed {args.seed}), lead II, match window +-{1e3 * TOL_S:.0f} ms")
+    print(
+        f"{args.records} records (val split, seed {args.seed}), lead II, match window +-{1e3 * TOL_S:.0f} ms"
+    )
     print("| signal | rhythm | Se % | +P % | missed | extra | windows with HR within 3 bpm % |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for label, sig in rows:
         for rh in ["all"] + sorted(set(rhythms.tolist())):
             sel = np.ones(len(rhythms), bool) if rh == "all" else rhythms == rh
             s = score(sig[sel], d["r_peaks"][sel], fs)
-            print(f"| {label} | {rh} ({sel.sum()}) | {100 * s['se']:.2f} | {100 * s['ppv']:.2f} | "
-                  f"{s['fn']} | {s['fp']} | {100 * s['hr_within_3']:.1f} |")
+            print(
+                f"| {label} | {rh} ({sel.sum()}) | {100 * s['se']:.2f} | {100 * s['ppv']:.2f} | "
+                f"{s['fn']} | {s['fp']} | {100 * s['hr_within_3']:.1f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
     python bench/real_ppg.py [--seeds 10] [--k 4] [--steps 10] [--model p2es]
 
-The acceptance test (tests/test_reconstruct.py) runs ``engine.realppg.hr_table`` once, with
+The acceptance test (tests/test_reconstruct.py) runs ``engine.model.realppg.hr_table`` once, with
 seed 0.  The sampler is stochastic, so this script runs the same table for seeds 0..N-1 and
-reports, per seed, the kept 8 s windows (PPG SQI rule of engine.realppg) whose lead-II HR is
+reports, per seed, the kept 8 s windows (PPG SQI rule of engine.model.realppg) whose lead-II HR is
 more than 3 bpm off the pulse rate, and over all seeds the fraction of such windows.
 """
 
@@ -26,9 +26,8 @@ def main() -> None:
     import torch
     from tqdm import tqdm
 
-    from engine.checkpoint import load_model
-    from engine.realppg import HR_TOL_BPM, hr_table, off_windows
-    from engine.reconstruct import DEFAULT_CHECKPOINT
+    from engine.model.checkpoint import DEFAULT_CHECKPOINT, load_model
+    from engine.model.realppg import HR_TOL_BPM, hr_table, off_windows
 
     torch.set_num_threads(2)
     entry = load_model(args.checkpoint or DEFAULT_CHECKPOINT, args.model)
@@ -41,8 +40,10 @@ def main() -> None:
         kept, off = kept + n, off + len(bad)
         what = ", ".join(f"{r['rec']} {r['t0']:.0f} s ({r['d']:+.1f} bpm)" for r in bad) or "none"
         lines.append(f"| {seed} | {n} | {len(bad)} | {what} |")
-    print(f"model {args.model}, K = {args.k}, {args.steps} steps, hop {args.hop_s:g} s; "
-          f"windows off = lead-II HR more than {HR_TOL_BPM:g} bpm from the PPG pulse rate")
+    print(
+        f"model {args.model}, K = {args.k}, {args.steps} steps, hop {args.hop_s:g} s; "
+        f"windows off = lead-II HR more than {HR_TOL_BPM:g} bpm from the PPG pulse rate"
+    )
     print("| seed | kept windows | off | which |")
     print("| ---: | ---: | ---: | --- |")
     print("\n".join(lines))

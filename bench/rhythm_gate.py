@@ -7,8 +7,8 @@ lead II with 0.10.  A reconstruction that misses or adds one beat makes a regula
 irregular, so the rule only evaluates windows whose reconstructed rate agrees with the PPG's own
 pulse rate (``rate_agreement``).  This script reconstructs simulated 8 s windows the way the
 live engine does -- PPG band-passed causally as ingest does, features from
-``engine.runtime.prepare_batch``, K samples and their mean, vitals from
-``engine.runtime.window_vitals`` -- and reports per rhythm: the fraction of windows over 0.10,
+``engine.serve.runtime.prepare_batch``, K samples and their mean, vitals from
+``engine.serve.runtime.window_vitals`` -- and reports per rhythm: the fraction of windows over 0.10,
 the fraction whose rates agree within 5 / 10 %, and the fraction that are both (what the rule
 acts on).  The truth column is nRMSSD of the simulator's own beats.
 """
@@ -30,31 +30,46 @@ def main() -> None:
 
     import torch
 
-    from engine.checkpoint import load_model
-    from engine.data import bandpass
-    from engine.reconstruct import DEFAULT_CHECKPOINT
-    from engine.runtime import WindowRequest, WindowResult, prepare_batch, window_vitals
-    from engine.sampler import sample
+    from engine.model.checkpoint import DEFAULT_CHECKPOINT, load_model
+    from engine.model.sampler import sample
+    from engine.serve.runtime import WindowRequest, WindowResult, prepare_batch, window_vitals
     from p2es.signal import rr_irregularity
     from wearable.sim import synthesize
 
     torch.set_num_threads(2)
     e = load_model(DEFAULT_CHECKPOINT, "p2es")
     fs, thr = 128.0, args.threshold
-    print(f"{args.records} records per row (seed {args.seed}), model p2es, K = {args.k}, 10 steps; "
-          f"irregular = nRMSSD > {thr:g}")
-    print("| rhythm | truly irregular | irregular (reconstruction) | rates agree 5 % | irregular and agree 5 % "
-          "| rates agree 10 % | irregular and agree 10 % |")
+    print(
+        f"{args.records} records per row (seed {args.seed}), model p2es, K = {args.k}, 10 steps; "
+        f"irregular = nRMSSD > {thr:g}"
+    )
+    print(
+        "| rhythm | truly irregular | irregular (reconstruction) | rates agree 5 % | irregular and agree 5 % "
+        "| rates agree 10 % | irregular and agree 10 % |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for rhythm, hr in [("sinus", None), ("sinus_tachy", 135.0), ("sinus_brady", None), ("af", None),
-                       ("pvc", None)]:
+    for rhythm, hr in [
+        ("sinus", None),
+        ("sinus_tachy", 135.0),
+        ("sinus_brady", None),
+        ("af", None),
+        ("pvc", None),
+    ]:
         d = synthesize(args.records, args.seed, duration_s=8.0, fs=fs, rhythm_mix=rhythm, hr_bpm=hr)
-        ppg = bandpass(d["ppg"], fs, zero_phase=False)          # what ingest hands the engine
+        ppg = d["ppg"]  # what ingest hands the engine: the resampled, unfiltered window
         reqs = [WindowRequest(f"sim-{i}", 0.0, fs, ppg[i]) for i in range(len(ppg))]
         feats, _, _ = prepare_batch(reqs)
         g = torch.Generator().manual_seed(args.seed)
-        r = sample(e.model, e.schedule, torch.from_numpy(feats), None, steps=10, k=args.k, generator=g,
-                   keep_samples=False)
+        r = sample(
+            e.model,
+            e.schedule,
+            torch.from_numpy(feats),
+            None,
+            steps=10,
+            k=args.k,
+            generator=g,
+            keep_samples=False,
+        )
         irr, mis, true_irr = [], [], []
         for i, req in enumerate(reqs):
             v = window_vitals(WindowResult(req, r.mean[i].numpy(), r.std[i].numpy(), len(reqs), 0.0, 0.0))

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import math
 
-import numpy as np
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -31,13 +29,19 @@ def main() -> None:
     from wearable.sim import synthesize
 
     rules = [r for r in load_rules(DEFAULT_RULES_PATH).rules if r.metric.startswith("st_")]
-    cases = [("sinus", 70.0), ("sinus", 100.0), ("sinus", 118.0), ("st_elevation", None),
-             ("st_depression", None)]
+    cases = [
+        ("sinus", 70.0),
+        ("sinus", 100.0),
+        ("sinus", 118.0),
+        ("st_elevation", None),
+        ("st_depression", None),
+    ]
     print("| rhythm | HR | records crossing 0.1 mV anywhere | records crossing the shipped ST limits |")
     print("| --- | ---: | ---: | ---: |")
     for rhythm, hr in cases:
-        d = synthesize(args.records, args.seed, duration_s=8.0, fs=128.0, rhythm_mix=rhythm,
-                       hr_bpm=hr, noise=0.0)
+        d = synthesize(
+            args.records, args.seed, duration_s=8.0, fs=128.0, rhythm_mix=rhythm, hr_bpm=hr, noise=0.0
+        )
         flat = shipped = 0
         for i in range(args.records):
             g = st_group_deviation(delineate(d["ecg"][i], 128.0).st_mv)

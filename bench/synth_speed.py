@@ -9,18 +9,17 @@ rate (the machine is shared, so the median of repeats is the figure to quote).
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import platform
+import statistics
+import time
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-
-from wearable.sim import synthesize  # noqa: E402
+from wearable.sim import synthesize  # noqa: E402 - numpy must see the thread settings first
 
 
 def main() -> None:
@@ -36,8 +35,15 @@ def main() -> None:
         "default (noisy + clean ECG, noisy + clean PPG)": dict(),
         "training (clean ECG target, noisy PPG)": dict(noisy_ecg=False),
     }
-    result = {"records": args.records, "repeats": args.repeats, "duration_s": 8.0, "fs": 128.0,
-              "cpu": platform.processor() or platform.machine(), "cores_used": 1, "rates": {}}
+    result = {
+        "records": args.records,
+        "repeats": args.repeats,
+        "duration_s": 8.0,
+        "fs": 128.0,
+        "cpu": platform.processor() or platform.machine(),
+        "cores_used": 1,
+        "rates": {},
+    }
     for name, kw in configs.items():
         rates = []
         for r in range(args.repeats):
@@ -45,8 +51,10 @@ def main() -> None:
             synthesize(args.records, seed=100 + r, **kw)
             rates.append(args.records / (time.perf_counter() - t0))
         result["rates"][name] = {"median_records_per_s": statistics.median(rates), "all": rates}
-        print(f"{name:50s} median {statistics.median(rates):7.0f} records/s  "
-              f"(min {min(rates):.0f}, max {max(rates):.0f}, {args.repeats} x {args.records} records, 1 core)")
+        print(
+            f"{name:50s} median {statistics.median(rates):7.0f} records/s  "
+            f"(min {min(rates):.0f}, max {max(rates):.0f}, {args.repeats} x {args.records} records, 1 core)"
+        )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)

@@ -28,10 +28,10 @@ def main() -> None:
     import torch
     from scipy import stats
 
-    from engine.checkpoint import load_model
-    from engine.data import fixed_set, ppg_features
-    from engine.reconstruct import DEFAULT_CHECKPOINT
-    from engine.sampler import sample
+    from engine.model.checkpoint import DEFAULT_CHECKPOINT, load_model
+    from engine.model.data import fixed_set
+    from engine.model.preprocess import ppg_features
+    from engine.model.sampler import sample
 
     torch.set_num_threads(2)
     e = load_model(DEFAULT_CHECKPOINT, args.model)

@@ -44,10 +44,10 @@ def main() -> None:
 
     import torch
 
-    from engine import metrics as M
-    from engine.checkpoint import load_model
-    from engine.data import fixed_set, prepare
-    from engine.evaluate import GROUP_ORDER, rhythm_group, sample_windows, score
+    from engine.model import metrics as M
+    from engine.model.checkpoint import load_model
+    from engine.model.data import fixed_set, prepare
+    from engine.model.evaluate import GROUP_ORDER, rhythm_group, sample_windows, score
     from p2es.errors import P2esError
 
     torch.set_num_threads(args.threads)
@@ -66,8 +66,18 @@ def main() -> None:
 
     rows: dict[str, dict] = {}
     for name, e in entries.items():  # sampled and scored exactly as `p2es eval` does, k = 1
-        recon, _, _ = sample_windows(e, prep["ppg"], prep["demo"], prep["demo_mask"], steps=args.steps, k=1,
-                                     batch=64, seed=args.seed, desc=name, progress=True)
+        recon, _, _ = sample_windows(
+            e,
+            prep["ppg"],
+            prep["demo"],
+            prep["demo_mask"],
+            steps=args.steps,
+            k=1,
+            batch=64,
+            seed=args.seed,
+            desc=name,
+            progress=True,
+        )
         row, werr = score(true, recon, fs, tc, groups)
         d = werr["hr_mae_bpm"][np.isfinite(werr["hr_mae_bpm"])]
         row["hr_se"] = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
@@ -82,19 +92,32 @@ def main() -> None:
         for r, n in enumerate(order, 1):
             ranks[n].append(r)
     print(f"{args.records} validation records (val split, seed {args.seed}), {args.steps} steps, 1 sample")
-    print("| candidate | FD | HR MAE bpm (SE) | QRS MAE ms | QT MAE ms | RMSE mV | HR sinus / AF / PVC / other | mean rank |")
+    print(
+        "| candidate | FD | HR MAE bpm (SE) | QRS MAE ms | QT MAE ms | RMSE mV | HR sinus / AF / PVC / other | mean rank |"
+    )
     print("|---|---:|---:|---:|---:|---:|---|---:|")
     for n in names:
         r = rows[n]
         hb = " / ".join(f"{r['hr_by_rhythm'].get(g, float('nan')):.2f}" for g in GROUP_ORDER)
         r["mean_rank"] = float(np.mean(ranks[n]))
-        print(f"| {n} | {r['fd']:.2f} | {r['hr_mae_bpm']:.2f} ({r['hr_se']:.2f}) | {r['qrs_ms_mae']:.1f} | "
-              f"{r['qt_ms_mae']:.1f} | {r['rmse']:.4f} | {hb} | {r['mean_rank']:.2f} |")
+        print(
+            f"| {n} | {r['fd']:.2f} | {r['hr_mae_bpm']:.2f} ({r['hr_se']:.2f}) | {r['qrs_ms_mae']:.1f} | "
+            f"{r['qt_ms_mae']:.1f} | {r['rmse']:.4f} | {hb} | {r['mean_rank']:.2f} |"
+        )
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"records": args.records, "seed": args.seed, "steps": args.steps,
-                       "candidates": {n: {"path": p, "model": m} for n, p, m in cands}, "rows": rows},
-                      fh, indent=1, default=float)
+            json.dump(
+                {
+                    "records": args.records,
+                    "seed": args.seed,
+                    "steps": args.steps,
+                    "candidates": {n: {"path": p, "model": m} for n, p, m in cands},
+                    "rows": rows,
+                },
+                fh,
+                indent=1,
+                default=float,
+            )
         print(f"wrote {args.json}")
 
 

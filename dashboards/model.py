@@ -23,10 +23,17 @@ def ds(uid: str = DATASOURCE_UID) -> dict[str, str]:
     return {"type": DATASOURCE_TYPE, "uid": uid}
 
 
-def target(query: str, ref: str = "A", *, fmt: str = "time_series", alias: str | None = None) -> dict:
+def target(
+    query: str, ref: str = "A", *, fmt: str = "time_series", alias: str | None = None
+) -> dict[str, Any]:
     """A raw InfluxQL query (``rawQuery: true``); ``fmt`` is ``time_series`` or ``table``."""
-    t: dict[str, Any] = {"refId": ref, "datasource": ds(), "query": query, "rawQuery": True,
-                         "resultFormat": fmt}
+    t: dict[str, Any] = {
+        "refId": ref,
+        "datasource": ds(),
+        "query": query,
+        "rawQuery": True,
+        "resultFormat": fmt,
+    }
     if alias:
         t["alias"] = alias
     return t
@@ -38,10 +45,18 @@ def grid(x: int, y: int, w: int, h: int) -> dict[str, int]:
     return {"x": x, "y": y, "w": w, "h": h}
 
 
-def _field_config(unit: str | None = None, *, decimals: int | None = None, min_: float | None = None,
-                  max_: float | None = None, thresholds: list[tuple[float | None, str]] | None = None,
-                  mappings: list[dict] | None = None, custom: dict | None = None,
-                  overrides: list[dict] | None = None, color: dict | None = None) -> dict:
+def _field_config(
+    unit: str | None = None,
+    *,
+    decimals: int | None = None,
+    min_: float | None = None,
+    max_: float | None = None,
+    thresholds: list[tuple[float | None, str]] | None = None,
+    mappings: list[dict[str, Any]] | None = None,
+    custom: dict[str, Any] | None = None,
+    overrides: list[dict[str, Any]] | None = None,
+    color: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     d: dict[str, Any] = {}
     if unit:
         d["unit"] = unit
@@ -52,8 +67,7 @@ def _field_config(unit: str | None = None, *, decimals: int | None = None, min_:
     if max_ is not None:
         d["max"] = max_
     steps = thresholds or [(None, "green")]
-    d["thresholds"] = {"mode": "absolute",
-                       "steps": [{"color": c, "value": v} for v, c in steps]}
+    d["thresholds"] = {"mode": "absolute", "steps": [{"color": c, "value": v} for v, c in steps]}
     d["color"] = color or {"mode": "thresholds" if thresholds else "palette-classic"}
     if mappings:
         d["mappings"] = mappings
@@ -62,16 +76,35 @@ def _field_config(unit: str | None = None, *, decimals: int | None = None, min_:
     return {"defaults": d, "overrides": overrides or []}
 
 
-def timeseries(title: str, targets: list[dict], pos: dict, *, unit: str | None = None,
-               description: str = "", min_: float | None = None, max_: float | None = None,
-               decimals: int | None = None, time_from: str | None = None,
-               time_shift: str | None = None, interval: str | None = None,
-               draw: str = "line", line_width: int = 1, legend: bool = True,
-               thresholds: list[tuple[float | None, str]] | None = None,
-               overrides: list[dict] | None = None, soft_min: float | None = None,
-               soft_max: float | None = None) -> dict:
-    custom: dict[str, Any] = {"drawStyle": draw, "lineWidth": line_width, "fillOpacity": 0,
-                              "showPoints": "never", "spanNulls": True, "axisPlacement": "auto"}
+def timeseries(
+    title: str,
+    targets: list[dict[str, Any]],
+    pos: dict[str, Any],
+    *,
+    unit: str | None = None,
+    description: str = "",
+    min_: float | None = None,
+    max_: float | None = None,
+    decimals: int | None = None,
+    time_from: str | None = None,
+    time_shift: str | None = None,
+    interval: str | None = None,
+    draw: str = "line",
+    line_width: int = 1,
+    legend: bool = True,
+    thresholds: list[tuple[float | None, str]] | None = None,
+    overrides: list[dict[str, Any]] | None = None,
+    soft_min: float | None = None,
+    soft_max: float | None = None,
+) -> dict[str, Any]:
+    custom: dict[str, Any] = {
+        "drawStyle": draw,
+        "lineWidth": line_width,
+        "fillOpacity": 0,
+        "showPoints": "never",
+        "spanNulls": True,
+        "axisPlacement": "auto",
+    }
     if soft_min is not None:
         custom["axisSoftMin"] = soft_min
     if soft_max is not None:
@@ -79,13 +112,26 @@ def timeseries(title: str, targets: list[dict], pos: dict, *, unit: str | None =
     if thresholds:
         custom["thresholdsStyle"] = {"mode": "line+area"}
     p: dict[str, Any] = {
-        "type": "timeseries", "title": title, "description": description, "gridPos": pos,
-        "datasource": ds(), "targets": targets,
-        "fieldConfig": _field_config(unit, decimals=decimals, min_=min_, max_=max_,
-                                     thresholds=thresholds, custom=custom, overrides=overrides,
-                                     color={"mode": "palette-classic"}),
-        "options": {"legend": {"showLegend": legend, "displayMode": "list", "placement": "bottom"},
-                    "tooltip": {"mode": "multi", "sort": "none"}},
+        "type": "timeseries",
+        "title": title,
+        "description": description,
+        "gridPos": pos,
+        "datasource": ds(),
+        "targets": targets,
+        "fieldConfig": _field_config(
+            unit,
+            decimals=decimals,
+            min_=min_,
+            max_=max_,
+            thresholds=thresholds,
+            custom=custom,
+            overrides=overrides,
+            color={"mode": "palette-classic"},
+        ),
+        "options": {
+            "legend": {"showLegend": legend, "displayMode": "list", "placement": "bottom"},
+            "tooltip": {"mode": "multi", "sort": "none"},
+        },
     }
     if time_from:
         p["timeFrom"] = time_from
@@ -96,76 +142,158 @@ def timeseries(title: str, targets: list[dict], pos: dict, *, unit: str | None =
     return p
 
 
-def stat(title: str, targets: list[dict], pos: dict, *, unit: str | None = None, description: str = "",
-         decimals: int | None = None, thresholds: list[tuple[float | None, str]] | None = None,
-         mappings: list[dict] | None = None, color_mode: str = "background",
-         reducer: str = "lastNotNull") -> dict:
+def stat(
+    title: str,
+    targets: list[dict[str, Any]],
+    pos: dict[str, Any],
+    *,
+    unit: str | None = None,
+    description: str = "",
+    decimals: int | None = None,
+    thresholds: list[tuple[float | None, str]] | None = None,
+    mappings: list[dict[str, Any]] | None = None,
+    color_mode: str = "background",
+    reducer: str = "lastNotNull",
+) -> dict[str, Any]:
     return {
-        "type": "stat", "title": title, "description": description, "gridPos": pos,
-        "datasource": ds(), "targets": targets,
+        "type": "stat",
+        "title": title,
+        "description": description,
+        "gridPos": pos,
+        "datasource": ds(),
+        "targets": targets,
         "fieldConfig": _field_config(unit, decimals=decimals, thresholds=thresholds, mappings=mappings),
-        "options": {"reduceOptions": {"calcs": [reducer], "fields": "", "values": False},
-                    "colorMode": color_mode, "graphMode": "area", "justifyMode": "auto",
-                    "textMode": "auto", "orientation": "auto"},
+        "options": {
+            "reduceOptions": {"calcs": [reducer], "fields": "", "values": False},
+            "colorMode": color_mode,
+            "graphMode": "area",
+            "justifyMode": "auto",
+            "textMode": "auto",
+            "orientation": "auto",
+        },
     }
 
 
-def table(title: str, targets: list[dict], pos: dict, *, description: str = "",
-          transformations: list[dict] | None = None, overrides: list[dict] | None = None,
-          sort_by: list[dict] | None = None) -> dict:
+def table(
+    title: str,
+    targets: list[dict[str, Any]],
+    pos: dict[str, Any],
+    *,
+    description: str = "",
+    transformations: list[dict[str, Any]] | None = None,
+    overrides: list[dict[str, Any]] | None = None,
+    sort_by: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     return {
-        "type": "table", "title": title, "description": description, "gridPos": pos,
-        "datasource": ds(), "targets": targets,
-        "fieldConfig": _field_config(custom={"align": "auto", "cellOptions": {"type": "auto"},
-                                             "filterable": True},
-                                     overrides=overrides),
-        "options": {"showHeader": True, "cellHeight": "md", "sortBy": sort_by or [],
-                    "footer": {"show": False, "reducer": ["sum"], "fields": ""}},
+        "type": "table",
+        "title": title,
+        "description": description,
+        "gridPos": pos,
+        "datasource": ds(),
+        "targets": targets,
+        "fieldConfig": _field_config(
+            custom={"align": "auto", "cellOptions": {"type": "auto"}, "filterable": True}, overrides=overrides
+        ),
+        "options": {
+            "showHeader": True,
+            "cellHeight": "md",
+            "sortBy": sort_by or [],
+            "footer": {"show": False, "reducer": ["sum"], "fields": ""},
+        },
         "transformations": transformations or [],
     }
 
 
-def text(title: str, content: str, pos: dict) -> dict:
-    return {"type": "text", "title": title, "gridPos": pos,
-            "options": {"mode": "markdown", "content": content}}
+def text(title: str, content: str, pos: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "text",
+        "title": title,
+        "gridPos": pos,
+        "options": {"mode": "markdown", "content": content},
+    }
 
 
-def query_variable(name: str, query: str, *, label: str | None = None, multi: bool = False,
-                   include_all: bool = False) -> dict:
+def query_variable(
+    name: str, query: str, *, label: str | None = None, multi: bool = False, include_all: bool = False
+) -> dict[str, Any]:
     """A ``query`` template variable, refreshed when the time range changes."""
-    return {"type": "query", "name": name, "label": label or name, "datasource": ds(),
-            "query": query, "definition": query, "refresh": 2, "sort": 1, "regex": "",
-            "multi": multi, "includeAll": include_all, "current": {}, "options": [],
-            "hide": 0, "skipUrlSync": False}
+    return {
+        "type": "query",
+        "name": name,
+        "label": label or name,
+        "datasource": ds(),
+        "query": query,
+        "definition": query,
+        "refresh": 2,
+        "sort": 1,
+        "regex": "",
+        "multi": multi,
+        "includeAll": include_all,
+        "current": {},
+        "options": [],
+        "hide": 0,
+        "skipUrlSync": False,
+    }
 
 
-def annotation(name: str, query: str, *, text_column: str, tags_column: str, color: str) -> dict:
+def annotation(name: str, query: str, *, text_column: str, tags_column: str, color: str) -> dict[str, Any]:
     """An InfluxQL annotation query (Grafana fills ``$timeFilter``)."""
-    return {"name": name, "datasource": ds(), "enable": True, "hide": False, "iconColor": color,
-            "query": query, "textColumn": text_column, "tagsColumn": tags_column,
-            "titleColumn": ""}
+    return {
+        "name": name,
+        "datasource": ds(),
+        "enable": True,
+        "hide": False,
+        "iconColor": color,
+        "query": query,
+        "textColumn": text_column,
+        "tagsColumn": tags_column,
+        "titleColumn": "",
+    }
 
 
 _BUILTIN_ANNOTATION = {
-    "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True,
-    "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts",
+    "builtIn": 1,
+    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+    "enable": True,
+    "hide": True,
+    "iconColor": "rgba(0, 211, 255, 1)",
+    "name": "Annotations & Alerts",
     "type": "dashboard",
 }
 
 
-def dashboard(uid: str, title: str, panels: list[dict], *, description: str, tags: list[str],
-              time_from: str = "now-1h", refresh: str = "10s", variables: list[dict] | None = None,
-              annotations: list[dict] | None = None, links: list[dict] | None = None) -> dict:
+def dashboard(
+    uid: str,
+    title: str,
+    panels: list[dict[str, Any]],
+    *,
+    description: str,
+    tags: list[str],
+    time_from: str = "now-1h",
+    refresh: str = "10s",
+    variables: list[dict[str, Any]] | None = None,
+    annotations: list[dict[str, Any]] | None = None,
+    links: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     panels = copy.deepcopy(panels)
     for i, p in enumerate(panels, start=1):
         p["id"] = i
     return {
-        "uid": uid, "title": title, "description": description, "tags": tags,
-        "editable": True, "graphTooltip": 1, "timezone": "browser", "refresh": refresh,
-        "schemaVersion": SCHEMA_VERSION, "version": 1, "liveNow": False,
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": tags,
+        "editable": True,
+        "graphTooltip": 1,
+        "timezone": "browser",
+        "refresh": refresh,
+        "schemaVersion": SCHEMA_VERSION,
+        "version": 1,
+        "liveNow": False,
         "time": {"from": time_from, "to": "now"},
         "timepicker": {"refresh_intervals": ["5s", "10s", "30s", "1m", "5m"]},
-        "fiscalYearStartMonth": 0, "weekStart": "",
+        "fiscalYearStartMonth": 0,
+        "weekStart": "",
         "templating": {"list": variables or []},
         "annotations": {"list": [dict(_BUILTIN_ANNOTATION)] + (annotations or [])},
         "links": links or [],

@@ -43,15 +43,21 @@ def _folder_uid(title: str) -> str:
 
 
 def _grafana_error(url: str, e: Exception) -> P2esError:
-    from grafana_client.client import (GrafanaClientError, GrafanaException, GrafanaServerError,
-                                       GrafanaTimeoutError, GrafanaUnauthorizedError)
+    from grafana_client.client import (  # lazy: heavy dependency, loaded only to push
+        GrafanaClientError,
+        GrafanaServerError,
+        GrafanaTimeoutError,
+        GrafanaUnauthorizedError,
+    )
 
     if isinstance(e, GrafanaUnauthorizedError):
-        return P2esError(f"Grafana at {url} rejected the token (401 Unauthorized): check --token / "
-                         "GRAFANA_TOKEN")
+        return P2esError(
+            f"Grafana at {url} rejected the token (401 Unauthorized): check --token / GRAFANA_TOKEN"
+        )
     if isinstance(e, GrafanaClientError) and e.status_code == 403:
-        return P2esError(f"Grafana at {url} refused (403 Forbidden): the token needs the Editor role "
-                         "or dashboards:write")
+        return P2esError(
+            f"Grafana at {url} refused (403 Forbidden): the token needs the Editor role or dashboards:write"
+        )
     if isinstance(e, GrafanaTimeoutError):
         return P2esError(f"Grafana at {url} did not answer in time")
     if isinstance(e, (GrafanaClientError, GrafanaServerError)):
@@ -68,17 +74,25 @@ def _grafana_error(url: str, e: Exception) -> P2esError:
     return P2esError(f"cannot reach Grafana at {url}: {reason}")
 
 
-def push(url: str, token: str | None, *, folder: str = "p2es", datasource_uid: str = DATASOURCE_UID,
-         timeout: float = 10.0) -> list[Pushed]:
+def push(
+    url: str,
+    token: str | None,
+    *,
+    folder: str = "p2es",
+    datasource_uid: str = DATASOURCE_UID,
+    timeout: float = 10.0,
+) -> list[Pushed]:
     """Create/overwrite every p2es dashboard in ``folder`` (by title; created if missing)."""
-    import niquests
-    from grafana_client import GrafanaApi
-    from grafana_client.client import GrafanaException
+    import niquests  # lazy: grafana-client's HTTP library, loaded only to push
+    from grafana_client.api import GrafanaApi  # lazy: heavy dependency, loaded only to push
+    from grafana_client.client import GrafanaException  # lazy: heavy dependency, loaded only to push
 
     url = _check_url(url)
     if not token:
-        raise P2esError("no Grafana token: pass --token or set GRAFANA_TOKEN "
-                        "(a service-account token with the Editor role)")
+        raise P2esError(
+            "no Grafana token: pass --token or set GRAFANA_TOKEN "
+            "(a service-account token with the Editor role)"
+        )
     dashboards = {}
     for name, d in all_dashboards().items():
         d = with_datasource_uid(d, datasource_uid)
@@ -98,8 +112,7 @@ def push(url: str, token: str | None, *, folder: str = "p2es", datasource_uid: s
             else:
                 folder_uid = api.folder.create_folder(folder, uid=_folder_uid(folder))["uid"]
         for d in dashboards.values():
-            body = {"dashboard": {**d, "id": None}, "overwrite": True,
-                    "message": "p2es dashboards push"}
+            body = {"dashboard": {**d, "id": None}, "overwrite": True, "message": "p2es dashboards push"}
             if folder_uid:
                 body["folderUid"] = folder_uid
             r = api.dashboard.update_dashboard(body) or {}

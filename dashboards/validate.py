@@ -13,9 +13,26 @@ from typing import Any
 from dashboards.model import DATASOURCE_TYPE, GRID_COLUMNS
 
 #: variables Grafana itself provides to InfluxQL queries
-BUILTIN_VARIABLES = frozenset({"timeFilter", "__interval", "__interval_ms", "interval", "col", "tag",
-                               "__value", "__url_time_range", "__from", "__to", "__dashboard",
-                               "__org", "__user", "__timeFilter", "m", "measurement"})
+BUILTIN_VARIABLES = frozenset(
+    {
+        "timeFilter",
+        "__interval",
+        "__interval_ms",
+        "interval",
+        "col",
+        "tag",
+        "__value",
+        "__url_time_range",
+        "__from",
+        "__to",
+        "__dashboard",
+        "__org",
+        "__user",
+        "__timeFilter",
+        "m",
+        "measurement",
+    }
+)
 _VAR_RE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -30,7 +47,7 @@ def variables_used(text: str) -> set[str]:
     return names
 
 
-def iter_queries(d: dict) -> list[tuple[str, str, dict]]:
+def iter_queries(d: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     """(kind, where, object) for every panel target, template variable and annotation query."""
     out = []
     for p in d.get("panels", []):
@@ -49,8 +66,15 @@ def problems(d: Any, datasource_uid: str) -> list[str]:
     if not isinstance(d, dict):
         return ["a dashboard must be a JSON object"]
     errs: list[str] = []
-    for key, typ in (("uid", str), ("title", str), ("schemaVersion", int), ("panels", list),
-                     ("templating", dict), ("annotations", dict), ("time", dict)):
+    for key, typ in (
+        ("uid", str),
+        ("title", str),
+        ("schemaVersion", int),
+        ("panels", list),
+        ("templating", dict),
+        ("annotations", dict),
+        ("time", dict),
+    ):
         if not isinstance(d.get(key), typ):
             errs.append(f"missing or wrong type: {key}")
     if errs:

@@ -4,7 +4,7 @@
 
     svc = IngestService("mqtt://127.0.0.1:1883", client_id="p2es-ingest-1")
     async with svc:                      # runs svc.run() in a task; cancels it on exit
-        window = await svc.windows.get() # ingest.messages.Window
+        window = await svc.windows.get() # p2es.contracts.ppg.Window
 
 Connection: MQTT v5, QoS 1, ``clean_start=False`` and a session expiry interval
 (``session_expiry_s``, 1 h by default) under a stable ``client_id``, so the broker keeps the
@@ -16,7 +16,7 @@ connection loss the service reconnects by itself with exponential backoff
 
 Subscription: ``p2es/v1/patients/#`` (QoS 1): the three contract topics, and anything else
 under ``patients/`` is dead-lettered as ``unknown_topic`` rather than silently ignored.  Every
-message goes through :func:`ingest.messages.parse_message`; dead letters are published to
+message goes through :func:`p2es.contracts.ppg.parse_message`; dead letters are published to
 ``p2es/v1/deadletter`` (QoS 1) and counted by reason code; nothing a client sends can stop
 the service (an unexpected exception while processing a valid message is logged, counted as
 ``internal_error`` and dead-lettered too).
@@ -48,48 +48,21 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import ssl
 import time
-import urllib.parse
 from collections import Counter
 from typing import Any
 
 import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
-from ingest.messages import (
-    TOPIC_PREFIX,
-    DeadLetter,
-    ParsedPpg,
-    ParsedProfile,
-    Window,
-    is_output_topic,
-    parse_message,
-    subscription_topic,
-)
 from ingest.stream import StreamConfig, StreamRegistry
+from p2es.contracts.ppg import DeadLetter, ParsedPpg, ParsedProfile, Window, parse_message
+from p2es.contracts.topics import TOPIC_PREFIX, deadletter_topic, is_output_topic, subscription_topic
+from p2es.transport.mqtt import Backoff, MqttEndpoint, payload_bytes, run_reconnecting
 
-__all__ = ["IngestService", "parse_url", "MQTT_VERSIONS"]
-
-MQTT_VERSIONS = ("5", "3.1.1")  # v5 by default; 3.1.1 for brokers without v5 (e.g. amqtt)
+__all__ = ["IngestService"]
 
 log = logging.getLogger("p2es.ingest")
-
-
-def parse_url(url: str) -> tuple[str, int, bool, str | None, str | None]:
-    """``mqtt://[user[:pass]@]host[:port]`` or ``mqtts://...`` -> (host, port, tls, user, pw)."""
-    u = urllib.parse.urlsplit(url)
-    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise ValueError(f"unsupported MQTT URL scheme {u.scheme!r} (mqtt:// or mqtts://)")
-    tls = u.scheme in ("mqtts", "ssl")
-    if not u.hostname:
-        raise ValueError(f"no host in MQTT URL {url!r}")
-    port = u.port or (8883 if tls else 1883)
-    user = urllib.parse.unquote(u.username) if u.username else None
-    pw = urllib.parse.unquote(u.password) if u.password else None
-    return u.hostname, port, tls, user, pw
 
 
 class IngestService:
@@ -113,22 +86,21 @@ class IngestService:
         prefix: str = TOPIC_PREFIX,
         mqtt_version: str = "5",
     ) -> None:
-        if mqtt_version not in MQTT_VERSIONS:
-            raise ValueError(f"mqtt_version must be one of {', '.join(MQTT_VERSIONS)}, got {mqtt_version!r}")
-        self.mqtt_version = mqtt_version
-        host, port, tls, url_user, url_pw = parse_url(url)
-        self.host, self.port = host, port
-        self.username = username if username is not None else url_user
-        self.password = password if password is not None else url_pw
-        self.tls_context = tls_context if tls_context is not None else (
-            ssl.create_default_context() if tls else None)
+        self.endpoint = MqttEndpoint.from_url(
+            url,
+            username=username,
+            password=password,
+            client_id=client_id,
+            version=mqtt_version,
+            tls_context=tls_context,
+            keepalive_s=int(keepalive_s),
+            session_expiry_s=int(session_expiry_s),
+        )
+        self.host, self.port = self.endpoint.host, self.endpoint.port
         self.client_id = client_id
         self.prefix = prefix
-        self.deadletter_topic = f"{prefix}/deadletter"
-        self.session_expiry_s = int(session_expiry_s)
-        self.keepalive_s = int(keepalive_s)
-        self.reconnect_min_s = float(reconnect_min_s)
-        self.reconnect_max_s = float(reconnect_max_s)
+        self.deadletter_topic = deadletter_topic(prefix)
+        self.backoff = Backoff(reconnect_min_s, reconnect_max_s)
         self.tick_s = float(tick_s)
         self.registry = StreamRegistry(stream_config)
         self.windows: asyncio.Queue[Window] = asyncio.Queue(maxsize=queue_size)
@@ -171,52 +143,38 @@ class IngestService:
     async def run(self) -> None:
         """Connect, consume, reconnect forever (until cancelled)."""
         house = asyncio.create_task(self._housekeeping())
-        backoff = self.reconnect_min_s
         try:
-            while True:
-                was_connected = False
-                try:
-                    await self._session()
-                except aiomqtt.MqttError as e:
-                    self.last_error = str(e)
-                    log.warning("MQTT connection to %s:%d lost or refused: %s",
-                                self.host, self.port, e)
-                finally:
-                    was_connected = self.connected.is_set()
-                    if was_connected:
-                        self._c["disconnects"] += 1
-                    self.connected.clear()
-                    self._client = None
-                if was_connected:
-                    backoff = self.reconnect_min_s
-                await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-                backoff = min(self.reconnect_max_s, backoff * 2)
+            await run_reconnecting(
+                self._session,
+                connected=self.connected,
+                backoff=self.backoff,
+                log=log,
+                name=f"ingest {self.endpoint.address}",
+                on_error=self._on_error,
+                on_disconnect=self._on_disconnect,
+            )
         finally:
             house.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await house
 
+    def _on_error(self, e: aiomqtt.MqttError) -> None:
+        self.last_error = str(e)
+
+    def _on_disconnect(self, was_connected: bool) -> None:
+        if was_connected:
+            self._c["disconnects"] += 1
+        self._client = None
+
     async def _session(self) -> None:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.session_expiry_s
         self._c["connect_attempts"] += 1
-        # A fresh client per connection: aiomqtt's reuse after an unexpected disconnect does
-        # not wait for the new CONNACK.  The broker-side session (client_id) carries over.
-        if self.mqtt_version == "5":
-            session = dict(protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=props)
-        else:  # MQTT 3.1.1 brokers: a persistent session instead of a session expiry interval
-            session = dict(protocol=aiomqtt.ProtocolVersion.V311, clean_session=False)
-        client = aiomqtt.Client(
-            self.host, self.port, username=self.username, password=self.password,
-            identifier=self.client_id, keepalive=self.keepalive_s,
-            tls_context=self.tls_context, timeout=10, **session,
-        )
+        client = self.endpoint.client(persistent=True)
         async with client:
             self._client = client
             await client.subscribe(subscription_topic(self.prefix), qos=1)
             self._c["connects"] += 1
             self.connected.set()
-            log.info("ingest connected to %s:%d as %s", self.host, self.port, self.client_id)
+            log.info("ingest connected to %s as %s", self.endpoint.address, self.client_id)
             async for msg in client.messages:
                 await self._handle(str(msg.topic), msg.payload)
 
@@ -238,13 +196,7 @@ class IngestService:
             self._c["own_outputs_skipped"] += 1
             return
         self._c["messages_in"] += 1
-        if isinstance(payload, str):
-            payload = payload.encode()
-        elif payload is None:
-            payload = b""
-        elif not isinstance(payload, bytes):
-            payload = bytes(payload) if isinstance(payload, (bytearray, memoryview)) \
-                else str(payload).encode()
+        payload = payload_bytes(payload)
         res = parse_message(topic, payload, prefix=self.prefix)
         try:
             if isinstance(res, DeadLetter):
@@ -258,9 +210,14 @@ class IngestService:
         except Exception as e:  # noqa: BLE001 - a message must never stop the service
             log.exception("ingest failed on a message of %s", topic)
             self._c["internal_errors"] += 1
-            await self._dead_letter(DeadLetter(
-                topic=topic, reason=f"internal_error: {type(e).__name__}: {e}"[:500],
-                received_at=time.time(), payload_excerpt=""))
+            await self._dead_letter(
+                DeadLetter(
+                    topic=topic,
+                    reason=f"internal_error: {type(e).__name__}: {e}"[:500],
+                    received_at=time.time(),
+                    payload_excerpt="",
+                )
+            )
 
     async def _dead_letter(self, dl: DeadLetter) -> None:
         self._invalid[dl.code] += 1
@@ -269,15 +226,15 @@ class IngestService:
             self._c["deadletter_publish_errors"] += 1
             return
         try:
-            await client.publish(self.deadletter_topic, dl.model_dump_json().encode(), qos=1,
-                                 timeout=5)
+            await client.publish(self.deadletter_topic, dl.model_dump_json().encode(), qos=1, timeout=5)
             self._c["deadletters_published"] += 1
         except aiomqtt.MqttError as e:
             self._c["deadletter_publish_errors"] += 1
             log.warning("could not publish a dead letter: %s", e)
 
-    async def publish(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False,
-                      timeout: float = 5.0) -> bool:
+    async def publish(
+        self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False, timeout: float = 5.0
+    ) -> bool:
         """Publish on the ingest's connection (vitals, alerts).  Best effort: False (and a
         counter) when not connected or the publish fails; never raises an MQTT error."""
         client = self._client
@@ -285,8 +242,13 @@ class IngestService:
             self._c["publish_errors"] += 1
             return False
         try:
-            await client.publish(topic, payload.encode() if isinstance(payload, str) else payload,
-                                 qos=qos, retain=retain, timeout=timeout)
+            await client.publish(
+                topic,
+                payload.encode() if isinstance(payload, str) else payload,
+                qos=qos,
+                retain=retain,
+                timeout=timeout,
+            )
             self._c["published"] += 1
             return True
         except aiomqtt.MqttError as e:

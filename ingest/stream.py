@@ -1,4 +1,4 @@
-"""Per-patient stream processing: reorder -> continuity -> resample -> filter -> windows.
+"""Per-patient stream processing: reorder -> continuity -> resample -> windows (+ SQI).
 
 Everything here is synchronous, deterministic numpy/scipy and knows nothing about MQTT, so it
 is unit-testable on its own.  One :class:`PatientStream` per patient; a :class:`StreamRegistry`
@@ -23,17 +23,18 @@ Pipeline of one chunk (:meth:`PatientStream.push`)
    missing ``round(gap * fs)`` samples are filled by linear interpolation and counted
    (``gaps_filled``; the window reports them in ``gaps``).  A longer gap, or a change of
    ``fs``, ends the segment: the stream restarts at the new chunk (new ``segment``, window
-   index 0, fresh resampler and filter), so **a window never spans a long gap**; the partial
+   index 0, fresh resampler), so **a window never spans a long gap**; the partial
    window before it is not emitted.  An earlier ``t0`` (overlap) trims the overlapping samples
    (or drops the chunk).
 3. **Resample** to ``fs_model`` (128 Hz) with :class:`StreamingResampler`, a polyphase
    windowed-sinc interpolator that keeps its input history across chunks: output sample ``j``
    is the band-limited value of the device signal at exactly ``t0_segment + j / fs_model`` (no
    delay), and the output does not depend on how the input was chunked.
-4. **Filter**: causal Butterworth band-pass (order 2, 0.5-8 Hz, ``sosfilt``) whose state
-   ``zi`` is carried across chunks, started in steady state on the first sample (the same
-   filter as ``engine.data.bandpass(zero_phase=False)``).  Its phase lag is part of the signal
-   (the engine's live path uses the same causal filter); timestamps are those of the samples.
+4. **No filtering here**: the window carries the resampled signal as it is.  The engine
+   applies the model's one preprocessing path (``engine.model.preprocess.ppg_features``,
+   zero-phase band-pass + z-scores) to the whole window, exactly as in training and offline
+   reconstruction.  (Before p2es 0.2 this stage band-passed causally, and the engine filtered
+   the window a second time.)
 5. **Windows** of ``window_s`` (8 s) every ``hop_s`` (4 s): window ``m`` of a segment holds
    output samples ``[m * hop_n, m * hop_n + window_n)`` and ``t0 = t0_segment + m * hop_n /
    fs_model`` (device clock, exact to the sample, never arrival time).
@@ -58,8 +59,8 @@ Memory bound per patient
 Between calls a :class:`PatientStream` holds at most ``reorder_max_samples`` (20 000) device
 samples in the reorder buffer (and at most ``reorder_max_chunks`` chunks), the resampler's
 history (< ``2 H + 3 + fs/fs_model`` samples, H = the kernel half-width in input samples: 139
-at 1000 Hz), two float64 ring buffers of ``2 * window_n`` samples (unfiltered and filtered,
-2 x 2048): :attr:`PatientStream.max_held_samples` = 24 385 samples (195 kB) with the defaults,
+at 1000 Hz), one float64 ring buffer of ``2 * window_n`` samples (2048):
+:attr:`PatientStream.max_held_samples` = 22 337 samples (179 kB) with the defaults,
 whatever the input (:meth:`PatientStream.held_samples` is the current count).  Bookkeeping
 adds at most ``MAX_SPANS`` (512) chunk spans (for ``seq_range``; with chunks shorter than
 ~25 ms the oldest are dropped and ``seq_range[0]`` becomes approximate), ``MAX_GAPS`` (256)
@@ -83,7 +84,7 @@ import numpy as np
 from scipy import ndimage
 from scipy import signal as sps
 
-from ingest.messages import FS_MAX, GapInfo, PpgChunk, Profile, Window
+from p2es.contracts.ppg import FS_MAX, GapInfo, PpgChunk, Profile, Window
 from p2es.signal import detect_ppg_beats
 
 __all__ = [
@@ -114,7 +115,6 @@ class StreamConfig:
     reorder_max_samples: int = 20_000
     reorder_wait_s: float = 2.0
     band_hz: tuple[float, float] = (0.5, 8.0)
-    filter_order: int = 2
     resampler_zeros: int = 16
     resampler_beta: float = 8.0
     resampler_rolloff: float = 0.9
@@ -154,11 +154,21 @@ class StreamingResampler:
     inputs exist (latency ``H / fs_in``: 0.72 s at 25 Hz, 0.18 s at 100 Hz, 0.14 s at
     1000 Hz).  Because every
     output is computed from the same inputs with the same weights whatever the chunking, the
-    result does not depend on how the input was split (bit-identical in practice).
+    result does not depend on how the input was split (bit-identical in practice).  A device
+    already at the model rate passes through unchanged (no interpolation, latency 0), so the
+    live path sees exactly the samples the offline path sees.
     """
 
-    def __init__(self, fs_in: float, fs_out: float, *, zeros: int = 16, beta: float = 8.0,
-                 rolloff: float = 0.9, max_table_phases: int = 4096) -> None:
+    def __init__(
+        self,
+        fs_in: float,
+        fs_out: float,
+        *,
+        zeros: int = 16,
+        beta: float = 8.0,
+        rolloff: float = 0.9,
+        max_table_phases: int = 4096,
+    ) -> None:
         ratio = Fraction(fs_in).limit_denominator(1000) / Fraction(fs_out).limit_denominator(1000)
         self.fs_in, self.fs_out = float(fs_in), float(fs_out)
         self.D, self.U = ratio.numerator, ratio.denominator
@@ -167,8 +177,11 @@ class StreamingResampler:
         self.H = int(math.ceil(self.half_width))
         self.beta = float(beta)
         self._m = np.arange(-self.H, self.H + 1, dtype=np.float64)
-        self._table = (self._weights(np.arange(self.U, dtype=np.float64) / self.U)
-                       if self.U <= max_table_phases else None)
+        self._table = (
+            self._weights(np.arange(self.U, dtype=np.float64) / self.U)
+            if self.U <= max_table_phases
+            else None
+        )
         self._buf: np.ndarray | None = None
         self._base = 0  # absolute input index of _buf[0]
         self.n_in = 0
@@ -180,12 +193,17 @@ class StreamingResampler:
         arg = np.clip(1.0 - (tau / self.half_width) ** 2, 0.0, None)
         w = 2 * c * np.sinc(2 * c * tau) * np.i0(self.beta * np.sqrt(arg))
         w[np.abs(tau) > self.half_width] = 0.0
-        return w / w.sum(axis=1, keepdims=True)
+        out: np.ndarray = w / w.sum(axis=1, keepdims=True)
+        return out
 
     def push(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64).reshape(-1)
         if x.size == 0:
             return np.zeros(0)
+        if self.D == self.U:  # the model rate already: samples pass through, no delay, no filter
+            self.n_in += x.size
+            self.n_out += x.size
+            return x.copy()
         if self._buf is None:
             self._buf = np.full(self.H, x[0])
             self._base = -self.H
@@ -202,7 +220,7 @@ class StreamingResampler:
         n, ph = prod // self.U, prod % self.U
         w = self._table[ph] if self._table is not None else self._weights(ph / self.U)
         idx = (n - self.H - self._base)[:, None] + np.arange(2 * self.H + 1)[None, :]
-        y = np.einsum("ij,ij->i", self._buf[idx], w)
+        y: np.ndarray = np.einsum("ij,ij->i", self._buf[idx], w)
         self.n_out = int(j_end)
         keep_from = (self.n_out * self.D) // self.U - self.H
         cut = keep_from - self._base
@@ -231,16 +249,23 @@ def _runs_at_least(mask: np.ndarray, n: int) -> np.ndarray:
     sizes = np.bincount(lab.ravel())
     keep = sizes >= n
     keep[0] = False
-    return keep[lab]
+    out: np.ndarray = keep[lab]
+    return out
 
 
 @lru_cache(maxsize=32)
 def _bandpass_sos(fs: float, lo: float, hi: float, order: int) -> np.ndarray:
-    return sps.butter(order, [lo, min(hi, 0.45 * fs)], btype="bandpass", fs=fs, output="sos")
+    sos: np.ndarray = sps.butter(order, [lo, min(hi, 0.45 * fs)], btype="bandpass", fs=fs, output="sos")
+    return sos
 
 
-def signal_quality(raw: np.ndarray, fs: float, *, invalid: np.ndarray | None = None,
-                   band_hz: tuple[float, float] = (0.5, 8.0)) -> tuple[float, dict[str, float]]:
+def signal_quality(
+    raw: np.ndarray,
+    fs: float,
+    *,
+    invalid: np.ndarray | None = None,
+    band_hz: tuple[float, float] = (0.5, 8.0),
+) -> tuple[float, dict[str, float]]:
     """SQI of one PPG window (see the module docstring).
 
     ``raw``: the window before the band-pass (resampled, unfiltered): flat lines and clipping
@@ -298,8 +323,7 @@ def signal_quality(raw: np.ndarray, fs: float, *, invalid: np.ndarray | None = N
     den = np.linalg.norm(segs, axis=1) * np.linalg.norm(tpl, axis=1)
     corr = np.where(den > 0, np.einsum("ij,ij->i", segs, tpl) / np.maximum(den, 1e-300), 0.0)
     parts["template_corr"] = float(corr.mean())
-    q_tpl = float(np.clip((corr - TEMPLATE_CORR_LO) / (TEMPLATE_CORR_HI - TEMPLATE_CORR_LO),
-                          0.0, 1.0).mean())
+    q_tpl = float(np.clip((corr - TEMPLATE_CORR_LO) / (TEMPLATE_CORR_HI - TEMPLATE_CORR_LO), 0.0, 1.0).mean())
     parts["template"] = q_tpl
     sqi = float(np.clip(q_art * q_rhythm * q_tpl, 0.0, 1.0))
     return sqi, parts
@@ -319,7 +343,7 @@ class _Ring:
             raise ValueError("write larger than the ring")
         pos = self.end % cap
         first = min(n, cap - pos)
-        self.a[pos:pos + first] = x[:first]
+        self.a[pos : pos + first] = x[:first]
         self.a[: n - first] = x[first:]
         self.end += n
 
@@ -336,18 +360,30 @@ class _Segment:
     fs_in: float
     resampler: StreamingResampler
     raw: _Ring
-    filt: _Ring
-    zi: np.ndarray | None = None
     n_in: int = 0  # device-rate samples (including filled ones)
     last: float = 0.0  # last device sample value
     next_win: int = 0
-    gaps: deque = field(default_factory=lambda: deque(maxlen=MAX_GAPS))  # (t_start, t_end) rel s
-    spans: deque = field(default_factory=lambda: deque(maxlen=MAX_SPANS))  # (seq, t_s, t_e) rel s
+    # (t_start, t_end), s relative to the segment start
+    gaps: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=MAX_GAPS))
+    # (seq, t_s, t_e), s relative to the segment start
+    spans: deque[tuple[int, float, float]] = field(default_factory=lambda: deque(maxlen=MAX_SPANS))
 
 
-_STAT_KEYS = ("chunks_in", "chunks_used", "duplicates", "late", "seq_skipped", "seq_resets",
-              "gaps_filled", "filled_s", "breaks", "rate_changes", "overlaps_trimmed",
-              "overlaps_dropped", "windows")
+_STAT_KEYS = (
+    "chunks_in",
+    "chunks_used",
+    "duplicates",
+    "late",
+    "seq_skipped",
+    "seq_resets",
+    "gaps_filled",
+    "filled_s",
+    "breaks",
+    "rate_changes",
+    "overlaps_trimmed",
+    "overlaps_dropped",
+    "windows",
+)
 
 
 class PatientStream:
@@ -357,17 +393,20 @@ class PatientStream:
     attached to every window emitted from then on.
     """
 
-    def __init__(self, patient_id: str, config: StreamConfig | None = None, *,
-                 profile: Profile | None = None, now: float | None = None) -> None:
+    def __init__(
+        self,
+        patient_id: str,
+        config: StreamConfig | None = None,
+        *,
+        profile: Profile | None = None,
+        now: float | None = None,
+    ) -> None:
         self.patient_id = patient_id
-        self.config = cfg = config or StreamConfig()
+        self.config = config or StreamConfig()
         self.profile = profile
         self.stats: dict[str, float] = dict.fromkeys(_STAT_KEYS, 0)
         self.last_push = time.monotonic() if now is None else now
         self.device: str | None = None
-        self._sos = sps.butter(cfg.filter_order, list(cfg.band_hz), btype="bandpass",
-                               fs=cfg.fs_model, output="sos")
-        self._zi_unit = sps.sosfilt_zi(self._sos)
         self._pending: dict[int, PpgChunk] = {}
         self._pending_samples = 0
         self._next_seq: int | None = None
@@ -396,8 +435,10 @@ class PatientStream:
         out: list[Window] = []
         if self._next_seq is not None and s < self._next_seq:
             newest = max([self._expected_t()] + [c.t_end for c in self._pending.values()])
-            if (chunk.t0 >= newest - self.config.time_tol_s
-                    and chunk.t0 > self._last_released_t0 + self.config.time_tol_s):
+            if (
+                chunk.t0 >= newest - self.config.time_tol_s
+                and chunk.t0 > self._last_released_t0 + self.config.time_tol_s
+            ):
                 out += self.flush()  # device counter reset: old numbering first
                 self._next_seq = None
                 self._recent.clear()
@@ -418,17 +459,18 @@ class PatientStream:
         """Samples held now (reorder buffer + resampler history + ring buffers)."""
         n = self._pending_samples
         if self._seg is not None:
-            n += self._seg.resampler.held() + self._seg.raw.a.size + self._seg.filt.a.size
+            n += self._seg.resampler.held() + self._seg.raw.a.size
         return n
 
     @property
     def max_held_samples(self) -> int:
         """Bound of :meth:`held_samples` between calls, for any device rate."""
         cfg = self.config
-        return (cfg.reorder_max_samples
-                + StreamingResampler.max_held(FS_MAX, cfg.fs_model, cfg.resampler_zeros,
-                                              cfg.resampler_rolloff)
-                + 2 * self._ring_capacity())
+        return (
+            cfg.reorder_max_samples
+            + StreamingResampler.max_held(FS_MAX, cfg.fs_model, cfg.resampler_zeros, cfg.resampler_rolloff)
+            + self._ring_capacity()
+        )
 
     # -- reorder ------------------------------------------------------------------------
     def _expected_t(self) -> float:
@@ -469,11 +511,15 @@ class PatientStream:
 
     def _start_segment(self, chunk: PpgChunk) -> _Segment:
         cfg = self.config
-        rs = StreamingResampler(chunk.fs, cfg.fs_model, zeros=cfg.resampler_zeros,
-                                beta=cfg.resampler_beta, rolloff=cfg.resampler_rolloff)
+        rs = StreamingResampler(
+            chunk.fs,
+            cfg.fs_model,
+            zeros=cfg.resampler_zeros,
+            beta=cfg.resampler_beta,
+            rolloff=cfg.resampler_rolloff,
+        )
         cap = self._ring_capacity()
-        seg = _Segment(id=self._n_segments, t0=chunk.t0, fs_in=chunk.fs, resampler=rs,
-                       raw=_Ring(cap), filt=_Ring(cap))
+        seg = _Segment(id=self._n_segments, t0=chunk.t0, fs_in=chunk.fs, resampler=rs, raw=_Ring(cap))
         self._n_segments += 1
         self._seg = seg
         return seg
@@ -528,14 +574,10 @@ class PatientStream:
         if y.size == 0:
             return out
         cfg = self.config
-        if seg.zi is None:
-            seg.zi = self._zi_unit * y[0]
-        yf, seg.zi = sps.sosfilt(self._sos, y, zi=seg.zi)
         wn, hn = cfg.window_n, cfg.hop_n
         for a in range(0, y.size, wn):
-            seg.raw.write(y[a:a + wn])
-            seg.filt.write(yf[a:a + wn])
-            while seg.next_win * hn + wn <= seg.filt.end:
+            seg.raw.write(y[a : a + wn])
+            while seg.next_win * hn + wn <= seg.raw.end:
                 out.append(self._window(seg, seg.next_win))
                 seg.next_win += 1
         # forget what no future window can touch
@@ -553,7 +595,7 @@ class PatientStream:
         start = m * cfg.hop_n
         t_rel = start / fs
         t_end = t_rel + wn / fs
-        filt = seg.filt.read(start, wn)
+        raw = seg.raw.read(start, wn)
         invalid = np.zeros(wn, dtype=bool)
         n_filled, filled_s = 0, 0.0
         for g0, g1 in seg.gaps:
@@ -564,18 +606,24 @@ class PatientStream:
                 i1 = min(wn, int(math.ceil((g1 - t_rel) * fs - 1e-9)))
                 invalid[i0:i1] = True
         if cfg.compute_sqi:
-            sqi, _ = signal_quality(seg.raw.read(start, wn), fs, invalid=invalid,
-                                    band_hz=cfg.band_hz)
+            sqi, _ = signal_quality(raw, fs, invalid=invalid, band_hz=cfg.band_hz)
         else:
             sqi = 0.0
         seqs = [s for s, a, b in seg.spans if b > t_rel and a < t_end]
         seq_range = (seqs[0], seqs[-1]) if seqs else (-1, -1)
         self.stats["windows"] += 1
         return Window(
-            patient=self.patient_id, segment=seg.id, index=m,
-            t0=seg.t0 + start / fs, fs=fs, samples=filt.astype(np.float32), sqi=sqi,
+            patient=self.patient_id,
+            segment=seg.id,
+            index=m,
+            t0=seg.t0 + start / fs,
+            fs=fs,
+            samples=raw.astype(np.float32),
+            sqi=sqi,
             gaps=GapInfo(filled=n_filled, filled_s=round(filled_s, 9), segment_start_s=t_rel),
-            demographics=self.profile, seq_range=seq_range, created_at=time.time(),
+            demographics=self.profile,
+            seq_range=seq_range,
+            created_at=time.time(),
             device=self.device,
         )
 
@@ -591,8 +639,13 @@ class StreamRegistry:
     is evicted.
     """
 
-    def __init__(self, config: StreamConfig | None = None, *, idle_s: float | None = None,
-                 max_patients: int | None = None) -> None:
+    def __init__(
+        self,
+        config: StreamConfig | None = None,
+        *,
+        idle_s: float | None = None,
+        max_patients: int | None = None,
+    ) -> None:
         self.config = config or StreamConfig()
         self.idle_s = self.config.idle_s if idle_s is None else float(idle_s)
         self.max_patients = self.config.max_patients if max_patients is None else max_patients
@@ -619,8 +672,7 @@ class StreamRegistry:
                 _, old = self.streams.popitem(last=False)
                 self._retire(old)
                 self.evicted += 1
-            st = PatientStream(patient_id, self.config, profile=self.profiles.get(patient_id),
-                               now=now)
+            st = PatientStream(patient_id, self.config, profile=self.profiles.get(patient_id), now=now)
             self.streams[patient_id] = st
         else:
             self.streams.move_to_end(patient_id)
@@ -666,6 +718,10 @@ class StreamRegistry:
         for st in self.streams.values():
             for k, v in st.stats.items():
                 tot[k] += v
-        tot.update(patients=len(self.streams), profiles=len(self.profiles),
-                   expired=self.expired, evicted=self.evicted)
+        tot.update(
+            patients=len(self.streams),
+            profiles=len(self.profiles),
+            expired=self.expired,
+            evicted=self.evicted,
+        )
         return tot

@@ -9,47 +9,56 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import sys
 from collections.abc import Sequence
+from types import ModuleType
+from typing import NoReturn, cast
 
 from p2es import __version__
 from p2es.errors import P2esError
+from wearable import cli as wearable_cli
+
+#: the packages' command modules after ``wearable.cli`` (``p2es data``), in ``p2es --help`` order:
+#: the engine (``p2es demo`` ... ``p2es export``; it needs torch, the data commands do not), then
+#: the downstream stages ``p2es alerts`` and ``p2es dashboards``; one that is not installed is left out
+_OPTIONAL = ("engine.app.cli", "alerts.cli", "dashboards.cli")
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line (plus the usual exit status 2)."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="p2es", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"p2es {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    # every command's parser is a _Parser; the packages' register() functions take any ArgumentParser
+    sub = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser),
+    )
     sub.required = True
-
-    from wearable import cli as wearable_cli
-
     wearable_cli.register(sub)
-    try:  # the model commands need torch; the data commands must work without it
-        from engine import cli as engine_cli
-    except ImportError:  # pragma: no cover - engine not installed/importable
-        engine_cli = None
-    if engine_cli is not None and hasattr(engine_cli, "register"):
-        engine_cli.register(sub)
-    import importlib
-
-    for mod in ("alerts.cli", "dashboards.cli"):  # downstream stages: `p2es alerts`, `p2es dashboards`
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
-            continue
-        m.register(sub)
+    for name in _OPTIONAL:
+        m = _installed(name)
+        if m is not None:
+            m.register(sub)
     return parser
+
+
+def _installed(name: str) -> ModuleType | None:
+    """The module ``name``; None when it, a package above it or torch is not installed."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        missing = e.name or ""
+        if missing and (name == missing or name.startswith(missing + ".") or missing == "torch"):
+            return None
+        raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,7 @@ Einthoven's and Goldberger's laws::
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 LEADS: tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 INDEPENDENT: tuple[str, ...] = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -20,14 +21,14 @@ LEAD_INDEX = {name: i for i, name in enumerate(LEADS)}
 
 # 12x8 matrix taking the independent leads (I, II, V1..V6) to the 12 leads.
 DERIVE = np.zeros((12, 8), dtype=np.float64)
-DERIVE[0, 0] = 1.0                         # I
-DERIVE[1, 1] = 1.0                         # II
-DERIVE[2, 0], DERIVE[2, 1] = -1.0, 1.0     # III = II - I
-DERIVE[3, 0], DERIVE[3, 1] = -0.5, -0.5    # aVR = -(I + II) / 2
-DERIVE[4, 0], DERIVE[4, 1] = 1.0, -0.5     # aVL = I - II / 2
-DERIVE[5, 0], DERIVE[5, 1] = -0.5, 1.0     # aVF = II - I / 2
+DERIVE[0, 0] = 1.0  # I
+DERIVE[1, 1] = 1.0  # II
+DERIVE[2, 0], DERIVE[2, 1] = -1.0, 1.0  # III = II - I
+DERIVE[3, 0], DERIVE[3, 1] = -0.5, -0.5  # aVR = -(I + II) / 2
+DERIVE[4, 0], DERIVE[4, 1] = 1.0, -0.5  # aVL = I - II / 2
+DERIVE[5, 0], DERIVE[5, 1] = -0.5, 1.0  # aVF = II - I / 2
 for _k in range(6):
-    DERIVE[6 + _k, 2 + _k] = 1.0           # V1..V6
+    DERIVE[6 + _k, 2 + _k] = 1.0  # V1..V6
 
 
 def derive_12(independent: np.ndarray, axis: int = -2) -> np.ndarray:
@@ -42,10 +43,10 @@ def derive_12(independent: np.ndarray, axis: int = -2) -> np.ndarray:
     i, ii = xv[0], xv[1]
     ov[0] = i
     ov[1] = ii
-    np.subtract(ii, i, out=ov[2])                # III = II - I
+    np.subtract(ii, i, out=ov[2])  # III = II - I
     np.multiply(np.add(i, ii, out=ov[3]), -0.5, out=ov[3])  # aVR = -(I + II) / 2
-    np.subtract(i, ii * 0.5, out=ov[4])          # aVL = I - II / 2
-    np.subtract(ii, i * 0.5, out=ov[5])          # aVF = II - I / 2
+    np.subtract(i, ii * 0.5, out=ov[4])  # aVL = I - II / 2
+    np.subtract(ii, i * 0.5, out=ov[5])  # aVF = II - I / 2
     ov[6:] = xv[2:]
     return out
 
@@ -78,7 +79,7 @@ ST_GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
-def st_group_deviation(st_mv) -> dict[str, float]:
+def st_group_deviation(st_mv: npt.ArrayLike) -> dict[str, float]:
     """Signed ST deviation per lead group, requiring agreement of two leads of the group.
 
     ``st_mv``: ST level per lead (float[12] in :data:`LEADS` order, mV, NaN = unmeasured).

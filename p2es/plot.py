@@ -42,12 +42,12 @@ MM_PER_INCH: float = 25.4
 
 # --- layout (mm) ----------------------------------------------------------------------------
 MARGIN_LEFT_MM: float = 5.0
-CAL_MM: float = 10.0          # calibration pulse area before the traces
+CAL_MM: float = 10.0  # calibration pulse area before the traces
 MARGIN_RIGHT_MM: float = 5.0
 HEADER_MM: float = 20.0
 FOOTER_MM: float = 10.0
-ROW_MM: float = 30.0          # row spacing: +-1.5 mV around the baseline
-PPG_HEIGHT_MM: float = 20.0   # PPG min-max scaled to this height
+ROW_MM: float = 30.0  # row spacing: +-1.5 mV around the baseline
+PPG_HEIGHT_MM: float = 20.0  # PPG min-max scaled to this height
 TRACE_X0_MM: float = MARGIN_LEFT_MM + CAL_MM
 
 #: 3 x 4 standard layout: rows of lead names, column c shows time [c*D/4, (c+1)*D/4).
@@ -60,7 +60,7 @@ LAYOUT_3X4: tuple[tuple[str, ...], ...] = (
 # --- style ----------------------------------------------------------------------------------
 GRID_MINOR_COLOR = "#f6c6c6"
 GRID_MAJOR_COLOR = "#e07a7a"
-GRID_MINOR_LW = 0.35   # points
+GRID_MINOR_LW = 0.35  # points
 GRID_MAJOR_LW = 0.8
 TRACE_COLOR = "black"
 RECON_COLOR = "#1f4fd1"
@@ -213,8 +213,13 @@ def _draw_segment(
     clip = _clip_rect(ax, baseline)
     if band is not None:
         poly = ax.fill_between(
-            x, baseline + band[0] * MM_PER_MV, baseline + band[1] * MM_PER_MV,
-            color=RECON_COLOR, alpha=BAND_ALPHA, lw=0, zorder=2,
+            x,
+            baseline + band[0] * MM_PER_MV,
+            baseline + band[1] * MM_PER_MV,
+            color=RECON_COLOR,
+            alpha=BAND_ALPHA,
+            lw=0,
+            zorder=2,
         )
         poly.set_clip_path(clip)
     if reference is not None:
@@ -226,8 +231,16 @@ def _draw_segment(
 
 
 def _label(ax: Axes, x: float, baseline: float, text: str) -> None:
-    ax.text(x + 1.0, baseline + ROW_MM / 2 - 1.5, text, fontsize=8, fontweight="bold",
-            ha="left", va="top", zorder=6)
+    ax.text(
+        x + 1.0,
+        baseline + ROW_MM / 2 - 1.5,
+        text,
+        fontsize=8,
+        fontweight="bold",
+        ha="left",
+        va="top",
+        zorder=6,
+    )
 
 
 def _draw_ppg(ax: Axes, t: np.ndarray, ppg: np.ndarray, row_bottom: float) -> None:
@@ -241,8 +254,16 @@ def _draw_ppg(ax: Axes, t: np.ndarray, ppg: np.ndarray, row_bottom: float) -> No
         scaled = ppg
     (ln,) = ax.plot(_t_to_x(t), y0 + scaled * PPG_HEIGHT_MM, color="#2a7a2a", lw=TRACE_LW, zorder=4)
     ln.set_clip_path(Rectangle((0, row_bottom), 1e6, ROW_MM, transform=ax.transData))
-    ax.text(TRACE_X0_MM + 1.0, row_bottom + ROW_MM - 1.5, "PPG (a.u.)", fontsize=8,
-            fontweight="bold", ha="left", va="top", zorder=6)
+    ax.text(
+        TRACE_X0_MM + 1.0,
+        row_bottom + ROW_MM - 1.5,
+        "PPG (a.u.)",
+        fontsize=8,
+        fontweight="bold",
+        ha="left",
+        va="top",
+        zorder=6,
+    )
 
 
 # ============================================================================================
@@ -311,22 +332,27 @@ def plot_ecg_paper(
             k = LEAD_INDEX[lead]
             sl = slice(i0, i1)
             _draw_segment(
-                ax, t[sl], base, e[k, sl],
+                ax,
+                t[sl],
+                base,
+                e[k, sl],
                 None if ref is None else ref[k, sl],
                 None if b is None else (b[0][k, sl], b[1][k, sl]),
             )
             x_start = float(_t_to_x(i0 / f))
             _label(ax, x_start, base, lead)
             if c > 0:  # short separator between columns
-                ax.plot([x_start, x_start], [base - 3.0, base + 3.0], color=TRACE_COLOR,
-                        lw=TRACE_LW, zorder=5)
+                ax.plot(
+                    [x_start, x_start], [base - 3.0, base + 3.0], color=TRACE_COLOR, lw=TRACE_LW, zorder=5
+                )
 
     # rhythm strip
     base = row_baseline_mm(3, height)
     _draw_calibration(ax, base)
     k = LEAD_INDEX[rhythm_lead]
-    _draw_segment(ax, t, base, e[k], None if ref is None else ref[k],
-                  None if b is None else (b[0][k], b[1][k]))
+    _draw_segment(
+        ax, t, base, e[k], None if ref is None else ref[k], None if b is None else (b[0][k], b[1][k])
+    )
     _label(ax, TRACE_X0_MM, base, rhythm_lead)
 
     if p is not None:
@@ -338,22 +364,47 @@ def plot_ecg_paper(
         ax.text(MARGIN_LEFT_MM, top, title, fontsize=10, fontweight="bold", ha="left", va="top")
     if subtitle:
         ax.text(MARGIN_LEFT_MM, top - 5.5, subtitle, fontsize=8, ha="left", va="top")
-    ax.text(MARGIN_LEFT_MM, top - 10.5, f"25 mm/s   10 mm/mV   fs {f:g} Hz", fontsize=8,
-            ha="left", va="top", color="#444444")
+    ax.text(
+        MARGIN_LEFT_MM,
+        top - 10.5,
+        f"25 mm/s   10 mm/mV   fs {f:g} Hz",
+        fontsize=8,
+        ha="left",
+        va="top",
+        color="#444444",
+    )
     handles: list[Any] = []
     if ref is not None:
-        handles += [Line2D([], [], color=TRACE_COLOR, lw=1.2, label="true"),
-                    Line2D([], [], color=RECON_COLOR, lw=1.2, label="reconstructed")]
+        handles += [
+            Line2D([], [], color=TRACE_COLOR, lw=1.2, label="true"),
+            Line2D([], [], color=RECON_COLOR, lw=1.2, label="reconstructed"),
+        ]
     if b is not None:
         handles.append(Patch(facecolor=RECON_COLOR, alpha=BAND_ALPHA, label="uncertainty"))
     if handles:
-        ax.legend(handles=handles, loc="upper right", ncol=len(handles), fontsize=7,
-                  frameon=False, bbox_to_anchor=(width - MARGIN_RIGHT_MM, height - 1.0),
-                  bbox_transform=ax.transData, borderaxespad=0.0, handlelength=1.8)
+        ax.legend(
+            handles=handles,
+            loc="upper right",
+            ncol=len(handles),
+            fontsize=7,
+            frameon=False,
+            bbox_to_anchor=(width - MARGIN_RIGHT_MM, height - 1.0),
+            bbox_transform=ax.transData,
+            borderaxespad=0.0,
+            handlelength=1.8,
+        )
 
     if disclaimer:
-        ax.text(MARGIN_LEFT_MM, FOOTER_MM / 2, disclaimer, fontsize=7, style="italic",
-                ha="left", va="center", color="#444444")
+        ax.text(
+            MARGIN_LEFT_MM,
+            FOOTER_MM / 2,
+            disclaimer,
+            fontsize=7,
+            style="italic",
+            ha="left",
+            va="center",
+            color="#444444",
+        )
 
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,37 +20,13 @@ PIDFILE="$RUN_DIR/influxd.pid"
 LOG="$RUN_DIR/influxd.log"
 START_TIMEOUT="${P2ES_START_TIMEOUT:-20}"
 
-say() { echo "influxdb: $*"; }
-die() { echo "influxdb: ERROR: $*" >&2; exit 1; }
-
-find_bin() {
-    command -v influxd 2>/dev/null || { [ -x /usr/bin/influxd ] && echo /usr/bin/influxd; } || true
-}
-
-install_pkg() {  # install_pkg PACKAGE
-    local sudo=()
-    if [ "$(id -u)" != 0 ]; then
-        command -v sudo >/dev/null || die "$1 is not installed and we are not root: apt-get install $1"
-        sudo=(sudo)
-    fi
-    say "installing Debian package $1 ..."
-    export DEBIAN_FRONTEND=noninteractive
-    if ! "${sudo[@]}" apt-get install -y -q --no-install-recommends "$1"; then
-        say "install failed; running apt-get update and retrying"
-        "${sudo[@]}" apt-get update -q
-        "${sudo[@]}" apt-get install -y -q --no-install-recommends "$1"
-    fi
-}
-
-our_pid() {
-    local pid
-    [ -s "$PIDFILE" ] || return 0
-    pid="$(cat "$PIDFILE" 2>/dev/null || true)"
-    if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null \
-        && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = influxd ]; then
-        echo "$pid"
-    fi
-}
+NAME=influxdb
+COMM=influxd
+PKG=influxdb
+BIN_FALLBACK=/usr/bin/influxd
+STOP_WAIT_S=15
+# shellcheck source=lib/daemon.sh
+. "$ROOT/scripts/lib/daemon.sh"
 
 # A live daemon started with another port (env changed since): refuse clearly.
 check_port_matches() {  # check_port_matches PID
@@ -71,7 +47,6 @@ http() {
 
 healthy() { [ "$(http GET /ping 2>/dev/null)" = 204 ]; }
 
-port_open() { timeout 1 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" 2>/dev/null; }
 
 write_conf() {
     mkdir -p "$RUN_DIR/meta" "$RUN_DIR/data" "$RUN_DIR/wal"
@@ -140,9 +115,7 @@ start() {
             port_open "$p" && die "port 127.0.0.1:$p is in use by another process;" \
                 "set P2ES_TEST_INFLUX_PORT / P2ES_TEST_INFLUX_RPC_PORT"
         done
-        bin="$(find_bin)"
-        if [ -z "$bin" ]; then install_pkg influxdb; bin="$(find_bin)"; fi
-        [ -n "$bin" ] || die "influxd binary not found after install"
+        bin="$(need_bin)"
         write_conf
         rm -f "$PIDFILE"
         : >"$LOG"
@@ -151,53 +124,9 @@ start() {
         setsid nohup "$bin" -config "$CONF" -pidfile "$PIDFILE" >>"$LOG" 2>&1 </dev/null 9>&- &
         pid=$!
     fi
-    local deadline=$((SECONDS + START_TIMEOUT))
-    until healthy; do
-        if ! kill -0 "$pid" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
-            echo "---- tail of $LOG ----" >&2; tail -n 20 "$LOG" >&2 || true
-            kill -0 "$pid" 2>/dev/null || die "influxd exited during startup"
-            die "not healthy on 127.0.0.1:$PORT after ${START_TIMEOUT}s"
-        fi
-        sleep 0.1
-    done
+    wait_healthy "$pid"
     create_db
     say "running (pid $(our_pid)) on http://127.0.0.1:$PORT, database $DB"
 }
 
-stop() {
-    local pid i
-    pid="$(our_pid)"
-    if [ -z "$pid" ]; then say "not running"; rm -f "$PIDFILE"; return 0; fi
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 150; i++)); do  # 15 s, then SIGKILL (the WAL keeps acked writes)
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        say "did not exit after SIGTERM; sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-    fi
-    rm -f "$PIDFILE"
-    say "stopped (pid $pid)"
-}
-
-status() {
-    local pid
-    pid="$(our_pid)"
-    [ -z "$pid" ] || check_port_matches "$pid"
-    if [ -n "$pid" ] && healthy; then say "running (pid $pid) on 127.0.0.1:$PORT"; return 0; fi
-    if [ -n "$pid" ]; then say "process $pid alive but not answering on 127.0.0.1:$PORT"; return 1; fi
-    say "not running"; return 3
-}
-
-# Serialise start/stop/restart (e.g. parallel pytest workers starting services).
-lock() { mkdir -p "$RUN_DIR"; exec 9>"$RUN_DIR/.lock"; flock -w 60 9 || die "could not lock $RUN_DIR/.lock"; }
-
-case "${1:-}" in
-    start) lock; start ;;
-    stop) lock; stop ;;
-    restart) lock; stop; start ;;
-    status) status ;;
-    *) echo "usage: $0 start|stop|status|restart" >&2; exit 2 ;;
-esac
+dispatch "$@"

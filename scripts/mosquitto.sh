@@ -16,38 +16,13 @@ PIDFILE="$RUN_DIR/mosquitto.pid"
 LOG="$RUN_DIR/mosquitto.log"
 START_TIMEOUT="${P2ES_START_TIMEOUT:-20}"
 
-say() { echo "mosquitto: $*"; }
-die() { echo "mosquitto: ERROR: $*" >&2; exit 1; }
-
-find_bin() {
-    command -v mosquitto 2>/dev/null || { [ -x /usr/sbin/mosquitto ] && echo /usr/sbin/mosquitto; } || true
-}
-
-install_pkg() {  # install_pkg PACKAGE
-    local sudo=()
-    if [ "$(id -u)" != 0 ]; then
-        command -v sudo >/dev/null || die "$1 is not installed and we are not root: apt-get install $1"
-        sudo=(sudo)
-    fi
-    say "installing Debian package $1 ..."
-    export DEBIAN_FRONTEND=noninteractive
-    if ! "${sudo[@]}" apt-get install -y -q --no-install-recommends "$1"; then
-        say "install failed; running apt-get update and retrying"
-        "${sudo[@]}" apt-get update -q
-        "${sudo[@]}" apt-get install -y -q --no-install-recommends "$1"
-    fi
-}
-
-# pid of our broker if it is alive, else nothing.
-our_pid() {
-    local pid
-    [ -s "$PIDFILE" ] || return 0
-    pid="$(cat "$PIDFILE" 2>/dev/null || true)"
-    if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null \
-        && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = mosquitto ]; then
-        echo "$pid"
-    fi
-}
+NAME=mosquitto
+COMM=mosquitto
+PKG=mosquitto
+BIN_FALLBACK=/usr/sbin/mosquitto
+STOP_WAIT_S=10
+# shellcheck source=lib/daemon.sh
+. "$ROOT/scripts/lib/daemon.sh"
 
 # A live daemon started with another port (env changed since): refuse clearly.
 check_port_matches() {  # check_port_matches PID
@@ -69,7 +44,6 @@ healthy() {
     [ "$ack" = 20020000 ]
 }
 
-port_open() { timeout 1 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$PORT" 2>/dev/null; }
 
 write_conf() {
     mkdir -p "$RUN_DIR/data"
@@ -97,63 +71,18 @@ start() {
     [ -z "$pid" ] || check_port_matches "$pid"
     if [ -n "$pid" ]; then
         if healthy; then say "already running (pid $pid) on 127.0.0.1:$PORT"; return 0; fi
-    elif port_open; then
+    elif port_open "$PORT"; then
         die "port 127.0.0.1:$PORT is in use by another process; set P2ES_TEST_MQTT_PORT"
     fi
     if [ -z "$pid" ]; then
-        bin="$(find_bin)"
-        if [ -z "$bin" ]; then install_pkg mosquitto; bin="$(find_bin)"; fi
-        [ -n "$bin" ] || die "mosquitto binary not found after install"
+        bin="$(need_bin)"
         write_conf
         rm -f "$PIDFILE"
         : >"$LOG"
         "$bin" -c "$CONF" -d 2>>"$LOG" 9>&- || { tail -n 20 "$LOG" >&2; die "mosquitto failed to start"; }
     fi
-    local deadline=$((SECONDS + START_TIMEOUT))
-    until healthy; do
-        if [ "$SECONDS" -ge "$deadline" ]; then
-            echo "---- tail of $LOG ----" >&2; tail -n 20 "$LOG" >&2 || true
-            die "not healthy on 127.0.0.1:$PORT after ${START_TIMEOUT}s"
-        fi
-        sleep 0.1
-    done
+    wait_healthy
     say "running (pid $(our_pid)) on mqtt://127.0.0.1:$PORT"
 }
 
-stop() {
-    local pid i
-    pid="$(our_pid)"
-    if [ -z "$pid" ]; then say "not running"; rm -f "$PIDFILE"; return 0; fi
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do  # 10 s, then SIGKILL
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        say "did not exit after SIGTERM; sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-    fi
-    rm -f "$PIDFILE"
-    say "stopped (pid $pid)"
-}
-
-status() {
-    local pid
-    pid="$(our_pid)"
-    [ -z "$pid" ] || check_port_matches "$pid"
-    if [ -n "$pid" ] && healthy; then say "running (pid $pid) on 127.0.0.1:$PORT"; return 0; fi
-    if [ -n "$pid" ]; then say "process $pid alive but not answering on 127.0.0.1:$PORT"; return 1; fi
-    say "not running"; return 3
-}
-
-# Serialise start/stop/restart (e.g. parallel pytest workers starting services).
-lock() { mkdir -p "$RUN_DIR"; exec 9>"$RUN_DIR/.lock"; flock -w 60 9 || die "could not lock $RUN_DIR/.lock"; }
-
-case "${1:-}" in
-    start) lock; start ;;
-    stop) lock; stop ;;
-    restart) lock; stop; start ;;
-    status) status ;;
-    *) echo "usage: $0 start|stop|status|restart" >&2; exit 2 ;;
-esac
+dispatch "$@"

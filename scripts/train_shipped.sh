@@ -20,6 +20,11 @@ PPG_FRONTEND=${PPG_FRONTEND:-0.0}
 # Blur width of the blurring-diffusion variants (p2es, p2es_no_groups, p2es_no_deblur) in this
 # call, in samples; empty = the ScheduleConfig default (20).  The others have no blur.
 SIGMA_BLUR_MAX=${SIGMA_BLUR_MAX:-}
+# Shape of their blur schedule, tau ~ sin^BLUR_POWER(pi t / 2): 4 is the published schedule (the
+# ScheduleConfig default of new configs), 2 the legacy one the committed set (checkpoint format
+# version 1) was trained with.  Default 2, so that this script still reproduces - and resumes -
+# the committed set; train BLUR_POWER=4 into a new OUT (resume files must not mix the two).
+BLUR_POWER=${BLUR_POWER:-2}
 STOP_AT=${STOP_AT:-0}
 OUT=${OUT:-engine/weights/p2es_set.pt}
 P2ES=${P2ES:-.venv/bin/p2es}
@@ -30,7 +35,9 @@ run() {
   local sched=()
   case "$1" in
     p2es|p2es_no_groups|p2es_no_deblur)
-      [[ -n "$SIGMA_BLUR_MAX" ]] && sched=(--schedule "{\"sigma_blur_max\": $SIGMA_BLUR_MAX}") ;;
+      local s="\"blur_power\": $BLUR_POWER"
+      [[ -n "$SIGMA_BLUR_MAX" ]] && s="$s, \"sigma_blur_max\": $SIGMA_BLUR_MAX"
+      sched=(--schedule "{$s}") ;;
   esac
   "$P2ES" train --variant "$1" --steps "$STEPS" --batch-size "$BATCH" --lr 1e-3 --warmup 200 \
     --seed 0 --device "$DEVICE" --num-threads "$THREADS" --ckpt-every 250 --half-weights true \

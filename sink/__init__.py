@@ -1,21 +1,12 @@
 """InfluxDB sink: line-protocol serializer, batching/retrying writer, crash-safe spool.
 
-Data model (InfluxDB database / bucket ``p2es``):
-
-* ``ecg``    tag ``patient``; fields ``I, II, III, aVR, aVL, aVF, V1..V6`` (mV), one point per sample
-* ``ppg``    tag ``patient``; field ``value``
-* ``vitals`` tag ``patient``; fields ``hr_bpm, hr_ppg_bpm, qrs_ms, qtc_ms, sqi, uncertainty``
-  (NaN fields omitted), one point per window
-* ``alerts`` tags ``patient, rule, priority``; fields ``state, value, message``
-
-Timestamps are integer nanoseconds derived from the device ``t0``.
+The measurements it writes are declared in :mod:`p2es.contracts.influx`.
 """
 
 from .lineprotocol import (
     ALERTS_MEASUREMENT,
     ECG_MEASUREMENT,
     PPG_MEASUREMENT,
-    VITALS_FIELDS,
     VITALS_MEASUREMENT,
     Point,
     alert_line,
@@ -49,7 +40,6 @@ __all__ = [
     "DEFAULT_DATABASE",
     "ECG_MEASUREMENT",
     "PPG_MEASUREMENT",
-    "VITALS_FIELDS",
     "VITALS_MEASUREMENT",
     "PermanentWriteError",
     "Point",

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from p2es.leads import LEADS
+from p2es.contracts.influx import ALERTS, ECG, PPG, VITALS
 
 __all__ = [
     "Point",
@@ -63,15 +63,12 @@ __all__ = [
     "PPG_MEASUREMENT",
     "VITALS_MEASUREMENT",
     "ALERTS_MEASUREMENT",
-    "VITALS_FIELDS",
 ]
 
-ECG_MEASUREMENT = "ecg"
-PPG_MEASUREMENT = "ppg"
-VITALS_MEASUREMENT = "vitals"
-ALERTS_MEASUREMENT = "alerts"
-#: the vitals fields the README promises (others may be added by callers)
-VITALS_FIELDS: tuple[str, ...] = ("hr_bpm", "hr_ppg_bpm", "qrs_ms", "qtc_ms", "sqi", "uncertainty")
+ECG_MEASUREMENT = ECG.name
+PPG_MEASUREMENT = PPG.name
+VITALS_MEASUREMENT = VITALS.name
+ALERTS_MEASUREMENT = ALERTS.name
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
@@ -140,8 +137,8 @@ def format_field_value(value: Any) -> str | None:
     if isinstance(value, float):  # also numpy.float64
         return repr(float(value)) if math.isfinite(value) else None
     if isinstance(value, (np.floating, Real)):
-        v = float(value)
-        return repr(v) if math.isfinite(v) else None
+        fv = float(value)
+        return repr(fv) if math.isfinite(fv) else None
     if isinstance(value, str):
         return format_string(value)
     raise TypeError(f"unsupported field value type {type(value).__name__}: {value!r}")
@@ -168,8 +165,9 @@ def _tag_text(tags: Mapping[str, Any] | None) -> str:
     return "".join(parts)
 
 
-def line(measurement: str, tags: Mapping[str, Any] | None, fields: Mapping[str, Any],
-         time_ns: int | None = None) -> str:
+def line(
+    measurement: str, tags: Mapping[str, Any] | None, fields: Mapping[str, Any], time_ns: int | None = None
+) -> str:
     """One line of line protocol *without* the trailing newline; ``""`` if no field is writable."""
     fparts = []
     for k, v in fields.items():
@@ -235,6 +233,7 @@ def to_lines(data: str | bytes | Point | Iterable[str | bytes | Point]) -> str:
 
 # ----------------------------------------------------------------------------- hot path
 
+
 def sample_times_ns(t0_ns: int, fs: float, n: int, start: int = 0) -> np.ndarray:
     """Integer-ns timestamps of samples ``start .. start+n-1`` at ``fs`` Hz:
     ``t0_ns + round(i·1e9/fs)``.
@@ -260,8 +259,7 @@ def sample_times_ns(t0_ns: int, fs: float, n: int, start: int = 0) -> np.ndarray
         i = np.arange(start, last + 1, dtype=np.int64)
         off = (2 * i * num + den) // (2 * den)
         return off + np.int64(t0)
-    return np.array([t0 + (2 * i * num + den) // (2 * den) for i in range(start, last + 1)],
-                    dtype=np.int64)
+    return np.array([t0 + (2 * i * num + den) // (2 * den) for i in range(start, last + 1)], dtype=np.int64)
 
 
 def _value_spec(arr: np.ndarray, digits: int | None) -> str:
@@ -287,8 +285,7 @@ def _as_float_array(x: Any, ndim: int, what: str) -> np.ndarray:
     return a
 
 
-def _columns_lines(prefix: str, names: tuple[str, ...], cols: np.ndarray, t_ns: np.ndarray,
-                   spec: str) -> str:
+def _columns_lines(prefix: str, names: tuple[str, ...], cols: np.ndarray, t_ns: np.ndarray, spec: str) -> str:
     """Lines ``prefix name0=v,name1=v,... t`` for columns ``cols`` [n_fields, N]."""
     n_fields, n = cols.shape
     if n == 0:
@@ -296,12 +293,17 @@ def _columns_lines(prefix: str, names: tuple[str, ...], cols: np.ndarray, t_ns: 
     keys = [escape_field_key(k) for k in names]
     if bool(np.isfinite(cols).all()):
         # One format string for the whole block, applied once: no per-point Python call.
-        fmt_line = (prefix.replace("%", "%%") + " "
-                    + ",".join(f"{k.replace('%', '%%')}={spec}" for k in keys) + " %d\n")
+        fmt_line = (
+            prefix.replace("%", "%%")
+            + " "
+            + ",".join(f"{k.replace('%', '%%')}={spec}" for k in keys)
+            + " %d\n"
+        )
         flat = np.empty((n, n_fields + 1), dtype=object)
         flat[:, :n_fields] = cols.T
         flat[:, n_fields] = t_ns.tolist()
-        return (fmt_line * n) % tuple(flat.ravel().tolist())
+        block: str = (fmt_line * n) % tuple(flat.ravel().tolist())
+        return block
     # Some samples are NaN/inf: omit those fields, and the point when none is left.
     finite = np.isfinite(cols)
     vals = cols.T.tolist()
@@ -314,8 +316,16 @@ def _columns_lines(prefix: str, names: tuple[str, ...], cols: np.ndarray, t_ns: 
     return "".join(out)
 
 
-def ecg_lines(patient: str, t0_ns: int, fs: float, ecg: Any, *, start: int = 0,
-              digits: int | None = None, measurement: str = ECG_MEASUREMENT) -> str:
+def ecg_lines(
+    patient: str,
+    t0_ns: int,
+    fs: float,
+    ecg: Any,
+    *,
+    start: int = 0,
+    digits: int | None = None,
+    measurement: str = ECG_MEASUREMENT,
+) -> str:
     """Line protocol for a 12-lead ECG block ``ecg`` [12, N] (mV), one point per sample.
 
     Point ``i`` is stamped ``t0_ns + round((start+i)·1e9/fs)`` (see :func:`sample_times_ns`), tagged
@@ -323,29 +333,36 @@ def ecg_lines(patient: str, t0_ns: int, fs: float, ecg: Any, *, start: int = 0,
     samples are left out of their point.  Returns newline-terminated text (``""`` if N = 0).
     """
     a = _as_float_array(ecg, 2, "ecg")
-    if a.shape[0] != len(LEADS):
-        raise ValueError(f"ecg must be [12, N] in the order {', '.join(LEADS)}; got shape {a.shape}")
+    if a.shape[0] != len(ECG.fields):
+        raise ValueError(f"ecg must be [12, N] in the order {', '.join(ECG.fields)}; got shape {a.shape}")
     prefix = escape_measurement(measurement) + _tag_text({"patient": patient})
     t = sample_times_ns(t0_ns, fs, a.shape[1], start)
-    return _columns_lines(prefix, LEADS, a, t, _value_spec(a, digits))
+    return _columns_lines(prefix, ECG.fields, a, t, _value_spec(a, digits))
 
 
-def ppg_lines(patient: str, t0_ns: int, fs: float, ppg: Any, *, start: int = 0,
-              digits: int | None = None, measurement: str = PPG_MEASUREMENT) -> str:
+def ppg_lines(
+    patient: str,
+    t0_ns: int,
+    fs: float,
+    ppg: Any,
+    *,
+    start: int = 0,
+    digits: int | None = None,
+    measurement: str = PPG_MEASUREMENT,
+) -> str:
     """Line protocol for a PPG block ``ppg`` [N]: measurement ``ppg``, field ``value``."""
     a = _as_float_array(ppg, 1, "ppg")
     prefix = escape_measurement(measurement) + _tag_text({"patient": patient})
     t = sample_times_ns(t0_ns, fs, a.shape[0], start)
-    return _columns_lines(prefix, ("value",), a[None, :], t, _value_spec(a, digits))
+    return _columns_lines(prefix, PPG.fields, a[None, :], t, _value_spec(a, digits))
 
 
-def vitals_line(patient: str, time_ns: int, fields: Mapping[str, Any] | None = None, /,
-                **more: Any) -> str:
+def vitals_line(patient: str, time_ns: int, fields: Mapping[str, Any] | None = None, /, **more: Any) -> str:
     """One ``vitals`` point (newline-terminated, or ``""`` when every value is NaN/None).
 
     Numbers are always written as floats (an ``int`` heart rate would otherwise create an
     integer field and make later float writes fail with a type conflict); NaN fields are
-    omitted.  Usual fields: :data:`VITALS_FIELDS`.
+    omitted.  Fields: :data:`p2es.contracts.influx.VITALS` (undeclared ones are refused).
     """
     vals = dict(fields or {})
     vals.update(more)
@@ -356,16 +373,24 @@ def vitals_line(patient: str, time_ns: int, fields: Mapping[str, Any] | None = N
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (Real, np.number)):
             raise TypeError(f"vitals field {k!r} must be a number, not {type(v).__name__}")
         clean[k] = float(v)
+    VITALS.check_fields(clean)
     ln = line(VITALS_MEASUREMENT, {"patient": patient}, clean, time_ns)
     return ln + "\n" if ln else ""
 
 
-def alert_line(patient: str, rule: str, priority: str, time_ns: int, *, state: str,
-               value: float | None = None, message: str = "") -> str:
+def alert_line(
+    patient: str,
+    rule: str,
+    priority: str,
+    time_ns: int,
+    *,
+    state: str,
+    value: float | None = None,
+    message: str = "",
+) -> str:
     """One ``alerts`` point: tags ``patient, rule, priority``; fields ``state, value, message``."""
     f: dict[str, Any] = {"state": str(state), "message": str(message)}
     if value is not None:
         f["value"] = float(value)
-    ln = line(ALERTS_MEASUREMENT, {"patient": patient, "rule": rule, "priority": priority}, f,
-              time_ns)
+    ln = line(ALERTS_MEASUREMENT, {"patient": patient, "rule": rule, "priority": priority}, f, time_ns)
     return ln + "\n" if ln else ""

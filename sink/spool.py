@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from p2es.errors import P2esError
+from p2es.files import atomic_write_text
 
 __all__ = ["Spool", "SpoolPos", "SpoolRecord", "SpoolLockedError", "DEFAULT_MAX_BYTES"]
 
@@ -108,8 +109,13 @@ def _fsync_dir(path: Path) -> None:
 class Spool:
     """Ordered, crash-safe, size-bounded on-disk FIFO of byte records (see module doc)."""
 
-    def __init__(self, directory: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES,
-                 segment_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        segment_bytes: int | None = None,
+    ) -> None:
         if max_bytes < 4 * (HEADER_SIZE + 1):
             raise ValueError(f"spool max_bytes {max_bytes} is too small")
         self.dir = Path(directory)
@@ -156,9 +162,7 @@ class Spool:
 
     def _write_cursor(self) -> None:
         pos = self._index[0].pos if self._index else SpoolPos(self._wseq, self._sizes[self._wseq])
-        tmp = self.dir / "cursor.tmp"
-        tmp.write_text(json.dumps({"segment": pos.segment, "offset": pos.offset}))
-        os.replace(tmp, self.dir / "cursor")
+        atomic_write_text(self.dir / "cursor", json.dumps({"segment": pos.segment, "offset": pos.offset}))
 
     def _scan_segment(self, seq: int, start: int) -> None:
         """Index the valid records of a segment at offsets >= start; truncate a torn tail."""
@@ -178,8 +182,12 @@ class Spool:
                 if bad:
                     self.torn_records += 1
                     self.torn_bytes += size - off
-                    log.warning("spool %s: torn/corrupt record at offset %d; dropping the "
-                                "%d bytes from there", path, off, size - off)
+                    log.warning(
+                        "spool %s: torn/corrupt record at offset %d; dropping the %d bytes from there",
+                        path,
+                        off,
+                        size - off,
+                    )
                     os.truncate(path, off)
                     size = off
                     break
@@ -191,8 +199,11 @@ class Spool:
     def _recover(self) -> None:
         for tmp in self.dir.glob("*.tmp"):
             tmp.unlink(missing_ok=True)
-        seqs = sorted(int(p.name[: -len(_SEG_SUFFIX)]) for p in self.dir.glob("*" + _SEG_SUFFIX)
-                      if p.name[: -len(_SEG_SUFFIX)].isdigit())
+        seqs = sorted(
+            int(p.name[: -len(_SEG_SUFFIX)])
+            for p in self.dir.glob("*" + _SEG_SUFFIX)
+            if p.name[: -len(_SEG_SUFFIX)].isdigit()
+        )
         cur = self._read_cursor()
         for seq in seqs:
             if cur is not None and seq < cur.segment:
@@ -210,8 +221,9 @@ class Spool:
         self._open_write_segment()
         self._write_cursor()
         if self._index:
-            log.info("spool %s: %d record(s), %d bytes to replay", self.dir, len(self._index),
-                     self.pending_bytes)
+            log.info(
+                "spool %s: %d record(s), %d bytes to replay", self.dir, len(self._index), self.pending_bytes
+            )
 
     def _open_write_segment(self) -> None:
         path = self._seg_path(self._wseq)
@@ -283,8 +295,13 @@ class Spool:
         if n:
             self.dropped_records += n
             self.dropped_bytes += b
-            log.warning("spool %s over its bound of %d bytes: dropped the oldest %d record(s), "
-                        "%d bytes", self.dir, self.max_bytes, n, b)
+            log.warning(
+                "spool %s over its bound of %d bytes: dropped the oldest %d record(s), %d bytes",
+                self.dir,
+                self.max_bytes,
+                n,
+                b,
+            )
         self._delete_segment(seq)
 
     def _delete_segment(self, seq: int) -> None:
@@ -302,8 +319,12 @@ class Spool:
             if need > self.max_bytes or len(payload) > 0xFFFFFFFF:
                 self.dropped_records += 1
                 self.dropped_bytes += need
-                log.warning("spool %s: record of %d bytes exceeds the bound of %d; dropped",
-                            self.dir, need, self.max_bytes)
+                log.warning(
+                    "spool %s: record of %d bytes exceeds the bound of %d; dropped",
+                    self.dir,
+                    need,
+                    self.max_bytes,
+                )
                 return None
             if self._sizes[self._wseq] > 0 and self._sizes[self._wseq] + need > self.segment_bytes:
                 self._rotate()
@@ -410,5 +431,7 @@ class Spool:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"Spool({str(self.dir)!r}, records={len(self._index)}, bytes={self.disk_bytes}, "
-                f"max_bytes={self.max_bytes})")
+        return (
+            f"Spool({str(self.dir)!r}, records={len(self._index)}, bytes={self.disk_bytes}, "
+            f"max_bytes={self.max_bytes})"
+        )

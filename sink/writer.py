@@ -52,10 +52,10 @@ import threading
 import time
 import urllib.parse
 from collections import deque
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
 from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from p2es.errors import P2esError
@@ -83,11 +83,11 @@ DEFAULT_DATABASE = "p2es"
 
 # ============================================================================ errors
 
+
 class WriteError(P2esError):
     """A write that InfluxDB did not accept.  ``status`` is the HTTP status (None: no answer)."""
 
-    def __init__(self, message: str, *, status: int | None = None,
-                 retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
@@ -120,12 +120,13 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def error_for_status(status: int, reason: str, retry_after: str | None = None,
-                     *, where: str = "InfluxDB") -> WriteError:
+def error_for_status(
+    status: int, reason: str, retry_after: str | None = None, *, where: str = "InfluxDB"
+) -> WriteError:
     """The error for a non-2xx answer: 429 and 5xx retryable, everything else permanent."""
     msg = f"{where} answered HTTP {status}: {reason}".rstrip(": ")
     if status == 429 or status >= 500:
@@ -151,6 +152,7 @@ def _reason(body: bytes | str | None, header: str | None = None) -> str:
 
 # ============================================================================ transports
 
+
 @runtime_checkable
 class Transport(Protocol):
     """Moves one batch of line protocol (UTF-8 bytes, ns timestamps) to InfluxDB.
@@ -172,8 +174,14 @@ class V1Transport:
     auth (never in the URL).  ``url`` may carry a path prefix (``http://proxy/influx``).
     """
 
-    def __init__(self, url: str, db: str = DEFAULT_DATABASE, username: str | None = None,
-                 password: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        db: str = DEFAULT_DATABASE,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
         u = urllib.parse.urlsplit(url)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise ValueError(f"InfluxDB URL must be http(s)://host[:port][/prefix], got {url!r}")
@@ -185,8 +193,7 @@ class V1Transport:
         self._https = u.scheme == "https"
         self._host = u.hostname
         self._port = u.port or (443 if self._https else 80)
-        self._path = (u.path.rstrip("/") + "/write?"
-                      + urllib.parse.urlencode({"db": db, "precision": "ns"}))
+        self._path = u.path.rstrip("/") + "/write?" + urllib.parse.urlencode({"db": db, "precision": "ns"})
         self._headers = {"Content-Type": "text/plain; charset=utf-8"}
         if username is not None:
             cred = f"{username}:{password or ''}".encode()
@@ -231,12 +238,15 @@ class V1Transport:
                     status, data, resp = self._post(body)
             except (OSError, http.client.HTTPException) as e:
                 self._drop_conn()
-                raise RetryableWriteError(f"InfluxDB {self.url} unreachable: "
-                                          f"{type(e).__name__}: {e}") from e
+                raise RetryableWriteError(f"InfluxDB {self.url} unreachable: {type(e).__name__}: {e}") from e
             if 200 <= status < 300:
                 return
-            raise error_for_status(status, _reason(data, resp.getheader("X-Influxdb-Error")),
-                                   resp.getheader("Retry-After"), where=f"InfluxDB {self.url}")
+            raise error_for_status(
+                status,
+                _reason(data, resp.getheader("X-Influxdb-Error")),
+                resp.getheader("Retry-After"),
+                where=f"InfluxDB {self.url}",
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -257,10 +267,11 @@ class V2Transport:
     ``/api/v2/write``), and the tests do not fake one.
     """
 
-    def __init__(self, url: str, org: str, bucket: str = DEFAULT_DATABASE, token: str = "",
-                 timeout: float = 10.0) -> None:
-        from influxdb_client import InfluxDBClient
-        from influxdb_client.client.write_api import SYNCHRONOUS
+    def __init__(
+        self, url: str, org: str, bucket: str = DEFAULT_DATABASE, token: str = "", timeout: float = 10.0
+    ) -> None:
+        from influxdb_client.client.influxdb_client import InfluxDBClient  # lazy: heavy, only for 2.x/3.x
+        from influxdb_client.client.write_api import SYNCHRONOUS  # lazy: heavy, only for 2.x/3.x
 
         if not bucket:
             raise ValueError("bucket must not be empty")
@@ -268,47 +279,60 @@ class V2Transport:
         self.org = org
         self.bucket = bucket
         self.timeout = float(timeout)
-        self._client = InfluxDBClient(url=url, token=token, org=org,
-                                      timeout=int(self.timeout * 1000), retries=False)
+        self._client = InfluxDBClient(
+            url=url, token=token, org=org, timeout=int(self.timeout * 1000), retries=False
+        )
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
 
     def write(self, body: bytes) -> None:
-        import urllib3
-        from influxdb_client.client.exceptions import InfluxDBError
-        from influxdb_client.domain.write_precision import WritePrecision
-        from influxdb_client.rest import ApiException
+        import urllib3  # lazy: influxdb-client's HTTP layer, used only by this transport
+        from influxdb_client.client.exceptions import InfluxDBError  # lazy: heavy, only for 2.x/3.x
+        from influxdb_client.domain.write_precision import WritePrecision  # lazy: heavy, only for 2.x/3.x
+        from influxdb_client.rest import ApiException  # lazy: heavy, only for 2.x/3.x
 
         try:
-            self._write_api.write(bucket=self.bucket, org=self.org, record=body,
-                                  write_precision=WritePrecision.NS)
+            self._write_api.write(
+                bucket=self.bucket,
+                org=self.org,
+                record=body,
+                write_precision=WritePrecision.NS,  # type: ignore[arg-type]  # influxdb-client types its own str constants as WritePrecision
+            )
         except ApiException as e:
             if not e.status:
                 raise RetryableWriteError(f"InfluxDB {self.url}: {e.reason}") from e
-            headers = e.headers or {}
+            headers: Any = e.headers or {}  # urllib3 HTTPHeaderDict, or a list of pairs
             retry_after = headers.get("Retry-After") if hasattr(headers, "get") else None
-            err = error_for_status(int(e.status), _reason(e.body, e.reason), retry_after,
-                                   where=f"InfluxDB {self.url}")
+            err = error_for_status(
+                int(e.status), _reason(e.body, e.reason), retry_after, where=f"InfluxDB {self.url}"
+            )
             raise err from e
         except InfluxDBError as e:  # raised without a response
             raise RetryableWriteError(f"InfluxDB {self.url}: {e}") from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise RetryableWriteError(f"InfluxDB {self.url} unreachable: "
-                                      f"{type(e).__name__}: {e}") from e
+            raise RetryableWriteError(f"InfluxDB {self.url} unreachable: {type(e).__name__}: {e}") from e
 
     def close(self) -> None:
         try:
-            self._write_api.close()
+            self._write_api.close()  # type: ignore[no-untyped-call]  # influxdb-client leaves close() unannotated
         finally:
-            self._client.close()
+            self._client.close()  # type: ignore[no-untyped-call]  # influxdb-client leaves close() unannotated
 
     def __repr__(self) -> str:
         return f"V2Transport({self.url!r}, org={self.org!r}, bucket={self.bucket!r})"
 
 
-def make_transport(url: str, *, version: int | None = None, database: str = DEFAULT_DATABASE,
-                   org: str | None = None, bucket: str | None = None, token: str | None = None,
-                   username: str | None = None, password: str | None = None,
-                   timeout: float = 10.0) -> Transport:
+def make_transport(
+    url: str,
+    *,
+    version: int | None = None,
+    database: str = DEFAULT_DATABASE,
+    org: str | None = None,
+    bucket: str | None = None,
+    token: str | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    timeout: float = 10.0,
+) -> Transport:
     """V2Transport when ``version == 2`` (or a token/org is given), else V1Transport.
 
     ``bucket`` defaults to ``database`` (both ``p2es``).
@@ -323,6 +347,7 @@ def make_transport(url: str, *, version: int | None = None, database: str = DEFA
 
 
 # ============================================================================ writer
+
 
 @dataclass(slots=True)
 class _Batch:
@@ -351,23 +376,36 @@ class Writer:
     Use from one event loop (``put`` is not thread-safe).  See the module doc for the rules.
     """
 
-    def __init__(self, transport: Transport, spool_dir: str | os.PathLike[str] | Spool, *,
-                 batch_lines: int = 5000, flush_interval: float = 1.0,
-                 max_queue_batches: int = 64, backoff_base: float = 0.5, backoff_cap: float = 30.0,
-                 max_retry_after: float = 300.0, spool_max_bytes: int = DEFAULT_MAX_BYTES,
-                 spool_segment_bytes: int | None = None,
-                 dead_letter_path: str | os.PathLike[str] | None = None,
-                 retry_statuses: Collection[int] = (),
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        spool_dir: str | os.PathLike[str] | Spool,
+        *,
+        batch_lines: int = 5000,
+        flush_interval: float = 1.0,
+        max_queue_batches: int = 64,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        max_retry_after: float = 300.0,
+        spool_max_bytes: int = DEFAULT_MAX_BYTES,
+        spool_segment_bytes: int | None = None,
+        dead_letter_path: str | os.PathLike[str] | None = None,
+        retry_statuses: Collection[int] = (),
+        rng: random.Random | None = None,
+    ) -> None:
         if batch_lines < 1 or max_queue_batches < 1:
             raise ValueError("batch_lines and max_queue_batches must be >= 1")
         if flush_interval <= 0 or backoff_base <= 0 or backoff_cap < backoff_base:
             raise ValueError("need flush_interval > 0 and 0 < backoff_base <= backoff_cap")
         self.transport = transport
-        self.spool = spool_dir if isinstance(spool_dir, Spool) else Spool(
-            spool_dir, max_bytes=spool_max_bytes, segment_bytes=spool_segment_bytes)
-        self.dead_letter_path = (Path(dead_letter_path) if dead_letter_path is not None
-                                 else self.spool.dir / "dead-letter.lp")
+        self.spool = (
+            spool_dir
+            if isinstance(spool_dir, Spool)
+            else Spool(spool_dir, max_bytes=spool_max_bytes, segment_bytes=spool_segment_bytes)
+        )
+        self.dead_letter_path = (
+            Path(dead_letter_path) if dead_letter_path is not None else self.spool.dir / "dead-letter.lp"
+        )
         self.batch_lines = int(batch_lines)
         self.flush_interval = float(flush_interval)
         self.max_queue_batches = int(max_queue_batches)
@@ -452,7 +490,7 @@ class Writer:
                 head, take, text = text, n, ""
             else:
                 cut = _nth_newline(text, room)
-                head, take, text = text[: cut + 1], room, text[cut + 1:]
+                head, take, text = text[: cut + 1], room, text[cut + 1 :]
             if not self._pending:
                 self._pending_since = time.monotonic()
             self._pending.append(head)
@@ -525,13 +563,19 @@ class Writer:
                 self._closed = True
                 self._changed.set()
             if left:
-                log.warning("InfluxDB writer closed with %d batch(es) in the spool %s; "
-                            "a new writer on it will deliver them", left, self.spool.dir)
+                log.warning(
+                    "InfluxDB writer closed with %d batch(es) in the spool %s; "
+                    "a new writer on it will deliver them",
+                    left,
+                    self.spool.dir,
+                )
 
     # ------------------------------------------------------------------ batching
     def _describe(self) -> str:
-        return (f"{self.spool.pending_records} spooled, {len(self._mem)} queued, "
-                f"{'1' if self._inflight else '0'} in flight batch(es); last error: {self.last_error}")
+        return (
+            f"{self.spool.pending_records} spooled, {len(self._mem)} queued, "
+            f"{'1' if self._inflight else '0'} in flight batch(es); last error: {self.last_error}"
+        )
 
     def _oldest_outstanding(self) -> float:
         cands: list[int] = []
@@ -560,8 +604,9 @@ class Writer:
             raise WriterClosedError("the InfluxDB writer is closed")
         if self.outage or not self.spool.empty or len(self._mem) >= self.max_queue_batches:
             if not self.outage and self.spool.empty:
-                log.warning("InfluxDB writer queue full (%d batches): spooling to %s",
-                            len(self._mem), self.spool.dir)
+                log.warning(
+                    "InfluxDB writer queue full (%d batches): spooling to %s", len(self._mem), self.spool.dir
+                )
             self._spill()
             self._spool(b)
         else:
@@ -591,8 +636,7 @@ class Writer:
         if not self.spool.empty:
             rec = self.spool.peek()
             if rec is not None:
-                return _Batch(rec.tag, rec.payload, rec.payload.count(b"\n"), "spool", rec.pos,
-                              spooled=True)
+                return _Batch(rec.tag, rec.payload, rec.payload.count(b"\n"), "spool", rec.pos, spooled=True)
         if self._mem:
             return self._mem.popleft()
         return None
@@ -678,22 +722,23 @@ class Writer:
 
     def backoff_delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait before retry ``attempt`` (0-based): full jitter, at least Retry-After."""
-        delay = self._rng.uniform(0.0, min(self.backoff_cap, self.backoff_base * 2.0 ** attempt))
+        delay = self._rng.uniform(0.0, min(self.backoff_cap, self.backoff_base * 2.0**attempt))
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.max_retry_after))
         return delay
 
     def _recovered(self) -> None:
         if self.outage:
-            log.warning("InfluxDB reachable again; replaying %d spooled batch(es)",
-                        self.spool.pending_records)
+            log.warning(
+                "InfluxDB reachable again; replaying %d spooled batch(es)", self.spool.pending_records
+            )
         self.outage = False
         self._attempt = 0
         self._changed.set()
 
     def _dead_letter(self, b: _Batch, err: WriteError) -> None:
         reason = " ".join(str(err).split())
-        stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
         head = f"# p2es dead letter {stamp} status={err.status} lines={b.lines} reason={reason}\n"
         self.dead_letter_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.dead_letter_path, "ab") as f:
@@ -704,16 +749,23 @@ class Writer:
         self.dead_letters += 1
         self.dead_letter_points += b.lines
         self.last_error = reason
-        log.error("InfluxDB rejected a batch of %d line(s) for good (%s); kept in %s",
-                  b.lines, reason, self.dead_letter_path)
+        log.error(
+            "InfluxDB rejected a batch of %d line(s) for good (%s); kept in %s",
+            b.lines,
+            reason,
+            self.dead_letter_path,
+        )
 
     async def _tick(self) -> None:
         period = max(0.01, min(self.flush_interval / 2, 0.25))
         while True:
             await asyncio.sleep(period)
             try:
-                if self._pending and self._pending_since is not None \
-                        and time.monotonic() - self._pending_since >= self.flush_interval:
+                if (
+                    self._pending
+                    and self._pending_since is not None
+                    and time.monotonic() - self._pending_since >= self.flush_interval
+                ):
                     self._seal()
                 if self.spool.dirty:
                     await asyncio.to_thread(self.spool.sync)

@@ -35,6 +35,7 @@ def pytest_sessionfinish(session, exitstatus) -> None:
 
         shutil.rmtree(_TEST_CACHE, ignore_errors=True)
 
+
 import services  # noqa: E402  (tests/services.py)
 
 SERVICE_FIXTURES = {"mqtt_broker", "influxdb"}

@@ -104,8 +104,9 @@ def influx_points(q: str, db: str | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def influx_write(lines: str | list[str], db: str | None = None, precision: str = "ns",
-                 *, timeout: float = 10.0) -> None:
+def influx_write(
+    lines: str | list[str], db: str | None = None, precision: str = "ns", *, timeout: float = 10.0
+) -> None:
     """Write line protocol via POST /write (expects 204)."""
     body = lines if isinstance(lines, str) else "\n".join(lines)
     qs = urllib.parse.urlencode({"db": db or influx_db(), "precision": precision})
@@ -122,12 +123,13 @@ def _script(name: str, action: str, timeout: float = 60.0) -> None:
     """Run scripts/NAME.sh ACTION; raise with its output if it fails."""
     p = subprocess.run(
         ["bash", str(SCRIPTS / f"{name}.sh"), action],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if p.returncode != 0:
-        raise RuntimeError(
-            f"scripts/{name}.sh {action} failed (exit {p.returncode}):\n{p.stdout}{p.stderr}"
-        )
+        raise RuntimeError(f"scripts/{name}.sh {action} failed (exit {p.returncode}):\n{p.stdout}{p.stderr}")
 
 
 def start_services() -> None:

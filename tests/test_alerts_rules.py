@@ -46,11 +46,22 @@ def problems(text: str) -> list[str]:
 def test_shipped_default_rules_are_valid_and_gate_morphology():
     rf = load_rules()
     names = {r.name for r in rf.rules}
-    assert {"hr_high", "hr_low", "qtc_long", "st_elevation_inferior", "st_depression_lateral",
-            "rr_irregular", "signal_quality_low", "no_data", "reconstruction_uncertain"} <= names
+    assert {
+        "hr_high",
+        "hr_low",
+        "qtc_long",
+        "st_elevation_inferior",
+        "st_depression_lateral",
+        "rr_irregular",
+        "signal_quality_low",
+        "no_data",
+        "reconstruction_uncertain",
+    } <= names
     by = rf.by_name()
     assert by["qtc_long"].threshold == 500 and rf.gate_for(by["qtc_long"]) is not None
-    assert by["st_elevation_inferior"].threshold == 0.1 and rf.gate_for(by["st_elevation_inferior"]) is not None
+    assert (
+        by["st_elevation_inferior"].threshold == 0.1 and rf.gate_for(by["st_elevation_inferior"]) is not None
+    )
     assert rf.gate_for(by["hr_high"]) is None
     assert all(r.priority in ("high", "medium", "low") for r in rf.rules)
     text = DEFAULT_RULES_PATH.read_text()
@@ -68,12 +79,18 @@ def test_errors_name_the_yaml_line_of_the_offending_node():
 
 
 def test_duplicate_names_hysteresis_side_templates_and_yaml_syntax():
-    dup = "rules:\n  - {name: a, metric: sqi, op: '<', threshold: 0.3}\n" \
-          "  - name: a\n    metric: sqi\n    op: '<'\n    threshold: 0.2\n"
+    dup = (
+        "rules:\n  - {name: a, metric: sqi, op: '<', threshold: 0.3}\n"
+        "  - name: a\n    metric: sqi\n    op: '<'\n    threshold: 0.2\n"
+    )
     assert problems(dup) == ["r.yaml:3: rules[1].name: duplicate rule name 'a' (first at rules[0])"]
-    side = "rules:\n  - name: a\n    metric: hr_bpm\n    op: '>'\n    threshold: 120\n    clear_threshold: 125\n"
-    assert problems(side) == ["r.yaml:6: rules[0].clear_threshold: clear_threshold 125 must be <= "
-                              "threshold 120 for op '>' (the safe side)"]
+    side = (
+        "rules:\n  - name: a\n    metric: hr_bpm\n    op: '>'\n    threshold: 120\n    clear_threshold: 125\n"
+    )
+    assert problems(side) == [
+        "r.yaml:6: rules[0].clear_threshold: clear_threshold 125 must be <= "
+        "threshold 120 for op '>' (the safe side)"
+    ]
     tmpl = "rules:\n  - name: a\n    metric: hr_bpm\n    op: '>'\n    threshold: 1\n    summary: 'HR {hr}'\n"
     (line,) = problems(tmpl)
     assert line.startswith("r.yaml:6: rules[0].summary: unknown placeholder {hr}")
@@ -96,8 +113,9 @@ def test_durations():
 
 
 def _p2es(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "p2es.cli", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=60, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "p2es.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=60, **kw
+    )
 
 
 def test_cli_check_prints_one_line_per_problem_and_exits_2(tmp_path, capsys, monkeypatch):
@@ -117,13 +135,22 @@ def test_cli_check_prints_one_line_per_problem_and_exits_2(tmp_path, capsys, mon
     # the same entry point in-process (no second interpreter start): one line, exit 2
     monkeypatch.delenv("P2ES_WEBHOOK_SECRET", raising=False)
     for argv, start in (
-            (["alerts", "run", "--rules", str(bad), "--influx-url", "none"], f"p2es: error: {bad}:9: "),
-            (["alerts", "run", "--webhook", "http://127.0.0.1:9/x", "--influx-url", "none"],
-             "p2es: error: webhook cli-0 has no secret"),
-            (["alerts", "run", "--broker", "http://x", "--influx-url", "none"], "p2es: error: bad alerts setting broker"),
-            (["alerts", "silence", "--patient", "bed-1", "--for", "ten minutes"], "p2es: error: --for: bad duration"),
-            (["alerts", "silence", "--for", "5m"], "p2es: error: a silence needs --patient and/or --rule"),
-            (["alerts", "ack", "--patient", "bed 1", "--rule", "r"], "p2es: error: patient: patient must match")):
+        (["alerts", "run", "--rules", str(bad), "--influx-url", "none"], f"p2es: error: {bad}:9: "),
+        (
+            ["alerts", "run", "--webhook", "http://127.0.0.1:9/x", "--influx-url", "none"],
+            "p2es: error: webhook cli-0 has no secret",
+        ),
+        (
+            ["alerts", "run", "--broker", "http://x", "--influx-url", "none"],
+            "p2es: error: bad alerts setting broker",
+        ),
+        (
+            ["alerts", "silence", "--patient", "bed-1", "--for", "ten minutes"],
+            "p2es: error: --for: bad duration",
+        ),
+        (["alerts", "silence", "--for", "5m"], "p2es: error: a silence needs --patient and/or --rule"),
+        (["alerts", "ack", "--patient", "bed 1", "--rule", "r"], "p2es: error: patient: patient must match"),
+    ):
         capsys.readouterr()
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
@@ -135,7 +162,6 @@ def test_cli_run_stops_cleanly_on_sigterm_and_flushes_influx(tmp_path, mqtt_brok
     import asyncio
 
     import aiomqtt
-
     import services
 
     host, port = mqtt_broker
@@ -143,11 +169,34 @@ def test_cli_run_stops_cleanly_on_sigterm_and_flushes_influx(tmp_path, mqtt_brok
     rules.write_text("rules:\n  - {name: sqi_low, metric: sqi, op: '<', threshold: 0.3, for: 8s}\n")
     pid = f"cli-{uuid.uuid4().hex[:8]}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "p2es.cli", "alerts", "run", "--rules", str(rules), "--broker",
-         f"mqtt://{host}:{port}", "--influx-url", influxdb[0], "--influx-db", influxdb[1],
-         "--client-id", f"p2es-alerts-cli-{uuid.uuid4().hex[:6]}", "--state-file", str(tmp_path / "s.json"),
-         "--spool-dir", str(tmp_path / "spool"), "--stats-every", "0"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "p2es.cli",
+            "alerts",
+            "run",
+            "--rules",
+            str(rules),
+            "--broker",
+            f"mqtt://{host}:{port}",
+            "--influx-url",
+            influxdb[0],
+            "--influx-db",
+            influxdb[1],
+            "--client-id",
+            f"p2es-alerts-cli-{uuid.uuid4().hex[:6]}",
+            "--state-file",
+            str(tmp_path / "s.json"),
+            "--spool-dir",
+            str(tmp_path / "spool"),
+            "--stats-every",
+            "0",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         state = tmp_path / "s.json"
@@ -167,8 +216,9 @@ def test_cli_run_stops_cleanly_on_sigterm_and_flushes_influx(tmp_path, mqtt_brok
                 break
         assert any("alerts connected" in ln for ln in lines), "".join(lines)
         asyncio.run(publish())
-        while time.monotonic() < deadline and not (state.exists() and pid in state.read_text()
-                                                   and '"firing"' in state.read_text()):
+        while time.monotonic() < deadline and not (
+            state.exists() and pid in state.read_text() and '"firing"' in state.read_text()
+        ):
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)

@@ -3,7 +3,7 @@
 Vitals are derived honestly: each 8 s window is a simulator record (``wearable.sim.synthesize``
 with the requested heart rate / rhythm) measured by the engine's own ``window_vitals`` on the true
 12-lead ECG (Pan-Tompkins R peaks, delineation, ST per lead group), serialised by the engine's
-``vitals_json`` and published on ``p2es/v1/patients/{id}/vitals`` over the broker, windows 4 s
+``Vitals.to_json`` and published on ``p2es/v1/patients/{id}/vitals`` over the broker, windows 4 s
 apart in device time but sent as fast as the broker takes them (rules run on event time).
 """
 
@@ -19,13 +19,13 @@ import uuid
 
 import numpy as np
 import pytest
-
 import services
-from alerts.messages import AlertMessage
+
 from alerts.receiver import WebhookReceiver
 from alerts.rules import load_rules_text
 from alerts.service import AlertService, AlertServiceConfig, WebhookConfig
 from alerts.webhook import generate_secret
+from p2es.contracts.alerts import AlertMessage
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -59,17 +59,19 @@ rules:
 
 
 # ------------------------------------------------------------------ vitals from the simulator
-@functools.lru_cache(maxsize=None)
-def _vitals_cached(patient: str, hrs: tuple[float, ...], seed: int, rhythm: str | None,
-                   uncertainty: float) -> tuple[str, ...]:
-    from engine.pipeline import vitals_json
-    from engine.runtime import WindowRequest, WindowResult, window_vitals
+@functools.cache
+def _vitals_cached(
+    patient: str, hrs: tuple[float, ...], seed: int, rhythm: str | None, uncertainty: float
+) -> tuple[str, ...]:
+    from engine.serve.runtime import WindowRequest, WindowResult, window_vitals
     from ingest.stream import signal_quality
     from wearable.sim import synthesize
 
     n = len(hrs)
     if rhythm is None:
-        rec = synthesize(n, seed, hr_bpm=np.asarray(hrs, float), rhythm_mix="sinus", noise=0.0, ppg_frontend=0.0)
+        rec = synthesize(
+            n, seed, hr_bpm=np.asarray(hrs, float), rhythm_mix="sinus", noise=0.0, ppg_frontend=0.0
+        )
         idx = list(range(n))
     else:  # e.g. anterior ST elevation: draw records until enough of that territory
         rec = synthesize(12 * n, seed, rhythm_mix=rhythm, noise=0.0, ppg_frontend=0.0)
@@ -82,12 +84,13 @@ def _vitals_cached(patient: str, hrs: tuple[float, ...], seed: int, rhythm: str 
         req = WindowRequest(patient, T0 + HOP * k, fs, ppg, sqi=float(signal_quality(ppg, fs)[0]))
         ecg = rec["ecg"][i].astype(np.float64)
         res = WindowResult(req, ecg, np.full_like(ecg, uncertainty), 1, 0.0, 0.0)
-        out.append(vitals_json(window_vitals(res)))
+        out.append(window_vitals(res).to_json())
     return tuple(out)
 
 
-def sim_vitals(patient: str, hrs, *, seed: int = 3, rhythm: str | None = None,
-               uncertainty: float = 0.02, start: int = 0) -> list[str]:
+def sim_vitals(
+    patient: str, hrs, *, seed: int = 3, rhythm: str | None = None, uncertainty: float = 0.02, start: int = 0
+) -> list[str]:
     msgs = _vitals_cached("P", tuple(float(h) for h in hrs), seed, rhythm, float(uncertainty))
     out = []
     for k, m in enumerate(msgs):  # re-label and shift in time without re-measuring
@@ -113,8 +116,12 @@ class Bus:
         import aiomqtt
 
         async def run() -> None:
-            async with aiomqtt.Client(self.host, self.port, identifier=f"test-bus-{uuid.uuid4().hex[:8]}",
-                                      protocol=aiomqtt.ProtocolVersion.V5) as c:
+            async with aiomqtt.Client(
+                self.host,
+                self.port,
+                identifier=f"test-bus-{uuid.uuid4().hex[:8]}",
+                protocol=aiomqtt.ProtocolVersion.V5,
+            ) as c:
                 self.client = c
                 await c.subscribe("p2es/v1/patients/+/alerts", qos=1)
                 await c.subscribe("p2es/v1/deadletter", qos=1)
@@ -145,8 +152,13 @@ class Bus:
     def of(self, patient: str, state: str | None = None, rule: str | None = "hr_high") -> list[AlertMessage]:
         """Alert messages of one patient (by default of the HR rule only: at 140 bpm the true
         ECG's ST measurement can cross 0.1 mV, which the ST rule rightly reports)."""
-        return [a for a in self.alerts if a.patient == patient and (state is None or a.state == state)
-                and (rule is None or a.rule == rule)]
+        return [
+            a
+            for a in self.alerts
+            if a.patient == patient
+            and (state is None or a.state == state)
+            and (rule is None or a.rule == rule)
+        ]
 
 
 async def wait_for(cond, timeout: float = 15.0, what: str = "condition") -> None:
@@ -166,11 +178,22 @@ def free_port() -> int:
 def config(tmp_path, mqtt_broker, *, influx=None, hooks=(), client_id=None, **kw) -> AlertServiceConfig:
     host, port = mqtt_broker
     return AlertServiceConfig(
-        broker=f"mqtt://{host}:{port}", client_id=client_id or f"p2es-alerts-test-{uuid.uuid4().hex[:8]}",
-        session_expiry_s=120, influx_url=influx[0] if influx else None, influx_db=influx[1] if influx else "p2es",
-        spool_dir=str(tmp_path / "spool"), writer_flush_interval_s=0.2, webhooks=list(hooks),
-        outbox_dir=str(tmp_path / "outbox"), state_file=str(tmp_path / "state.json"),
-        external_url="http://p2es.test", backoff_base_s=0.05, backoff_cap_s=0.3, tick_s=0.2, **kw)
+        broker=f"mqtt://{host}:{port}",
+        client_id=client_id or f"p2es-alerts-test-{uuid.uuid4().hex[:8]}",
+        session_expiry_s=120,
+        influx_url=influx[0] if influx else None,
+        influx_db=influx[1] if influx else "p2es",
+        spool_dir=str(tmp_path / "spool"),
+        writer_flush_interval_s=0.2,
+        webhooks=list(hooks),
+        outbox_dir=str(tmp_path / "outbox"),
+        state_file=str(tmp_path / "state.json"),
+        external_url="http://p2es.test",
+        backoff_base_s=0.05,
+        backoff_cap_s=0.3,
+        tick_s=0.2,
+        **kw,
+    )
 
 
 def hook(url: str, secret: str) -> WebhookConfig:
@@ -183,7 +206,8 @@ def uid(prefix: str) -> str:
 
 # ------------------------------------------------------------------ tests
 def test_tachycardia_fires_once_repeats_resolves_everywhere_and_a_down_webhook_catches_up(
-        tmp_path, mqtt_broker, influxdb):
+    tmp_path, mqtt_broker, influxdb
+):
     """Sustained tachycardia: one firing after `for`, repeats every 40 s, resolved after the
     hysteresis; a brief spike fires nothing; MQTT, InfluxDB and a webhook that was down all
     get the transitions (valid signatures, the same webhook-id on every retry)."""
@@ -197,8 +221,12 @@ def test_tachycardia_fires_once_repeats_resolves_everywhere_and_a_down_webhook_c
     assert [round(json.loads(m)["hr_bpm"]) for m in stream[3:7]] == [75, 75, 140, 140]
 
     async def main():
-        svc = AlertService(config(tmp_path, mqtt_broker, influx=influxdb,
-                                  hooks=[hook(f"http://127.0.0.1:{port}/hook", secret)]), rules=rules)
+        svc = AlertService(
+            config(
+                tmp_path, mqtt_broker, influx=influxdb, hooks=[hook(f"http://127.0.0.1:{port}/hook", secret)]
+            ),
+            rules=rules,
+        )
         async with Bus(*mqtt_broker) as bus:
             await svc.start()
             try:
@@ -265,8 +293,21 @@ def test_ack_over_mqtt_via_the_cli_stops_repeats_and_silence_expires(tmp_path, m
                     # --- ack
                     await bus.vitals(sim_vitals(p_ack, [140] * 8, seed=21))
                     await wait_for(lambda: bus.of(p_ack, "firing"), what="firing")
-                    rc = await asyncio.to_thread(cli, ["alerts", "ack", "--patient", p_ack, "--rule", "hr_high",
-                                                       "--by", "nurse-7", "--broker", broker])
+                    rc = await asyncio.to_thread(
+                        cli,
+                        [
+                            "alerts",
+                            "ack",
+                            "--patient",
+                            p_ack,
+                            "--rule",
+                            "hr_high",
+                            "--by",
+                            "nurse-7",
+                            "--broker",
+                            broker,
+                        ],
+                    )
                     assert rc == 0
                     await wait_for(lambda: bus.of(p_ack, "acknowledged"), what="acknowledged")
                     # 100 s more of tachycardia (2.5 repeat intervals), then recovery
@@ -274,27 +315,52 @@ def test_ack_over_mqtt_via_the_cli_stops_repeats_and_silence_expires(tmp_path, m
                     await wait_for(lambda: bus.of(p_ack, "resolved"), what="resolved")
                     # --- silence with expiry (wall clock)
                     sil_s = 1.5
-                    rc = await asyncio.to_thread(cli, ["alerts", "silence", "--patient", p_sil, "--for",
-                                                       f"{sil_s}s", "--comment", "transport", "--id",
-                                                       "s-test", "--broker", broker])
+                    rc = await asyncio.to_thread(
+                        cli,
+                        [
+                            "alerts",
+                            "silence",
+                            "--patient",
+                            p_sil,
+                            "--for",
+                            f"{sil_s}s",
+                            "--comment",
+                            "transport",
+                            "--id",
+                            "s-test",
+                            "--broker",
+                            broker,
+                        ],
+                    )
                     assert rc == 0
                     await wait_for(lambda: "s-test" in svc.engine.silences, what="silence")
                     t_sil = time.monotonic()
                     await bus.vitals(sim_vitals(p_sil, [140] * 8, seed=23))
                     await wait_for(lambda: bus.of(p_sil, "firing"), what="silenced firing")
-                    n_hooks_silenced = len([r for r in rx.accepted if r.json()["groupLabels"]["patient"] == p_sil])
+                    n_hooks_silenced = len(
+                        [r for r in rx.accepted if r.json()["groupLabels"]["patient"] == p_sil]
+                    )
+                    assert n_hooks_silenced == 0  # the silence holds the webhook back
                     await asyncio.sleep(max(0.0, sil_s + 0.3 - (time.monotonic() - t_sil)))
                     await bus.vitals(sim_vitals(p_sil, [140] * 2, seed=24, start=8))
                     await wait_for(lambda: len(bus.of(p_sil, "firing")) == 2, what="firing after expiry")
-                    await wait_for(lambda: any(r.json()["groupLabels"] == {"alertname": "hr_high", "patient": p_sil}
-                                               for r in rx.accepted),
-                                   what="webhook after expiry")
+                    await wait_for(
+                        lambda: any(
+                            r.json()["groupLabels"] == {"alertname": "hr_high", "patient": p_sil}
+                            for r in rx.accepted
+                        ),
+                        what="webhook after expiry",
+                    )
                     # --- bad commands and an unknown silence
                     await bus.raw("p2es/v1/alerts/ack", b'{"action": "ack", "patient": "x"}')
                     await bus.raw("p2es/v1/alerts/ack", b"not json")
-                    await bus.raw("p2es/v1/alerts/ack", json.dumps(
-                        {"action": "ack", "patient": p_ack, "rule": "nope"}).encode())
-                    rc = await asyncio.to_thread(cli, ["alerts", "unsilence", "s-missing", "--broker", broker])
+                    await bus.raw(
+                        "p2es/v1/alerts/ack",
+                        json.dumps({"action": "ack", "patient": p_ack, "rule": "nope"}).encode(),
+                    )
+                    rc = await asyncio.to_thread(
+                        cli, ["alerts", "unsilence", "s-missing", "--broker", broker]
+                    )
                     assert rc == 0
                     await bus.raw(f"p2es/v1/patients/{p_ack}/vitals", b'{"patient": "other", "t": 1}')
                     await wait_for(lambda: len(bus.deadletters) >= 5, what="dead letters")
@@ -307,13 +373,18 @@ def test_ack_over_mqtt_via_the_cli_stops_repeats_and_silence_expires(tmp_path, m
     states = [a.state for a in bus.of(p_ack)]
     assert states == ["firing", "acknowledged", "resolved"]  # no repeat after the ack
     assert bus.of(p_ack, "acknowledged")[0].acknowledged_by == "nurse-7"
-    hooks_ack = [r.json()["alerts"][0]["annotations"]["p2es_event"] for r in rx.accepted
-                 if r.json()["groupLabels"] == {"alertname": "hr_high", "patient": p_ack}]
+    hooks_ack = [
+        r.json()["alerts"][0]["annotations"]["p2es_event"]
+        for r in rx.accepted
+        if r.json()["groupLabels"] == {"alertname": "hr_high", "patient": p_ack}
+    ]
     assert hooks_ack == ["firing", "resolved"]
     # silence: the first firing was recorded on MQTT (flagged) but not sent; after expiry it was
     s1, s2 = bus.of(p_sil, "firing")
     assert s1.silenced_by == "s-test" and s2.silenced_by is None
-    hooks_sil = [r.json() for r in rx.accepted if r.json()["groupLabels"] == {"alertname": "hr_high", "patient": p_sil}]
+    hooks_sil = [
+        r.json() for r in rx.accepted if r.json()["groupLabels"] == {"alertname": "hr_high", "patient": p_sil}
+    ]
     assert len(hooks_sil) == 1 and hooks_sil[0]["alerts"][0]["startsAt"] == "2024-06-10T06:13:40.000Z"
     assert s2.starts_at == s1.starts_at == T0 + 20  # the episode began under the silence
     reasons = [d["reason"].split(":")[0] for d in bus.deadletters]
@@ -330,8 +401,9 @@ def test_st_rule_is_gated_by_uncertainty(tmp_path, mqtt_broker):
     rules = load_rules_text(RULES)
 
     async def main():
-        svc = AlertService(config(tmp_path, mqtt_broker, mqtt_version="3.1.1", health_port=free_port()),
-                           rules=rules)
+        svc = AlertService(
+            config(tmp_path, mqtt_broker, mqtt_version="3.1.1", health_port=free_port()), rules=rules
+        )
         async with Bus(*mqtt_broker) as bus:
             await svc.start()
             try:
@@ -370,8 +442,9 @@ def test_restart_keeps_state_and_redelivers_from_the_outbox_with_the_same_id(tmp
 
     async def first():
         with WebhookReceiver(secret, respond=lambda n, r: 503) as rx:
-            svc = AlertService(config(tmp_path, mqtt_broker, hooks=[hook(rx.url, secret)],
-                                      client_id=client_id), rules=rules)
+            svc = AlertService(
+                config(tmp_path, mqtt_broker, hooks=[hook(rx.url, secret)], client_id=client_id), rules=rules
+            )
             async with Bus(*mqtt_broker) as bus:
                 await svc.start()
                 try:
@@ -388,8 +461,9 @@ def test_restart_keeps_state_and_redelivers_from_the_outbox_with_the_same_id(tmp
 
     async def second():
         with WebhookReceiver(secret) as rx:
-            svc = AlertService(config(tmp_path, mqtt_broker, hooks=[hook(rx.url, secret)],
-                                      client_id=client_id), rules=rules)
+            svc = AlertService(
+                config(tmp_path, mqtt_broker, hooks=[hook(rx.url, secret)], client_id=client_id), rules=rules
+            )
             async with Bus(*mqtt_broker) as bus:
                 await svc.start()
                 try:
@@ -406,14 +480,6 @@ def test_restart_keeps_state_and_redelivers_from_the_outbox_with_the_same_id(tmp
     assert rx2.accepted[0].id in ids1 and rx2.accepted[0].verified
     assert [r.json()["status"] for r in rx2.accepted] == ["firing", "resolved"]
     assert [a.state for a in bus2.of(pid)] == ["resolved"]  # no second firing after the restart
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as so:
-        so.bind(("127.0.0.1", 0))
-        return so.getsockname()[1]
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:

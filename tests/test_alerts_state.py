@@ -68,8 +68,12 @@ def kinds(events):
 def test_sustained_breach_fires_once_after_for_repeats_and_resolves_with_hysteresis():
     e = engine()
     ev = feed(e, [80] * 3 + [140] * 30 + [115] * 5 + [100] * 4)
-    assert kinds(ev) == [("firing", "hr_high"), ("repeat", "hr_high"), ("repeat", "hr_high"),
-                         ("resolved", "hr_high")]
+    assert kinds(ev) == [
+        ("firing", "hr_high"),
+        ("repeat", "hr_high"),
+        ("repeat", "hr_high"),
+        ("resolved", "hr_high"),
+    ]
     firing, r1, r2, res = ev
     # first breach at window 3 (t = T0 + 12); for 20 s -> fires at window 8
     assert firing.t == T0 + HOP * 8 and firing.starts_at == firing.t
@@ -128,7 +132,9 @@ def test_ack_stops_repeats_until_resolved_then_next_episode_repeats_again():
     ev = feed(e, [140] * 6)
     assert kinds(ev) == [("firing", "hr_high")]
     ack = e.ack("bed-1", "hr_high", now=100.0, by="nurse")
-    assert ack is not None and ack.kind == "acknowledged" and not ack.notify and ack.acknowledged_by == "nurse"
+    assert (
+        ack is not None and ack.kind == "acknowledged" and not ack.notify and ack.acknowledged_by == "nurse"
+    )
     ev = feed(e, [140] * 30 + [100] * 3, start=6)
     assert kinds(ev) == [("resolved", "hr_high")]  # no repeats, but resolved is still notified
     assert ev[0].notify
@@ -192,7 +198,10 @@ def test_state_round_trip_does_not_refire_and_keeps_silences(tmp_path):
     assert not list(path.parent.glob("*.tmp"))  # atomic write leaves no temp file
     e2 = engine()
     assert load_state(e2, path, now=7.0)
-    assert e2.alerts[("hr_high", "bed-1")].state == "firing" and e2.alerts[("hr_high", "bed-1")].acked_by == "nurse"
+    assert (
+        e2.alerts[("hr_high", "bed-1")].state == "firing"
+        and e2.alerts[("hr_high", "bed-1")].acked_by == "nurse"
+    )
     assert e2.silences["s9"].comment == "ct"
     ev = feed(e2, [140] * 25 + [100] * 3, start=6, now0=7.0)
     assert kinds(ev) == [("resolved", "hr_high")]  # no second firing, ack still holds
@@ -209,11 +218,18 @@ def test_rules_hysteresis_side_and_defaults():
 
 
 def test_hr_gate_holds_st_rules_during_tachycardia():
-    e = AlertEngine(load_rules_text(RULES.replace(
-        '    summary: "ST {value:+.2f} mV inferior"',
-        '    gate: {max_hr_bpm: 120}\n    summary: "ST {value:+.2f} mV inferior"')))
-    assert feed(e, [135] * 6, st_inferior_mv=0.21, uncertainty=0.03, sqi=0.9) == [] or \
-        ("st_inf", "bed-1") not in e.alerts  # ST held while HR > 120 (hr_high may fire)
+    e = AlertEngine(
+        load_rules_text(
+            RULES.replace(
+                '    summary: "ST {value:+.2f} mV inferior"',
+                '    gate: {max_hr_bpm: 120}\n    summary: "ST {value:+.2f} mV inferior"',
+            )
+        )
+    )
+    assert (
+        feed(e, [135] * 6, st_inferior_mv=0.21, uncertainty=0.03, sqi=0.9) == []
+        or ("st_inf", "bed-1") not in e.alerts
+    )  # ST held while HR > 120 (hr_high may fire)
     assert ("st_inf", "bed-1") not in e.alerts
     ev = feed(e, [90] * 3, start=6, st_inferior_mv=0.21, uncertainty=0.03, sqi=0.9)
     st = [x for x in ev if x.rule == "st_inf"]
@@ -223,9 +239,14 @@ def test_hr_gate_holds_st_rules_during_tachycardia():
 
 def test_hr_gate_uses_the_faster_of_ecg_and_ppg_rate():
     """A reconstruction that misses beats (ECG 110 bpm while the pulse is 135) keeps ST held."""
-    e = AlertEngine(load_rules_text(RULES.replace(
-        '    summary: "ST {value:+.2f} mV inferior"',
-        '    gate: {max_hr_bpm: 120}\n    summary: "ST {value:+.2f} mV inferior"')))
+    e = AlertEngine(
+        load_rules_text(
+            RULES.replace(
+                '    summary: "ST {value:+.2f} mV inferior"',
+                '    gate: {max_hr_bpm: 120}\n    summary: "ST {value:+.2f} mV inferior"',
+            )
+        )
+    )
     feed(e, [110] * 6, st_inferior_mv=0.21, hr_ppg_bpm=135.0)
     assert ("st_inf", "bed-1") not in e.alerts
     ev = feed(e, [110] * 3, start=6, st_inferior_mv=0.21, hr_ppg_bpm=100.0)
@@ -272,4 +293,6 @@ def test_rate_agreement_validation():
     with pytest.raises(Exception, match="rate_agreement"):
         load_rules_text(RULES + RR_RULE.replace("rate_agreement: 0.05", "rate_agreement: 1.5"), "t.yaml")
     with pytest.raises(Exception, match="rate_agreement is not allowed on a no_data rule"):
-        load_rules_text(RULES.replace("    repeat: 60s\n", "    repeat: 60s\n    rate_agreement: 0.1\n"), "t.yaml")
+        load_rules_text(
+            RULES.replace("    repeat: 60s\n", "    repeat: 60s\n    rate_agreement: 0.1\n"), "t.yaml"
+        )

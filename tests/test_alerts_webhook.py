@@ -50,14 +50,28 @@ def events(n_breach: int = 14, n_clear: int = 2):
 def test_signature_matches_the_standard_webhooks_test_vector():
     # libraries/python/tests/test_webhooks.py::test_sign_function of
     # github.com/standard-webhooks/standard-webhooks
-    sig = sign("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330,
-               '{"test": 2432232314}')
+    sig = sign(
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        1614265330,
+        '{"test": 2432232314}',
+    )
     assert sig == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
     # the same key without the prefix, and as bytes
-    assert sign("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330,
-                b'{"test": 2432232314}') == sig
-    hdr = {"Webhook-Id": "msg_p5jXN8AQM9LWM0D4loKWxJek", "Webhook-Timestamp": "1614265330",
-           "Webhook-Signature": "v2,xyz v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc= " + sig}
+    assert (
+        sign(
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            b'{"test": 2432232314}',
+        )
+        == sig
+    )
+    hdr = {
+        "Webhook-Id": "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        "Webhook-Timestamp": "1614265330",
+        "Webhook-Signature": "v2,xyz v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc= " + sig,
+    }
     verify("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", hdr, b'{"test": 2432232314}', now=1614265330 + 10)
 
 
@@ -66,8 +80,11 @@ def test_verify_rejects_tampering_wrong_secret_stale_and_missing_headers():
     assert secret.startswith("whsec_") and len(decode_secret(secret)) == 32
     body = b'{"a":1}'
     now = time.time()
-    hdr = {"webhook-id": "msg_1", "webhook-timestamp": str(int(now)),
-           "webhook-signature": sign(secret, "msg_1", int(now), body)}
+    hdr = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(int(now)),
+        "webhook-signature": sign(secret, "msg_1", int(now), body),
+    }
     verify(secret, hdr, body)
     with pytest.raises(WebhookVerificationError, match="no matching"):
         verify(secret, hdr, b'{"a":2}')
@@ -133,8 +150,13 @@ def test_receiver_down_then_up_gets_every_notification_in_order_with_stable_ids(
 
     async def main():
         ob = Outbox(tmp_path / "ob")
-        snd = WebhookSender(ob, [WebhookTarget("ward", f"http://127.0.0.1:{port}/hook", secret)],
-                            backoff_base_s=0.05, backoff_cap_s=0.2, max_age_s=60)
+        snd = WebhookSender(
+            ob,
+            [WebhookTarget("ward", f"http://127.0.0.1:{port}/hook", secret)],
+            backoff_base_s=0.05,
+            backoff_cap_s=0.2,
+            max_age_s=60,
+        )
         snd.start()
         for e in evs:
             snd.enqueue(e)
@@ -153,8 +175,12 @@ def test_receiver_down_then_up_gets_every_notification_in_order_with_stable_ids(
 
     rx = asyncio.run(main())
     assert all(r.verified for r in rx.received)
-    assert [r.json()["alerts"][0]["annotations"]["p2es_event"] for r in rx.accepted] == \
-        ["firing", "repeat", "repeat", "resolved"]
+    assert [r.json()["alerts"][0]["annotations"]["p2es_event"] for r in rx.accepted] == [
+        "firing",
+        "repeat",
+        "repeat",
+        "resolved",
+    ]
     first = rx.accepted[0].id
     failed_ids = {r.id for r in rx.received if r.status == 503}
     assert failed_ids == {first}  # head-of-line: the 503s were retries of the first notification
@@ -168,8 +194,9 @@ def test_permanent_4xx_goes_to_dead_letter_and_the_next_one_is_delivered(tmp_pat
     async def main():
         with WebhookReceiver(secret, respond=lambda n, req: 400 if n == 0 else 200) as rx:
             ob = Outbox(tmp_path / "ob")
-            snd = WebhookSender(ob, [WebhookTarget("w", rx.url, secret)], backoff_base_s=0.05,
-                                backoff_cap_s=0.1)
+            snd = WebhookSender(
+                ob, [WebhookTarget("w", rx.url, secret)], backoff_base_s=0.05, backoff_cap_s=0.1
+            )
             snd.start()
             for e in evs:
                 snd.enqueue(e)
@@ -190,8 +217,13 @@ def test_gives_up_after_max_age(tmp_path):
 
     async def main():
         ob = Outbox(tmp_path / "ob")
-        snd = WebhookSender(ob, [WebhookTarget("w", f"http://127.0.0.1:{port}/", secret)],
-                            backoff_base_s=0.05, backoff_cap_s=0.1, max_age_s=0.5)
+        snd = WebhookSender(
+            ob,
+            [WebhookTarget("w", f"http://127.0.0.1:{port}/", secret)],
+            backoff_base_s=0.05,
+            backoff_cap_s=0.1,
+            max_age_s=0.5,
+        )
         snd.start()
         snd.enqueue(events()[0])
         await _wait(lambda: ob.counters()["dead_letters"] == 1)
@@ -210,8 +242,9 @@ def test_outbox_survives_a_restart_with_the_same_webhook_id(tmp_path):
     async def first():
         with WebhookReceiver(secret, respond=lambda n, req: 503) as rx:
             ob = Outbox(tmp_path / "ob")
-            snd = WebhookSender(ob, [WebhookTarget("w", rx.url, secret)], backoff_base_s=0.05,
-                                backoff_cap_s=0.1)
+            snd = WebhookSender(
+                ob, [WebhookTarget("w", rx.url, secret)], backoff_base_s=0.05, backoff_cap_s=0.1
+            )
             snd.start()
             (mid,) = snd.enqueue(ev)
             await _wait(lambda: len(rx.received) >= 2)

@@ -11,7 +11,6 @@ import uuid
 
 import numpy as np
 import pytest
-
 import services
 
 TINY = dict(widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8)
@@ -20,10 +19,10 @@ TINY = dict(widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8)
 def _tiny_set(path, names=("p2es",)):
     import torch
 
-    from engine.checkpoint import pack, save_set
-    from engine.config import variant
-    from engine.diffusion import make_schedule
-    from engine.model import P2ES
+    from engine.model.checkpoint import pack, save_set
+    from engine.model.config import variant
+    from engine.model.network import P2ES
+    from engine.model.schedule import make_schedule
 
     torch.manual_seed(0)
     models = {}
@@ -40,8 +39,9 @@ def _tiny_set(path, names=("p2es",)):
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-    return _tiny_set(tmp_path_factory.mktemp("bk") / "tiny.pt",
-                     ("p2es", "ddpm", "unet_regression", "p2es_no_groups"))
+    return _tiny_set(
+        tmp_path_factory.mktemp("bk") / "tiny.pt", ("p2es", "ddpm", "unet_regression", "p2es_no_groups")
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -50,13 +50,21 @@ def _cache(tmp_path_factory, monkeypatch):
 
 
 def _inputs(B, seed=3):
-    from engine.runtime import WindowRequest, prepare_batch
+    from engine.serve.runtime import WindowRequest, prepare_batch
     from wearable.sim import synthesize
 
     d = synthesize(B, seed=seed)
-    reqs = [WindowRequest(f"p{i}", 1e9, 128.0, d["ppg"][i],
-                          {"age": float(d["age"][i]), "sex": int(d["sex"][i])} if i % 2 == 0 else None, 0.9)
-            for i in range(B)]
+    reqs = [
+        WindowRequest(
+            f"p{i}",
+            1e9,
+            128.0,
+            d["ppg"][i],
+            {"age": float(d["age"][i]), "sex": int(d["sex"][i])} if i % 2 == 0 else None,
+            0.9,
+        )
+        for i in range(B)
+    ]
     return prepare_batch(reqs)
 
 
@@ -66,7 +74,7 @@ def rel(a, b):
 
 # ------------------------------------------------------------------------------ selection
 def test_backend_selection_by_name_and_auto(monkeypatch):
-    import engine.backends as B
+    import engine.serve.backends as B
     from p2es.errors import P2esError
 
     assert B.available_backends("cpu") == ["torch", "onnxruntime"]
@@ -92,7 +100,7 @@ def test_backend_selection_by_name_and_auto(monkeypatch):
 
 
 def test_tensorrt_absent_is_one_line():
-    from engine.backends.tensorrt import require_tensorrt, tensorrt_available
+    from engine.serve.backends.tensorrt import require_tensorrt, tensorrt_available
     from p2es.errors import P2esError
 
     if tensorrt_available():
@@ -102,10 +110,10 @@ def test_tensorrt_absent_is_one_line():
 
 
 def test_make_backend_types_and_old_import(tiny_ckpt):
-    import engine.backends as B
-    from engine.backends.ort import OrtBackend
-    from engine.checkpoint import load_model
-    from engine.runtime import TorchBackend
+    import engine.serve.backends as B
+    from engine.model.checkpoint import load_model
+    from engine.serve.backends.ort import OrtBackend
+    from engine.serve.runtime import TorchBackend
 
     e = load_model(tiny_ckpt, "p2es")
     assert B.TorchBackend is TorchBackend
@@ -115,13 +123,38 @@ def test_make_backend_types_and_old_import(tiny_ckpt):
     assert ob.T == tb.T == 1024 and ob.fs == tb.fs == 128.0
 
 
+def test_ort_backend_only_loads_and_verifies_nothing(tiny_ckpt, tmp_path, monkeypatch):
+    """Building an OrtBackend loads its artefact (exporting it on a cache miss) and nothing more:
+    no TorchBackend is built and no check against torch runs (that is ``p2es export``'s job)."""
+    import json
+
+    import engine.serve.runtime as rt
+    from engine.model.checkpoint import load_model
+    from engine.serve.backends.ort import OrtBackend
+
+    built = []
+    real_init = rt.TorchBackend.__init__
+
+    def spy(self, *args, **kwargs):
+        built.append(args)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(rt.TorchBackend, "__init__", spy)
+    cache = tmp_path / "cache"  # empty: the backend has to export
+    ob = OrtBackend(load_model(tiny_ckpt, "p2es"), steps=2, k=1, threads=1, cache_dir=cache)
+    assert built == []
+    assert ob.model_dir.parent == cache / "onnx"
+    meta = json.loads((ob.model_dir / "meta.json").read_text())
+    assert "check_passes_rel_err" not in meta and "check_reconstruction_rel_err" not in meta
+
+
 # ------------------------------------------------------------------------------ numerics
 @pytest.mark.parametrize("name", ["p2es", "ddpm", "unet_regression", "p2es_no_groups"])
 def test_onnxruntime_matches_torch_whole_reconstruction(tiny_ckpt, name):
     """Same seed => same x_T: the whole loop (encode, every DDIM step, 12-lead finish) agrees."""
-    from engine.backends.ort import OrtBackend
-    from engine.checkpoint import load_model
-    from engine.runtime import TorchBackend
+    from engine.model.checkpoint import load_model
+    from engine.serve.backends.ort import OrtBackend
+    from engine.serve.runtime import TorchBackend
 
     e = load_model(tiny_ckpt, name)
     feats, demo, mask = _inputs(3)
@@ -142,15 +175,23 @@ def test_graphable_loop_equals_sampler_on_cpu(tiny_ckpt):
     """The loop that gets CUDA-graph captured (and drives TensorRT) is the sampler's loop."""
     import torch
 
-    from engine import sampler
-    from engine.backends.common import draw_noise
-    from engine.backends.torch_loop import GraphableLoop
-    from engine.checkpoint import load_model
+    from engine.model import sampler
+    from engine.model.checkpoint import load_model
+    from engine.serve.backends.common import draw_noise
+    from engine.serve.backends.torch_loop import GraphableLoop
 
     e = load_model(tiny_ckpt, "p2es")
     feats, demo, mask = (torch.as_tensor(a) for a in _inputs(2))
-    ref = sampler.sample(e.model, e.schedule, feats, (demo, mask), steps=3, k=2,
-                         generator=torch.Generator().manual_seed(11), keep_samples=False)
+    ref = sampler.sample(
+        e.model,
+        e.schedule,
+        feats,
+        (demo, mask),
+        steps=3,
+        k=2,
+        generator=torch.Generator().manual_seed(11),
+        keep_samples=False,
+    )
     loop = GraphableLoop(e.model, e.schedule, steps=3, k=2, device="cpu")
     with torch.no_grad():
         mean, std = loop(feats, demo, mask, torch.as_tensor(draw_noise(11, (4, 8, 1024))))
@@ -158,7 +199,7 @@ def test_graphable_loop_equals_sampler_on_cpu(tiny_ckpt):
 
 
 def test_buckets():
-    from engine.backends.torch_loop import bucket_for, default_buckets
+    from engine.serve.backends.torch_loop import bucket_for, default_buckets
 
     assert default_buckets(32) == [1, 2, 4, 8, 16, 32]
     assert default_buckets(24) == [1, 2, 4, 8, 16, 24]
@@ -174,14 +215,22 @@ def _cuda():
 
 def test_torch_cuda_graphs_match_eager(tiny_ckpt):
     _cuda()
-    from engine.checkpoint import load_model
-    from engine.runtime import TorchBackend
+    from engine.model.checkpoint import load_model
+    from engine.serve.runtime import TorchBackend
 
     feats, demo, mask = _inputs(3)
-    eager = TorchBackend(load_model(tiny_ckpt, "p2es"), device="cuda", steps=4, k=2, precision="fp32",
-                         cuda_graphs=False)
-    graph = TorchBackend(load_model(tiny_ckpt, "p2es"), device="cuda", steps=4, k=2, precision="fp32",
-                         cuda_graphs=True, max_batch=4)
+    eager = TorchBackend(
+        load_model(tiny_ckpt, "p2es"), device="cuda", steps=4, k=2, precision="fp32", cuda_graphs=False
+    )
+    graph = TorchBackend(
+        load_model(tiny_ckpt, "p2es"),
+        device="cuda",
+        steps=4,
+        k=2,
+        precision="fp32",
+        cuda_graphs=True,
+        max_batch=4,
+    )
     for _ in range(2):  # capture, then replay
         a, b = eager.run(feats, demo, mask), graph.run(feats, demo, mask)
         assert rel(b[0], a[0]) < 1e-4
@@ -190,9 +239,9 @@ def test_torch_cuda_graphs_match_eager(tiny_ckpt):
 def test_tensorrt_backend_matches_torch(tiny_ckpt):
     _cuda()
     pytest.importorskip("tensorrt")
-    from engine.backends.tensorrt import TensorRTBackend
-    from engine.checkpoint import load_model
-    from engine.runtime import TorchBackend
+    from engine.model.checkpoint import load_model
+    from engine.serve.backends.tensorrt import TensorRTBackend
+    from engine.serve.runtime import TorchBackend
 
     feats, demo, mask = _inputs(3)
     rt = TensorRTBackend(load_model(tiny_ckpt, "p2es"), steps=4, k=2, max_batch=4, fp16=False)
@@ -205,7 +254,7 @@ def test_tensorrt_backend_matches_torch(tiny_ckpt):
 def test_cli_run_accepts_every_backend():
     import argparse
 
-    from engine.cli_live import load_config, register_live
+    from engine.app.cli_live import load_config, register_live
 
     parser = argparse.ArgumentParser()
     register_live(parser.add_subparsers())
@@ -218,8 +267,8 @@ def test_cli_run_accepts_every_backend():
 def test_pipeline_end_to_end_on_onnxruntime(tiny_ckpt, mqtt_broker, tmp_path):
     """The live pipeline with backend="onnxruntime" (one flag): real Mosquitto, simulated wearables,
     every window reconstructed by ONNX Runtime, stitched ECG contiguous and each sample once."""
-    from engine.backends.ort import OrtBackend
-    from engine.pipeline import Pipeline, PipelineConfig
+    from engine.app.pipeline import Pipeline, PipelineConfig
+    from engine.serve.backends.ort import OrtBackend
     from wearable.publisher import make_patients, simulate_async
 
     tag = uuid.uuid4().hex[:6]
@@ -227,10 +276,19 @@ def test_pipeline_end_to_end_on_onnxruntime(tiny_ckpt, mqtt_broker, tmp_path):
     chunks, vitals = [], []
 
     async def main():
-        cfg = PipelineConfig(broker=services.mqtt_url(), client_id=f"p2es-test-ort-{tag}", influx_url=None,
-                             steps=2, k=2, checkpoint=str(tiny_ckpt), threads=1, max_wait_ms=10,
-                             backend="onnxruntime", engine_cache_dir=str(tmp_path / "cache"),
-                             stream_reorder_wait_s=1.0)
+        cfg = PipelineConfig(
+            broker=services.mqtt_url(),
+            client_id=f"p2es-test-ort-{tag}",
+            influx_url=None,
+            steps=2,
+            k=2,
+            checkpoint=str(tiny_ckpt),
+            threads=1,
+            max_wait_ms=10,
+            backend="onnxruntime",
+            engine_cache_dir=str(tmp_path / "cache"),
+            stream_reorder_wait_s=1.0,
+        )
         pipe = Pipeline(cfg, on_ecg=chunks.append, on_vitals=vitals.append)
         await pipe.start()
         assert isinstance(pipe._backend, OrtBackend)
@@ -240,8 +298,12 @@ def test_pipeline_end_to_end_on_onnxruntime(tiny_ckpt, mqtt_broker, tmp_path):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             s = pipe.stats()
-            if len(s["patients"]) == 2 and all(p["windows"] >= 4 for p in s["patients"].values()) \
-                    and not s["queue_depth"]["batcher"] and not any(p["pending"] for p in s["patients"].values()):
+            if (
+                len(s["patients"]) == 2
+                and all(p["windows"] >= 4 for p in s["patients"].values())
+                and not s["queue_depth"]["batcher"]
+                and not any(p["pending"] for p in s["patients"].values())
+            ):
                 break
             await asyncio.sleep(0.2)
         await asyncio.sleep(1.5)

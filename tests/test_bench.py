@@ -13,10 +13,10 @@ def tiny_ckpt(tmp_path_factory):
     """A tiny p2es model saved as a checkpoint set (random weights: the bench times, not scores)."""
     import torch
 
-    from engine.checkpoint import pack, save_set
-    from engine.config import variant
-    from engine.diffusion import make_schedule
-    from engine.model import P2ES
+    from engine.model.checkpoint import pack, save_set
+    from engine.model.config import variant
+    from engine.model.network import P2ES
+    from engine.model.schedule import make_schedule
 
     torch.manual_seed(0)
     mc, sc = variant("p2es", widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8)
@@ -34,8 +34,8 @@ def _cache(tmp_path_factory, monkeypatch):
 
 def _main(monkeypatch, argv):
     """p2es.cli.main with ``bench`` registered (also before engine/cli.py wires it in)."""
-    import engine.cli as engine_cli
-    from engine.cli_bench import register_bench
+    import engine.app.cli as engine_cli
+    from engine.app.cli_bench import register_bench
     from p2es.cli import main
 
     orig = engine_cli.register
@@ -55,13 +55,46 @@ def _finite_pos(x) -> bool:
 
 def test_bench_end_to_end(tiny_ckpt, tmp_path, monkeypatch, capsys):
     out = tmp_path / "bench.json"
-    rc = _main(monkeypatch, ["bench", "--json", str(out), "--checkpoint", str(tiny_ckpt), "--threads", "1",
-                             "--steps", "2", "--k", "2", "--batch-sizes", "1,2", "--repeats", "2",
-                             "--live-patients", "1", "--live-duration", "12", "--no-progress"])
+    rc = _main(
+        monkeypatch,
+        [
+            "bench",
+            "--json",
+            str(out),
+            "--checkpoint",
+            str(tiny_ckpt),
+            "--threads",
+            "1",
+            "--steps",
+            "2",
+            "--k",
+            "2",
+            "--batch-sizes",
+            "1,2",
+            "--repeats",
+            "2",
+            "--live-patients",
+            "1",
+            "--live-duration",
+            "12",
+            "--no-progress",
+        ],
+    )
     assert rc == 0
     res = json.loads(out.read_text())
-    for key in ("device", "cpu_count", "threads", "steps", "k", "window_s", "hop_s", "engine",
-                "patients_sustained", "live", "checkpoint"):
+    for key in (
+        "device",
+        "cpu_count",
+        "threads",
+        "steps",
+        "k",
+        "window_s",
+        "hop_s",
+        "engine",
+        "patients_sustained",
+        "live",
+        "checkpoint",
+    ):
         assert key in res, key
     assert res["device"] == "cpu" and res["threads"] == 1 and res["steps"] == 2 and res["k"] == 2
     assert [r["batch"] for r in res["engine"]] == [1, 2]
@@ -83,9 +116,31 @@ def test_bench_end_to_end(tiny_ckpt, tmp_path, monkeypatch, capsys):
 def test_bench_backends_ratio_and_patients(tiny_ckpt, tmp_path, monkeypatch, capsys):
     """torch (the eager baseline) and onnxruntime in one run: per-backend rows, ratio, capacity, FLOPs."""
     out = tmp_path / "bench.json"
-    rc = _main(monkeypatch, ["bench", "--json", str(out), "--checkpoint", str(tiny_ckpt), "--threads", "1",
-                             "--steps", "2", "--k", "2", "--batch-sizes", "1,3", "--repeats", "1",
-                             "--backends", "torch,onnxruntime", "--live-patients", "0", "--no-progress"])
+    rc = _main(
+        monkeypatch,
+        [
+            "bench",
+            "--json",
+            str(out),
+            "--checkpoint",
+            str(tiny_ckpt),
+            "--threads",
+            "1",
+            "--steps",
+            "2",
+            "--k",
+            "2",
+            "--batch-sizes",
+            "1,3",
+            "--repeats",
+            "1",
+            "--backends",
+            "torch,onnxruntime",
+            "--live-patients",
+            "0",
+            "--no-progress",
+        ],
+    )
     assert rc == 0
     res = json.loads(out.read_text())
     assert res["baseline"] == "torch"
@@ -105,25 +160,41 @@ def test_bench_backends_ratio_and_patients(tiny_ckpt, tmp_path, monkeypatch, cap
     fastest = max(by.values(), key=lambda b: b["best_windows_per_s"])
     assert res["backend"] == fastest["backend"] and res["patients_sustained"] == fastest["patients_sustained"]
     assert res["flops"]["window_step"] == res["flops_per_window_step"] > res["flops"]["denoise"] > 0
-    assert res["flops_per_window"] == pytest.approx(res["flops"]["encode"] + 2 * 2 * res["flops"]["denoise"]
-                                                    + 1 * 2 * res["flops"]["ddim_step"])
+    assert res["flops_per_window"] == pytest.approx(
+        res["flops"]["encode"] + 2 * 2 * res["flops"]["denoise"] + 1 * 2 * res["flops"]["ddim_step"]
+    )
     text = capsys.readouterr().out
     assert "onnxruntime" in text and "x torch" in text and "per backend" in text
 
 
-@pytest.mark.parametrize("argv, msg", [
-    (["--backends", "tflite"], "--backends"),
-    (["--backends", "all,torch"], "--backends"),
-    (["--batch-sizes", "1,x"], "--batch-sizes"),
-    (["--k", "0"], "--k"),
-    (["--hop-s", "9"], "--hop-s"),
-    (["--live-duration", "5"], "--live-duration"),
-    (["--window-s", "4"], "--window-s"),  # the model takes 8 s windows
-    (["--checkpoint", "/nonexistent/x.pt"], "checkpoint not found"),
-])
+@pytest.mark.parametrize(
+    "argv, msg",
+    [
+        (["--backends", "tflite"], "--backends"),
+        (["--backends", "all,torch"], "--backends"),
+        (["--batch-sizes", "1,x"], "--batch-sizes"),
+        (["--k", "0"], "--k"),
+        (["--hop-s", "9"], "--hop-s"),
+        (["--live-duration", "5"], "--live-duration"),
+        (["--window-s", "4"], "--window-s"),  # the model takes 8 s windows
+        (["--checkpoint", "/nonexistent/x.pt"], "checkpoint not found"),
+    ],
+)
 def test_bench_bad_input_is_one_line(tiny_ckpt, tmp_path, monkeypatch, capsys, argv, msg):
-    args = ["bench", "--json", str(tmp_path / "o.json"), "--no-progress", "--steps", "1", "--k", "1",
-            "--batch-sizes", "1", "--repeats", "1"]
+    args = [
+        "bench",
+        "--json",
+        str(tmp_path / "o.json"),
+        "--no-progress",
+        "--steps",
+        "1",
+        "--k",
+        "1",
+        "--batch-sizes",
+        "1",
+        "--repeats",
+        "1",
+    ]
     if "--live-duration" not in argv:
         args += ["--live-patients", "0"]
     if "--checkpoint" not in argv:

@@ -38,8 +38,26 @@ def test_synth_writes_the_contract(tmp_path, capsys):
 
 def test_synth_options(tmp_path, capsys):
     out = tmp_path / "y.npz"
-    rc, _, _ = run(capsys, "data", "synth", "--records", "8", "--seed", "1", "--out", str(out), "--duration", "10",
-                   "--fs", "250", "--subjects", "2", "--rhythm", "af=1,pvc=1", "--no-noisy-ecg")
+    rc, _, _ = run(
+        capsys,
+        "data",
+        "synth",
+        "--records",
+        "8",
+        "--seed",
+        "1",
+        "--out",
+        str(out),
+        "--duration",
+        "10",
+        "--fs",
+        "250",
+        "--subjects",
+        "2",
+        "--rhythm",
+        "af=1,pvc=1",
+        "--no-noisy-ecg",
+    )
     assert rc == 0
     d = load_npz(out)
     assert d["ecg"].shape == (8, 12, 2500) and "ecg_noisy" not in d
@@ -91,8 +109,12 @@ def test_plot_and_its_errors(tmp_path, capsys):
 def test_console_script_has_no_traceback(tmp_path):
     exe = Path(sys.executable).with_name("p2es")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "p2es.cli"]
-    p = subprocess.run(cmd + ["data", "synth", "--records", "2", "--out", str(tmp_path / "a.npz"), "--rhythm", "vt"],
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        cmd + ["data", "synth", "--records", "2", "--out", str(tmp_path / "a.npz"), "--rhythm", "vt"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2
     assert p.stderr.strip() == (
         "p2es: error: unknown rhythm 'vt' (choose from sinus, sinus_brady, sinus_tachy, af, pvc, long_qt, "

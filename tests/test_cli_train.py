@@ -6,8 +6,18 @@ import pytest
 
 from p2es.cli import main
 
-TINY = ["--steps", "2", "--batch-size", "2", "--progress", "false", "--num-threads", "1",
-        "--model", '{"widths": [8, 16], "emb_dim": 16, "n_groups": 2, "group_dim": 8}']
+TINY = [
+    "--steps",
+    "2",
+    "--batch-size",
+    "2",
+    "--progress",
+    "false",
+    "--num-threads",
+    "1",
+    "--model",
+    '{"widths": [8, 16], "emb_dim": 16, "n_groups": 2, "group_dim": 8}',
+]
 
 
 def run(capsys, *argv: str) -> tuple[int, str]:
@@ -48,7 +58,7 @@ def test_train_corrupt_files(tmp_path, capsys):
 
 
 def test_train_tiny_run_writes_a_loadable_set(tmp_path, capsys):
-    from engine.checkpoint import list_models, load_model
+    from engine.model.checkpoint import list_models, load_model
 
     out = tmp_path / "s.pt"
     rc, err = run(capsys, "train", "--out", str(out), *TINY, "--variant", "ddpm")
@@ -59,7 +69,7 @@ def test_train_tiny_run_writes_a_loadable_set(tmp_path, capsys):
 
 
 def test_stop_at_then_resume_finishes_the_same_schedule(tmp_path, capsys):
-    from engine.checkpoint import list_models
+    from engine.model.checkpoint import list_models
 
     out = tmp_path / "s.pt"
     args = ["train", "--out", str(out), *TINY[2:], "--variant", "ddpm", "--steps", "4", "--resume"]

@@ -8,8 +8,10 @@ No Docker engine exists here: the stack is checked, never started.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -38,8 +40,11 @@ def test_schema_is_the_vendored_compose_spec():
     import hashlib
 
     assert hashlib.sha256(SCHEMA.read_bytes()).hexdigest() == (
-        "56bab44c85c0ce8affb74474950293f37d510673283a243bcd7eeadb900fa35c")
-    assert (REPO / "tests" / "data" / "compose-spec.LICENSE").read_text().lstrip().startswith("Apache License")
+        "56bab44c85c0ce8affb74474950293f37d510673283a243bcd7eeadb900fa35c"
+    )
+    assert (
+        (REPO / "tests" / "data" / "compose-spec.LICENSE").read_text().lstrip().startswith("Apache License")
+    )
 
 
 def test_compose_file_matches_the_compose_specification(compose):
@@ -89,11 +94,18 @@ def test_volumes_are_named_or_existing_repo_files(compose):
                 used.add(src)
     assert used == declared  # no stray declarations
     # data directories are volumes, not bind mounts
-    mounts = {(n, (v if isinstance(v, str) else v["target"]).split(":")[1]) for n, s in _services(compose)
-              for v in s.get("volumes", [])}
-    for need in (("influxdb", "/var/lib/influxdb2"), ("grafana", "/var/lib/grafana"),
-                 ("mosquitto", "/mosquitto/data"), ("engine", "/var/lib/p2es/spool"),
-                 ("alerts", "/var/lib/p2es/alerts")):
+    mounts = {
+        (n, (v if isinstance(v, str) else v["target"]).split(":")[1])
+        for n, s in _services(compose)
+        for v in s.get("volumes", [])
+    }
+    for need in (
+        ("influxdb", "/var/lib/influxdb2"),
+        ("grafana", "/var/lib/grafana"),
+        ("mosquitto", "/mosquitto/data"),
+        ("engine", "/var/lib/p2es/spool"),
+        ("alerts", "/var/lib/p2es/alerts"),
+    ):
         assert need in mounts, need
 
 
@@ -108,13 +120,17 @@ def test_no_secret_literal_in_compose(compose):
         for k, v in env.items():
             if SECRET_WORDS.search(k):
                 v = str(v)
-                ok = (k.endswith("_FILE") and v.startswith("/run/secrets/")) or re.fullmatch(r"\$\{[A-Z_]+\}", v)
+                ok = (k.endswith("_FILE") and v.startswith("/run/secrets/")) or re.fullmatch(
+                    r"\$\{[A-Z_]+\}", v
+                )
                 assert ok, f"{name}: {k}={v!r} looks like a secret literal"
         for sec in s.get("secrets", []):
             assert sec in compose["secrets"], (name, sec)
     text = (REPO / "compose.yaml").read_text()
-    assert not re.search(r"(?i)(password|token|secret)\s*[:=]\s*['\"]?[A-Za-z0-9+/_-]{8,}", text.replace(
-        "_FILE:", "").replace("/run/secrets/", "")), "literal secret in compose.yaml"
+    assert not re.search(
+        r"(?i)(password|token|secret)\s*[:=]\s*['\"]?[A-Za-z0-9+/_-]{8,}",
+        text.replace("_FILE:", "").replace("/run/secrets/", ""),
+    ), "literal secret in compose.yaml"
 
 
 def test_secret_files_are_git_ignored_and_documented(compose):
@@ -154,7 +170,7 @@ def test_grafana_mounts_the_provisioning_the_dashboards_expect(compose):
 
 def test_p2es_service_configs_parse(compose, monkeypatch):
     """engine.yaml / alerts.yaml are valid for the services' own config models."""
-    from engine.pipeline import PipelineConfig
+    from engine.app.pipeline import PipelineConfig
 
     monkeypatch.setenv("P2ES_INFLUX_TOKEN", "t")
     eng = PipelineConfig(**yaml.safe_load((REPO / "deploy/p2es/engine.yaml").read_text()))
@@ -162,7 +178,10 @@ def test_p2es_service_configs_parse(compose, monkeypatch):
     hc = " ".join(compose["services"]["engine"]["healthcheck"]["test"])
     assert f":{eng.metrics_port}/metrics" in hc and eng.metrics_addr == "0.0.0.0"
     infl = compose["services"]["influxdb"]["environment"]
-    assert (eng.influx_org, eng.influx_bucket) == (infl["DOCKER_INFLUXDB_INIT_ORG"], infl["DOCKER_INFLUXDB_INIT_BUCKET"])
+    assert (eng.influx_org, eng.influx_bucket) == (
+        infl["DOCKER_INFLUXDB_INIT_ORG"],
+        infl["DOCKER_INFLUXDB_INIT_BUCKET"],
+    )
     assert eng.spool_dir.startswith("/var/lib/p2es/")
     try:
         from alerts.service import AlertServiceConfig
@@ -190,8 +209,11 @@ def test_dockerfile_pins_torch_like_pyproject():
 
 
 def test_shell_scripts_parse():
-    for script in ("deploy/mosquitto/add-device.sh", "deploy/influxdb/init/10-p2es-dbrp.sh",
-                   "deploy/p2es/entrypoint.sh"):
+    for script in (
+        "deploy/mosquitto/add-device.sh",
+        "deploy/influxdb/init/10-p2es-dbrp.sh",
+        "deploy/p2es/entrypoint.sh",
+    ):
         shell = "sh" if script.endswith("entrypoint.sh") else "bash"
         r = subprocess.run([shell, "-n", str(REPO / script)], capture_output=True, text=True)
         assert r.returncode == 0, (script, r.stderr)
@@ -201,11 +223,71 @@ def test_shell_scripts_parse():
 def test_entrypoint_exports_secrets_from_files(tmp_path):
     (tmp_path / "pw").write_text("s3cr3t\n")
     env = {"PATH": "/usr/bin:/bin", "P2ES_MQTT_PASSWORD_FILE": str(tmp_path / "pw")}
-    r = subprocess.run(["sh", str(REPO / "deploy/p2es/entrypoint.sh"), "sh", "-c",
-                        'echo "[$P2ES_MQTT_PASSWORD][${P2ES_MQTT_PASSWORD_FILE:-unset}]"'],
-                       capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [
+            "sh",
+            str(REPO / "deploy/p2es/entrypoint.sh"),
+            "sh",
+            "-c",
+            'echo "[$P2ES_MQTT_PASSWORD][${P2ES_MQTT_PASSWORD_FILE:-unset}]"',
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 0 and r.stdout == "[s3cr3t][unset]\n", r
     env["P2ES_MQTT_PASSWORD_FILE"] = str(tmp_path / "missing")
-    r = subprocess.run(["sh", str(REPO / "deploy/p2es/entrypoint.sh"), "true"], capture_output=True,
-                       text=True, env=env)
+    r = subprocess.run(
+        ["sh", str(REPO / "deploy/p2es/entrypoint.sh"), "true"], capture_output=True, text=True, env=env
+    )
     assert r.returncode == 2 and "not readable" in r.stderr
+
+
+def test_docker_image_sources_are_complete(tmp_path):
+    """deploy/Dockerfile copies folders by name: every package the distribution installs is
+    copied, and the copied tree alone imports every module and runs `p2es --help` (nothing
+    outside the COPY lines is needed)."""
+    import shutil
+
+    from p2es.architecture import PACKAGES
+
+    py = tomllib.loads((REPO / "pyproject.toml").read_text())
+    include = [p.rstrip("*") for p in py["tool"]["setuptools"]["packages"]["find"]["include"]]
+    df = (REPO / "deploy" / "Dockerfile").read_text()
+    copied = []
+    for line in re.findall(r"^COPY (.+)$", df, re.M):
+        parts = line.split()
+        if parts[0].startswith("--"):
+            parts = parts[1:]
+        copied += [s for s in parts[:-1] if not s.startswith("deploy/")]
+    assert set(include) == set(PACKAGES) <= set(copied), (include, copied)
+    ignore = (REPO / "deploy" / "Dockerfile.dockerignore").read_text()
+    for src in copied:
+        assert f"!{src}" in ignore or f"!{src}/**" in ignore, f"{src} is filtered out of the build context"
+        target = tmp_path / src
+        if (REPO / src).is_dir():
+            shutil.copytree(REPO / src, target, ignore=shutil.ignore_patterns("__pycache__", "*.resume.pt"))
+        else:
+            shutil.copy2(REPO / src, target)
+    code = (
+        "import importlib, os, pkgutil, sys\n"
+        f"for pkg in {list(PACKAGES)!r}:\n"
+        "    m = importlib.import_module(pkg)\n"
+        "    assert m.__file__.startswith(os.getcwd()), m.__file__\n"
+        "    for i in pkgutil.walk_packages(m.__path__, pkg + '.'):\n"
+        "        if 'tensorrt' not in i.name:\n"
+        "            importlib.import_module(i.name)\n"
+        "from engine.model.checkpoint import DEFAULT_CHECKPOINT\n"
+        "assert DEFAULT_CHECKPOINT.is_file(), DEFAULT_CHECKPOINT\n"
+        "from p2es.cli import main\n"
+        "sys.argv = ['p2es', '--help']\n"
+        "main()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "usage: p2es" in r.stdout
+    assert str(REPO) not in r.stdout + r.stderr

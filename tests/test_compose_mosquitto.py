@@ -31,8 +31,12 @@ def _free_port() -> int:
 
 def add_account(passwd: Path, name: str, password: str | None = None) -> str:
     args = ["bash", str(REPO / "deploy/mosquitto/add-device.sh"), name] + ([password] if password else [])
-    r = subprocess.run(args, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin:/usr/sbin",
-                                                                  "P2ES_MOSQUITTO_PASSWD": str(passwd)})
+    r = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin:/usr/sbin", "P2ES_MOSQUITTO_PASSWD": str(passwd)},
+    )
     assert r.returncode == 0, r.stderr
     if password:
         return password
@@ -69,7 +73,9 @@ def broker(tmp_path_factory):
     assert "allow_anonymous false" in text
     (tmp / "mosquitto.conf").write_text(text)
     log = open(tmp / "log", "w")
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(tmp / "mosquitto.conf")], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [MOSQUITTO, "-c", str(tmp / "mosquitto.conf")], stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -97,8 +103,12 @@ def test_add_device_script(tmp_path):
     assert "chosen-password" not in f.read_text()  # stored hashed
     add_account(f, "bed-1", "new")  # changing a password keeps one entry
     assert len(f.read_text().splitlines()) == 2
-    r = subprocess.run(["bash", str(REPO / "deploy/mosquitto/add-device.sh"), "bad/id"], capture_output=True,
-                       text=True, env={"PATH": "/usr/bin:/bin", "P2ES_MOSQUITTO_PASSWD": str(f)})
+    r = subprocess.run(
+        ["bash", str(REPO / "deploy/mosquitto/add-device.sh"), "bad/id"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "P2ES_MOSQUITTO_PASSWD": str(f)},
+    )
     assert r.returncode == 2 and "not a valid patient id" in r.stderr
 
 
@@ -108,8 +118,15 @@ def test_device_writes_only_its_own_patient_topics(broker):
     port, acc = broker["port"], broker["accounts"]
 
     def client(user, **kw):
-        return aiomqtt.Client("127.0.0.1", port, username=user, password=acc[user],
-                              protocol=aiomqtt.ProtocolVersion.V5, identifier=f"{user}-t", **kw)
+        return aiomqtt.Client(
+            "127.0.0.1",
+            port,
+            username=user,
+            password=acc[user],
+            protocol=aiomqtt.ProtocolVersion.V5,
+            identifier=f"{user}-t",
+            **kw,
+        )
 
     async def main():
         got: list[tuple[str, bytes]] = []
@@ -130,6 +147,7 @@ def test_device_writes_only_its_own_patient_topics(broker):
                     got.append((str(m.topic), bytes(m.payload)))
                     if m.payload == b"bed2-own":
                         return
+
             await asyncio.wait_for(collect(), 10)
             await asyncio.sleep(0.5)  # anything late would arrive now
         return got
@@ -152,5 +170,10 @@ def test_anonymous_and_wrong_password_are_refused(broker):
     for kw in ({}, {"username": "ward7-bed1", "password": "wrong"}, {"username": "nobody", "password": "x"}):
         with pytest.raises(aiomqtt.MqttError) as e:
             asyncio.run(connect(**kw))
-        assert re.search(r"(?i)not authori[sz]ed|bad user ?name or password|refused", str(e.value)), (kw, e.value)
-    asyncio.run(connect(username="ward7-bed1", password=broker["accounts"]["ward7-bed1"]))  # the right one works
+        assert re.search(r"(?i)not authori[sz]ed|bad user ?name or password|refused", str(e.value)), (
+            kw,
+            e.value,
+        )
+    asyncio.run(
+        connect(username="ward7-bed1", password=broker["accounts"]["ward7-bed1"])
+    )  # the right one works

@@ -30,8 +30,9 @@ def p2es(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
     e = {k: v for k, v in os.environ.items() if k != "GRAFANA_TOKEN"}
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "p2es.cli", *args], capture_output=True, text=True,
-                          cwd=REPO, env=e, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "p2es.cli", *args], capture_output=True, text=True, cwd=REPO, env=e, timeout=60
+    )
 
 
 def p2es_inproc(capsys, monkeypatch, *args: str) -> subprocess.CompletedProcess:
@@ -55,7 +56,8 @@ def test_committed_files_equal_generated():
     for name, d in all_dashboards().items():
         path = JSON_DIR / f"{name}.json"
         assert path.read_text(encoding="utf-8") == dashboard_text(d), (
-            f"{path} is stale: run `.venv/bin/python -m dashboards.build`")
+            f"{path} is stale: run `.venv/bin/python -m dashboards.build`"
+        )
     for rel, body in provisioning_files().items():
         assert (PROVISIONING_DIR / rel).read_text(encoding="utf-8") == body, rel
     assert sorted(p.name for p in JSON_DIR.glob("*.json")) == sorted(f"{n}.json" for n in all_dashboards())
@@ -95,8 +97,13 @@ def test_validator_catches_broken_dashboards():
     bad["panels"][4]["targets"][0]["rawQuery"] = False
     bad["annotations"]["list"][1]["datasource"]["uid"] = "other"
     errs = "\n".join(problems(bad, DATASOURCE_UID))
-    for needle in ("panel ids must be unique", "outside the 24-column grid", "uses $host",
-                   "rawQuery must be true", "annotation 'Alerts': datasource"):
+    for needle in (
+        "panel ids must be unique",
+        "outside the 24-column grid",
+        "uses $host",
+        "rawQuery must be true",
+        "annotation 'Alerts': datasource",
+    ):
         assert needle in errs, errs
     assert problems({"title": "x"}, DATASOURCE_UID)
     assert problems(with_datasource_uid(d, "elsewhere"), "elsewhere") == []
@@ -105,8 +112,10 @@ def test_validator_catches_broken_dashboards():
 def test_patient_dashboard_content():
     d = all_dashboards()["patient"]
     titles = [p["title"] for p in d["panels"]]
-    grid = [[p for p in d["panels"] if p["title"] == f"{lead} (reconstructed)"][0]["gridPos"]
-            for lead in ("I", "aVR", "V1", "V4", "II", "aVL", "V2", "V5", "III", "aVF", "V3", "V6")]
+    grid = [
+        [p for p in d["panels"] if p["title"] == f"{lead} (reconstructed)"][0]["gridPos"]
+        for lead in ("I", "aVR", "V1", "V4", "II", "aVL", "V2", "V5", "III", "aVF", "V3", "V6")
+    ]
     assert [(g["x"], g["y"]) for g in grid] == [(6 * c, 4 + 5 * r) for r in range(3) for c in range(4)]
     assert "Rhythm strip: lead II (reconstructed)" in titles
     for p in d["panels"]:
@@ -125,7 +134,9 @@ def test_provisioning_files():
     assert src["uid"] == DATASOURCE_UID and src["type"] == "influxdb"
     assert src["jsonData"]["version"] == "InfluxQL"
     assert src["jsonData"]["httpHeaderName1"] == "Authorization"
-    assert src["secureJsonData"]["httpHeaderValue1"] == "Token ${P2ES_INFLUX_TOKEN}"  # from env, not a literal
+    assert (
+        src["secureJsonData"]["httpHeaderValue1"] == "Token ${P2ES_INFLUX_TOKEN}"
+    )  # from env, not a literal
     prov = yaml.safe_load(provisioning_files()["dashboards/p2es.yaml"])
     (pr,) = prov["providers"]
     assert pr["type"] == "file" and pr["options"]["path"] == "/var/lib/grafana/dashboards/p2es"
@@ -135,7 +146,9 @@ def test_export_cli(tmp_path, capsys, monkeypatch):
     r = p2es_inproc(capsys, monkeypatch, "dashboards", "export", "--out", str(tmp_path / "x"))
     assert r.returncode == 0, r.stderr
     for name in all_dashboards():
-        assert (tmp_path / "x" / "json" / f"{name}.json").read_text() == (JSON_DIR / f"{name}.json").read_text()
+        assert (tmp_path / "x" / "json" / f"{name}.json").read_text() == (
+            JSON_DIR / f"{name}.json"
+        ).read_text()
     assert (tmp_path / "x" / "provisioning" / "datasources" / "p2es.yaml").exists()
     (tmp_path / "file").write_text("")
     r = p2es_inproc(capsys, monkeypatch, "dashboards", "export", "--out", str(tmp_path / "file"))
@@ -167,8 +180,14 @@ class FakeGrafana:
             def _handle(self, method: str) -> None:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(n)) if n else None
-                outer.requests.append({"method": method, "path": self.path, "body": body,
-                                       "auth": self.headers.get("Authorization")})
+                outer.requests.append(
+                    {
+                        "method": method,
+                        "path": self.path,
+                        "body": body,
+                        "auth": self.headers.get("Authorization"),
+                    }
+                )
                 if self.headers.get("Authorization") != f"Bearer {outer.token}":
                     return self._reply(401, {"message": "invalid API key"})
                 if method == "GET" and self.path.startswith("/api/folders"):
@@ -179,8 +198,9 @@ class FakeGrafana:
                     return self._reply(200, f)
                 if method == "POST" and self.path == "/api/dashboards/db":
                     uid = body["dashboard"]["uid"]
-                    return self._reply(200, {"id": 1, "uid": uid, "status": "success", "version": 1,
-                                             "url": f"/d/{uid}/x"})
+                    return self._reply(
+                        200, {"id": 1, "uid": uid, "status": "success", "version": 1, "url": f"/d/{uid}/x"}
+                    )
                 return self._reply(404, {"message": "not found"})
 
             def do_GET(self):
@@ -204,11 +224,23 @@ class FakeGrafana:
 
 def test_push_uploads_every_dashboard_into_a_new_folder():
     with FakeGrafana() as g:
-        r = p2es("dashboards", "push", "--grafana", g.url, "--folder", "Ward 7",
-                 "--datasource-uid", "my-influx", env={"GRAFANA_TOKEN": "glsa_test"})
+        r = p2es(
+            "dashboards",
+            "push",
+            "--grafana",
+            g.url,
+            "--folder",
+            "Ward 7",
+            "--datasource-uid",
+            "my-influx",
+            env={"GRAFANA_TOKEN": "glsa_test"},
+        )
     assert r.returncode == 0, r.stderr
     assert all(q["auth"] == "Bearer glsa_test" for q in g.requests)
-    assert [(q["method"], q["path"]) for q in g.requests[:2]] == [("GET", "/api/folders"), ("POST", "/api/folders")]
+    assert [(q["method"], q["path"]) for q in g.requests[:2]] == [
+        ("GET", "/api/folders"),
+        ("POST", "/api/folders"),
+    ]
     assert g.requests[1]["body"] == {"title": "Ward 7", "uid": "ward-7"}
     uploads = [q["body"] for q in g.requests if q["path"] == "/api/dashboards/db"]
     assert [u["dashboard"]["uid"] for u in uploads] == [d["uid"] for d in all_dashboards().values()]
@@ -240,7 +272,9 @@ def test_push_errors_are_one_line(capsys, monkeypatch):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    r = p2es_inproc(capsys, monkeypatch, "dashboards", "push", "--grafana", f"http://127.0.0.1:{port}", "--token", "x")
+    r = p2es_inproc(
+        capsys, monkeypatch, "dashboards", "push", "--grafana", f"http://127.0.0.1:{port}", "--token", "x"
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("p2es: error: cannot reach Grafana") and "connection refused" in r.stderr
 

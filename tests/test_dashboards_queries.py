@@ -21,8 +21,8 @@ import uuid
 
 import numpy as np
 import pytest
-
 import services
+
 from dashboards.build import ECG_LAYOUT, all_dashboards
 from dashboards.validate import iter_queries
 
@@ -47,8 +47,14 @@ def duration_ms(text: str) -> int:
     return int(m.group(1)) * {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}[m.group(2)]
 
 
-def render(query: str, *, from_ms: int, to_ms: int, interval: str = "1s",
-           variables: dict[str, tuple[list[str], bool]] | None = None) -> str:
+def render(
+    query: str,
+    *,
+    from_ms: int,
+    to_ms: int,
+    interval: str = "1s",
+    variables: dict[str, tuple[list[str], bool]] | None = None,
+) -> str:
     """Grafana's substitution. ``variables``: name -> (selected values, multi_or_all)."""
     q = query.replace("$timeFilter", f"time >= {from_ms}ms and time <= {to_ms}ms")
     q = q.replace("$__interval_ms", str(duration_ms(interval))).replace("$__interval", interval)
@@ -60,7 +66,7 @@ def render(query: str, *, from_ms: int, to_ms: int, interval: str = "1s",
             esc = [escape_regex(v) for v in values]
             text = esc[0] if len(esc) == 1 else "(" + "|".join(esc) + ")"
         q = q.replace("${" + name + "}", text)
-        q = re.sub(r"\$" + re.escape(name) + r"(?![A-Za-z0-9_])", lambda _m: text, q)
+        q = re.sub(r"\$" + re.escape(name) + r"(?![A-Za-z0-9_])", lambda _m, text=text: text, q)
     left = set(re.findall(r"\$\{?([A-Za-z_]\w*)", q)) - {"col"}
     assert not {v for v in left if not v.startswith("tag_")}, q  # every variable was filled in
     return q
@@ -84,11 +90,23 @@ def run(q: str, db: str) -> list[dict]:
 
 # ------------------------------------------------------------------------- the simulated run
 def _tiny_ckpt(path) -> str:
-    from engine.train import TrainConfig, train
+    from engine.model.train import TrainConfig, train
 
-    train(TrainConfig(variant="p2es", model=dict(widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8),
-                      steps=2, batch_size=4, data="fake", chunk_records=8, ckpt_every=0,
-                      group_refit_every=1, group_reservoir=16, progress=False), path)
+    train(
+        TrainConfig(
+            variant="p2es",
+            model=dict(widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8),
+            steps=2,
+            batch_size=4,
+            data="fake",
+            chunk_records=8,
+            ckpt_every=0,
+            group_refit_every=1,
+            group_reservoir=16,
+            progress=False,
+        ),
+        path,
+    )
     return str(path)
 
 
@@ -105,7 +123,7 @@ async def _wait_for(pred, timeout: float, step: float = 0.2) -> bool:
 def run_data(influxdb, mqtt_broker, tmp_path_factory):
     """3 simulated patients (24 s of signal, in the past) through the real Pipeline into a private
     database, health every second, then alert transitions written with ``alert_line``."""
-    from engine.pipeline import Pipeline, PipelineConfig
+    from engine.app.pipeline import Pipeline, PipelineConfig
     from sink.lineprotocol import alert_line
     from wearable.publisher import make_patients, simulate_async
 
@@ -119,24 +137,41 @@ def run_data(influxdb, mqtt_broker, tmp_path_factory):
     n_win = int(np.ceil((DURATION * FS - T) / HOP))
 
     async def main():
-        cfg = PipelineConfig(broker=services.mqtt_url(), client_id=client_id, influx_url=services.influx_url(),
-                             influx_db=db, steps=2, k=2, max_batch=16, max_wait_ms=20, checkpoint=ckpt,
-                             spool_dir=str(tmp / "spool"), writer_flush_interval_s=0.3,
-                             writer_backoff_cap_s=1.0, threads=1, stream_reorder_wait_s=1.0,
-                             idle_flush_s=1.5, health_interval_s=1.0, publish_vitals=False)
+        cfg = PipelineConfig(
+            broker=services.mqtt_url(),
+            client_id=client_id,
+            influx_url=services.influx_url(),
+            influx_db=db,
+            steps=2,
+            k=2,
+            max_batch=16,
+            max_wait_ms=20,
+            checkpoint=ckpt,
+            spool_dir=str(tmp / "spool"),
+            writer_flush_interval_s=0.3,
+            writer_backoff_cap_s=1.0,
+            threads=1,
+            stream_reorder_wait_s=1.0,
+            idle_flush_s=1.5,
+            health_interval_s=1.0,
+            publish_vitals=False,
+        )
         pipe = Pipeline(cfg)
         await pipe.start()
         try:
             await pipe.ingest.wait_connected(10)
             pats = make_patients(3, seed=11, duration_s=DURATION, fs_list=[64, 100, 125], prefix=f"d{tag}")
-            await simulate_async(services.mqtt_url(), pats, speed=8, duration_s=DURATION,
-                                 t_start=t_start, seed=1)
+            await simulate_async(
+                services.mqtt_url(), pats, speed=8, duration_s=DURATION, t_start=t_start, seed=1
+            )
 
             def done():
                 ps = pipe.stats()["patients"]
-                return (len(ps) == 3 and all(p["windows"] >= n_win and
-                                             p["ecg_samples"] == (p["windows"] - 1) * HOP + T
-                                             for p in ps.values()))
+                return len(ps) == 3 and all(
+                    p["windows"] >= n_win and p["ecg_samples"] == (p["windows"] - 1) * HOP + T
+                    for p in ps.values()
+                )
+
             assert await _wait_for(done, 60), pipe.stats()["patients"]
             await asyncio.sleep(2.5)  # a few more health points
         finally:
@@ -149,8 +184,9 @@ def run_data(influxdb, mqtt_broker, tmp_path_factory):
     p0, p1, p2 = patients
     alerts = [
         alert_line(p0, "hr_high", "high", t0 + 10 * s, state="firing", value=131.0, message="HR 131/min"),
-        alert_line(p1, "af_suspected", "medium", t0 + 10 * s, state="firing", value=0.21,
-                   message="irregular RR"),
+        alert_line(
+            p1, "af_suspected", "medium", t0 + 10 * s, state="firing", value=0.21, message="irregular RR"
+        ),
         alert_line(p1, "sqi_low", "low", t0 + 11 * s, state="firing", value=0.3, message="poor signal"),
         alert_line(p2, "qtc_long", "high", t0 + 5 * s, state="firing", value=520.0, message="QTc 520 ms"),
         alert_line(p2, "qtc_long", "high", t0 + 15 * s, state="resolved", value=450.0, message="QTc 450 ms"),
@@ -161,10 +197,19 @@ def run_data(influxdb, mqtt_broker, tmp_path_factory):
     to_ms = int(time.time() * 1000) + 5_000
     # The patient a viewer picks: the one whose vitals have the most fields measured (an
     # untrained tiny model cannot always measure e.g. QTc in every window of every patient).
-    counts = {sr["tags"]["patient"]: sum(1 for c in sr["values"][0][1:] if c)
-              for sr in run('SELECT count(*) FROM "vitals" GROUP BY "patient"', db)}
+    counts = {
+        sr["tags"]["patient"]: sum(1 for c in sr["values"][0][1:] if c)
+        for sr in run('SELECT count(*) FROM "vitals" GROUP BY "patient"', db)
+    }
     viewed = max(patients, key=lambda p: counts.get(p, 0))
-    yield {"db": db, "patients": patients, "viewed": viewed, "instance": client_id, "from_ms": from_ms, "to_ms": to_ms}
+    yield {
+        "db": db,
+        "patients": patients,
+        "viewed": viewed,
+        "instance": client_id,
+        "from_ms": from_ms,
+        "to_ms": to_ms,
+    }
     services.influx_query(f'DROP DATABASE "{db}"', db="")
 
 
@@ -200,8 +245,10 @@ def test_every_query_returns_data(run_data, name):
     d = all_dashboards()[name]
     data = run_data
     variables = _variable_values(d, data)
-    ecg_last_ms = run(f"SELECT last(\"II\") FROM ecg WHERE patient = '{data['viewed']}'",
-                      data["db"])[0]["values"][0][0] // 1_000_000
+    ecg_last_ms = (
+        run(f"SELECT last(\"II\") FROM ecg WHERE patient = '{data['viewed']}'", data["db"])[0]["values"][0][0]
+        // 1_000_000
+    )
     checked = 0
     for kind, where, obj in iter_queries(d):
         if kind == "variable":
@@ -220,9 +267,12 @@ def test_every_query_returns_data(run_data, name):
         assert series and any(s.get("values") for s in series), f"{name}: {where}: no data for\n{q}"
         # every selected column has data somewhere (a misspelt field gives an all-null column)
         for col in {c for s in series for c in s["columns"]} - {"time"}:
-            assert any(row[s["columns"].index(col)] is not None
-                       for s in series if col in s["columns"] for row in s["values"]), (
-                f"{name}: {where}: column {col!r} is always null in\n{q}")
+            assert any(
+                row[s["columns"].index(col)] is not None
+                for s in series
+                if col in s["columns"]
+                for row in s["values"]
+            ), f"{name}: {where}: column {col!r} is always null in\n{q}"
         checked += 1
     assert checked >= {"ward-overview": 7, "patient": 26, "pipeline-health": 13}[name]
 
@@ -233,9 +283,13 @@ def test_ecg_panels_show_ten_seconds_of_every_lead(run_data):
     data = run_data
     variables = _variable_values(d, data)
     leads = [lead for row in ECG_LAYOUT for lead in row]
-    assert sorted(leads) == sorted(["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"])
-    ecg_last_ms = run(f"SELECT last(\"I\") FROM ecg WHERE patient = '{data['viewed']}'",
-                      data["db"])[0]["values"][0][0] // 1_000_000
+    assert sorted(leads) == sorted(
+        ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    )
+    ecg_last_ms = (
+        run(f"SELECT last(\"I\") FROM ecg WHERE patient = '{data['viewed']}'", data["db"])[0]["values"][0][0]
+        // 1_000_000
+    )
     seen = []
     for p in d["panels"]:
         q = p.get("targets", [{}])[0].get("query", "")
@@ -268,16 +322,25 @@ def test_ward_overview_alert_columns_are_right(run_data):
     for p in (p0, p1, p2):
         assert 0 <= got[p]["SQI"] <= 1
     active = next(p for p in d["panels"] if p["title"] == "Active alerts")
-    rows = run(render(active["targets"][0]["query"], from_ms=data["from_ms"], to_ms=data["to_ms"]),
-               data["db"])
+    rows = run(
+        render(active["targets"][0]["query"], from_ms=data["from_ms"], to_ms=data["to_ms"]), data["db"]
+    )
     assert sorted((s["tags"]["patient"], s["tags"]["rule"]) for s in rows) == sorted(
-        [(p0, "hr_high"), (p1, "af_suspected"), (p1, "sqi_low"), (p2, "sqi_low")])
+        [(p0, "hr_high"), (p1, "af_suspected"), (p1, "sqi_low"), (p2, "sqi_low")]
+    )
 
 
 def test_render_follows_grafana_rules():
-    q = 'SELECT x FROM m WHERE "instance" =~ /^$instance$/ AND p = \'$p\' AND $timeFilter GROUP BY time($__interval)'
-    out = render(q, from_ms=1000, to_ms=2000, interval="10s",
-                 variables={"instance": (["a.b", "c/d"], True), "p": (["x.y"], False)})
-    assert out == ('SELECT x FROM m WHERE "instance" =~ /^(a\\.b|c\\/d)$/ AND p = \'x.y\' AND '
-                   "time >= 1000ms and time <= 2000ms GROUP BY time(10s)")
+    q = "SELECT x FROM m WHERE \"instance\" =~ /^$instance$/ AND p = '$p' AND $timeFilter GROUP BY time($__interval)"
+    out = render(
+        q,
+        from_ms=1000,
+        to_ms=2000,
+        interval="10s",
+        variables={"instance": (["a.b", "c/d"], True), "p": (["x.y"], False)},
+    )
+    assert out == (
+        "SELECT x FROM m WHERE \"instance\" =~ /^(a\\.b|c\\/d)$/ AND p = 'x.y' AND "
+        "time >= 1000ms and time <= 2000ms GROUP BY time(10s)"
+    )
     assert panel_range({"timeFrom": "10s", "timeShift": "15s"}, 0, 0, 100_000) == (75_000, 85_000)

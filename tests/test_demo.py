@@ -20,12 +20,24 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tiny_demo_ckpt(tmp_path_factory) -> Path:
-    from engine.train import TrainConfig, train
+    from engine.model.train import TrainConfig, train
 
     path = tmp_path_factory.mktemp("demo_ckpt") / "tiny.pt"
-    train(TrainConfig(variant="p2es", model=dict(widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8),
-                      steps=2, batch_size=4, data="fake", chunk_records=8, ckpt_every=0, group_refit_every=1,
-                      group_reservoir=16, progress=False), path)
+    train(
+        TrainConfig(
+            variant="p2es",
+            model=dict(widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8),
+            steps=2,
+            batch_size=4,
+            data="fake",
+            chunk_records=8,
+            ckpt_every=0,
+            group_refit_every=1,
+            group_reservoir=16,
+            progress=False,
+        ),
+        path,
+    )
     return path
 
 
@@ -53,7 +65,7 @@ rules:
 
 
 def test_live_demo_embedded_broker(tiny_demo_ckpt, tmp_path, capsys):
-    from engine.demo import run_demo
+    from engine.app.demo import run_demo
 
     out = tmp_path / "demo"
     rules = tmp_path / "rules.yaml"
@@ -61,10 +73,31 @@ def test_live_demo_embedded_broker(tiny_demo_ckpt, tmp_path, capsys):
     # leftovers of an earlier run (state, outbox) must not leak into this one
     (out / ".alerts").mkdir(parents=True)
     (out / ".alerts" / "state.json").write_text("{not json")
-    args = build_parser().parse_args(["demo", "--patients", "2", "--duration", "20", "--speed", "10",
-                                      "--checkpoint", str(tiny_demo_ckpt), "--steps", "2", "--k", "2",
-                                      "--threads", "1", "--out", str(out), "--refresh", "0.5",
-                                      "--rules", str(rules)])
+    args = build_parser().parse_args(
+        [
+            "demo",
+            "--patients",
+            "2",
+            "--duration",
+            "20",
+            "--speed",
+            "10",
+            "--checkpoint",
+            str(tiny_demo_ckpt),
+            "--steps",
+            "2",
+            "--k",
+            "2",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+            "--refresh",
+            "0.5",
+            "--rules",
+            str(rules),
+        ]
+    )
     t0 = time.monotonic()
     s = run_demo(args, live=False)
     wall = time.monotonic() - t0
@@ -111,12 +144,16 @@ def test_live_demo_embedded_broker(tiny_demo_ckpt, tmp_path, capsys):
 def test_demo_missing_checkpoint_is_one_line(tmp_path, capsys):
     rc = main(["demo", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert rc == 2 and err.strip().splitlines() == [f"p2es: error: checkpoint not found: {tmp_path / 'nope.pt'}"]
+    assert rc == 2 and err.strip().splitlines() == [
+        f"p2es: error: checkpoint not found: {tmp_path / 'nope.pt'}"
+    ]
     rc = main(["demo", "--speed", "0", "--out", str(tmp_path / "o")])
     assert rc == 2 and "--speed" in capsys.readouterr().err
     rc = main(["demo", "--rules", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert rc == 2 and err.strip().splitlines() == [f"p2es: error: rules file not found: {tmp_path / 'nope.yaml'}"]
+    assert rc == 2 and err.strip().splitlines() == [
+        f"p2es: error: rules file not found: {tmp_path / 'nope.yaml'}"
+    ]
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: 1\nrules:\n  - name: x\n    metric: hr\n    op: '>'\n    threshold: 1\n")
     rc = main(["demo", "--rules", str(bad), "--out", str(tmp_path / "o")])
@@ -126,7 +163,7 @@ def test_demo_missing_checkpoint_is_one_line(tmp_path, capsys):
 
 def test_demo_timing_rules_shorten_durations_only():
     from alerts.rules import DEFAULT_RULES_PATH, load_rules
-    from engine.demo import DEMO_TIMING_FACTOR, demo_timing_rules, load_demo_rules
+    from engine.app.demo import DEMO_TIMING_FACTOR, demo_timing_rules, load_demo_rules
 
     before = DEFAULT_RULES_PATH.read_bytes()
     shipped = load_rules()
@@ -152,10 +189,36 @@ def test_demo_sigterm_stops_cleanly_with_pictures(tiny_demo_ckpt, tmp_path):
     out = tmp_path / "demo"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "p2es.cli", "demo", "--patients", "2", "--duration", "600", "--speed", "10",
-         "--checkpoint", str(tiny_demo_ckpt), "--steps", "2", "--k", "1", "--threads", "1",
-         "--out", str(out), "--refresh", "0.5"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "p2es.cli",
+            "demo",
+            "--patients",
+            "2",
+            "--duration",
+            "600",
+            "--speed",
+            "10",
+            "--checkpoint",
+            str(tiny_demo_ckpt),
+            "--steps",
+            "2",
+            "--k",
+            "1",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+            "--refresh",
+            "0.5",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 40
         for line in proc.stdout:  # wait until both patients have reconstructed windows

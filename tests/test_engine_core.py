@@ -10,15 +10,21 @@ import pytest
 import scipy.fft
 import torch
 
-from engine import checkpoint as ckpt
-from engine.config import ScheduleConfig, variant
-from engine.data import demographics, fake_synthesize, ppg_features, prepare
-from engine.diffusion import (BlurringSchedule, GaussianSchedule, dct_matrix, reference_q_sample,
-                              reference_step)
-from engine.groups import demographic_positives, fit_groups, supcon_loss
-from engine.model import P2ES
-from engine.sampler import sample
-from engine.train import TrainConfig, train
+from engine.model import checkpoint as ckpt
+from engine.model.config import ScheduleConfig, variant
+from engine.model.data import demographics, fake_synthesize, prepare
+from engine.model.groups import demographic_positives, fit_groups, supcon_loss
+from engine.model.network import P2ES
+from engine.model.preprocess import ppg_features
+from engine.model.sampler import sample
+from engine.model.schedule import (
+    BlurringSchedule,
+    GaussianSchedule,
+    dct_matrix,
+    reference_q_sample,
+    reference_step,
+)
+from engine.model.train import TrainConfig, train
 from p2es.errors import P2esError
 from p2es.leads import einthoven_residual
 
@@ -31,7 +37,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def tiny_model(name="p2es", seed=0):
     torch.manual_seed(seed)
     mc, sc = variant(name, **TINY)
-    from engine.diffusion import make_schedule
+    from engine.model.schedule import make_schedule
+
     return P2ES(mc).eval(), make_schedule(sc, mc.T)
 
 
@@ -41,6 +48,7 @@ def batch():
 
 
 # -- diffusion -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("T", [8, 257, 1024])
 def test_dct_matrix_equals_scipy(T):
@@ -58,8 +66,13 @@ def test_q_sample_matches_reference(cls, blur):
     x0 = rng.standard_normal((4, 2, T))
     noise = rng.standard_normal((4, 2, T))
     ts = [0.0, 0.13, 0.6, 1.0]
-    got = sch.q_sample(torch.tensor(x0, dtype=torch.float32), torch.tensor(ts),
-                       torch.tensor(noise, dtype=torch.float32)).double().numpy()
+    got = (
+        sch.q_sample(
+            torch.tensor(x0, dtype=torch.float32), torch.tensor(ts), torch.tensor(noise, dtype=torch.float32)
+        )
+        .double()
+        .numpy()
+    )
     for i, t in enumerate(ts):
         ref = reference_q_sample(x0[i], t, noise[i], cfg, blur=blur)
         np.testing.assert_allclose(got[i], ref, atol=2e-5)
@@ -75,8 +88,9 @@ def test_step_matches_reference(blur, eta):
     f = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
     for t, s in [(1.0, 0.9), (0.55, 0.3), (0.2, 0.1)]:
         got = sch.step(f(xt), f(x0h), t, s, eta=eta, noise=f(z)).double().numpy()
-        ref = np.stack([reference_step(xt[i], x0h[i], t, s, cfg, blur=blur, eta=eta, z=z[i])
-                        for i in range(3)])
+        ref = np.stack(
+            [reference_step(xt[i], x0h[i], t, s, cfg, blur=blur, eta=eta, z=z[i]) for i in range(3)]
+        )
         np.testing.assert_allclose(got, ref, atol=5e-5, rtol=1e-4)
 
 
@@ -93,14 +107,15 @@ def test_blur_endpoints():
     V = dct_matrix(T)
     d1 = sch.blur(torch.ones(1))[0]
     blurred = (x @ V.T * d1) @ V
-    assert blurred[0, 1].abs().max() < 1e-2            # 20 Hz gone
-    assert blurred[0, 0].abs().max() > 0.85            # 0.5 Hz kept (gain exp(-0.12))
+    assert blurred[0, 1].abs().max() < 1e-2  # 20 Hz gone
+    assert blurred[0, 0].abs().max() > 0.85  # 0.5 Hz kept (gain exp(-0.12))
     f_hz = torch.arange(T) * fs / (2 * T)
     assert float(d1[f_hz >= 3.0].max()) < 0.02
-    assert sch.alpha_sigma(torch.ones(1))[0].item() < 1e-6   # pure noise at t = 1
+    assert sch.alpha_sigma(torch.ones(1))[0].item() < 1e-6  # pure noise at t = 1
 
 
 # -- model / sampler ---------------------------------------------------------------------
+
 
 def test_einthoven_by_construction(batch):
     model, sch = tiny_model()
@@ -115,17 +130,30 @@ def test_einthoven_by_construction(batch):
 def test_sampler_shapes_determinism_and_spread(batch):
     model, sch = tiny_model("p2es")
     kw = dict(steps=4, k=3)
-    r1 = sample(model, sch, batch["ppg"], (batch["demo"], batch["demo_mask"]), **kw,
-                generator=torch.Generator().manual_seed(7))
-    r2 = sample(model, sch, batch["ppg"], (batch["demo"], batch["demo_mask"]), **kw,
-                generator=torch.Generator().manual_seed(7))
+    r1 = sample(
+        model,
+        sch,
+        batch["ppg"],
+        (batch["demo"], batch["demo_mask"]),
+        **kw,
+        generator=torch.Generator().manual_seed(7),
+    )
+    r2 = sample(
+        model,
+        sch,
+        batch["ppg"],
+        (batch["demo"], batch["demo_mask"]),
+        **kw,
+        generator=torch.Generator().manual_seed(7),
+    )
     assert r1.mean.shape == (6, 12, 256) and r1.std.shape == (6, 12, 256)
     assert r1.samples.shape == (6, 3, 12, 256)
     assert torch.equal(r1.mean, r2.mean) and torch.equal(r1.samples, r2.samples)
     assert float(r1.std.mean()) > 0
     assert einthoven_residual(r1.samples.numpy(), axis=-2) <= 1e-5
-    r3 = sample(model, sch, batch["ppg"], None, steps=2, k=2, eta=1.0,
-                generator=torch.Generator().manual_seed(1))
+    r3 = sample(
+        model, sch, batch["ppg"], None, steps=2, k=2, eta=1.0, generator=torch.Generator().manual_seed(1)
+    )
     assert torch.isfinite(r3.mean).all()
 
     reg, rsch = tiny_model("unet_regression")
@@ -145,14 +173,22 @@ def test_missing_demographics(batch, name):
 
 
 def test_param_counts_and_variants():
-    for name in ["p2es", "unet_regression", "ddpm", "p2es_no_blur", "p2es_no_groups", "p2es_no_deblur",
-                 "cardiogan"]:
+    for name in [
+        "p2es",
+        "unet_regression",
+        "ddpm",
+        "p2es_no_blur",
+        "p2es_no_groups",
+        "p2es_no_deblur",
+        "cardiogan",
+    ]:
         mc, _ = variant(name)
         n = P2ES(mc).num_params()
         assert 2e5 < n < 1e6, (name, n)
 
 
 # -- groups / data ------------------------------------------------------------------------
+
 
 def test_group_fit_recovers_clusters():
     g = torch.Generator().manual_seed(0)
@@ -165,7 +201,7 @@ def test_group_fit_recovers_clusters():
     assert len(pairs) == 4
     c2, got2 = fit_groups(Z, 4, seed=0)
     assert torch.equal(got, got2)
-    c3, got3 = fit_groups(Z, 4, init=c, seed=5)   # warm start keeps identities
+    c3, got3 = fit_groups(Z, 4, init=c, seed=5)  # warm start keeps identities
     assert torch.equal(got, got3)
 
 
@@ -189,10 +225,25 @@ def test_ppg_features_zscored():
 
 # -- training / checkpoints ----------------------------------------------------------------
 
+
 def _tiny_train_cfg(**kw):
-    base = dict(variant="p2es", model={k: v for k, v in TINY.items() if k != "T"}, steps=60, batch_size=8,
-                lr=3e-3, warmup=5, data="fake", duration_s=2.0, chunk_records=32, ckpt_every=0,
-                group_refit_every=20, group_reservoir=64, log_every=10, progress=False, seed=0)
+    base = dict(
+        variant="p2es",
+        model={k: v for k, v in TINY.items() if k != "T"},
+        steps=60,
+        batch_size=8,
+        lr=3e-3,
+        warmup=5,
+        data="fake",
+        duration_s=2.0,
+        chunk_records=32,
+        ckpt_every=0,
+        group_refit_every=20,
+        group_reservoir=64,
+        log_every=10,
+        progress=False,
+        seed=0,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -209,7 +260,8 @@ def _fixed_eval_loss(model, sch, data):
 def test_training_reduces_loss_and_round_trips(tmp_path):
     data = prepare(fake_synthesize(16, seed=99, duration_s=2.0), ecg_scale=2.0)
     cfg = _tiny_train_cfg()
-    from engine.train import build
+    from engine.model.train import build
+
     torch.manual_seed(cfg.seed)
     m0, sch = build(cfg)
     before = _fixed_eval_loss(m0.eval(), sch, data)
@@ -251,7 +303,8 @@ def test_cardiogan_trains_with_both_discriminators_and_resumes_exactly(tmp_path)
     """The adversarial baseline: generator = the regression UNet (inference needs nothing
     else), two discriminators whose state travels in the resume file (a resumed run equals an
     uninterrupted one), and a set entry that samples like any regression model."""
-    from engine.adversarial import Discriminators
+    from engine.model.adversarial import Discriminators
+
     cfg = _tiny_train_cfg(steps=4, variant="cardiogan", ckpt_every=2, log_every=1)
     full = train(cfg, tmp_path / "a.pt")
     assert {"adv", "disc"} <= set(full["history"][-1])

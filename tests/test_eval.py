@@ -11,13 +11,13 @@ import pytest
 import scipy.linalg
 import torch
 
-from engine import checkpoint as ckpt
-from engine import metrics as M
-from engine.config import variant
-from engine.data import fixed_set
-from engine.diffusion import make_schedule
-from engine.evaluate import DERIVED, HEADLINE, derangement, evaluate, figure, markdown_table
-from engine.model import P2ES
+from engine.model import checkpoint as ckpt
+from engine.model import metrics as M
+from engine.model.config import variant
+from engine.model.data import fixed_set
+from engine.model.evaluate import DERIVED, HEADLINE, derangement, evaluate, figure, markdown_table
+from engine.model.network import P2ES
+from engine.model.schedule import make_schedule
 from p2es.cli import main as cli_main
 from p2es.errors import P2esError
 from p2es.leads import LEADS
@@ -38,13 +38,26 @@ def ecg():
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory):
     """Checkpoint set of tiny models (2 s windows): p2es trained a few steps, others fresh."""
-    from engine.train import TrainConfig, train
+    from engine.model.train import TrainConfig, train
 
     path = tmp_path_factory.mktemp("ckpt") / "set.pt"
-    cfg = TrainConfig(variant="p2es", model={k: v for k, v in TINY.items() if k != "T"}, steps=3,
-                      batch_size=8, lr=3e-3, warmup=1, data="fake", duration_s=2.0, chunk_records=16,
-                      ckpt_every=0, group_refit_every=2, group_reservoir=16, log_every=10,
-                      progress=False, seed=0)
+    cfg = TrainConfig(
+        variant="p2es",
+        model={k: v for k, v in TINY.items() if k != "T"},
+        steps=3,
+        batch_size=8,
+        lr=3e-3,
+        warmup=1,
+        data="fake",
+        duration_s=2.0,
+        chunk_records=16,
+        ckpt_every=0,
+        group_refit_every=2,
+        group_reservoir=16,
+        log_every=10,
+        progress=False,
+        seed=0,
+    )
     train(cfg, path)
     for i, name in enumerate(["ddpm", "unet_regression"]):
         torch.manual_seed(i)
@@ -55,11 +68,12 @@ def tiny_set(tmp_path_factory):
 
 # -- metrics ---------------------------------------------------------------------------
 
+
 def test_perfect_reconstruction(ecg):
     r = M.compute_all(ecg, ecg.copy(), FS)
     assert r["rmse"] == 0 and r["mae"] == 0 and r["prd"] == 0
     assert r["pearson"] == pytest.approx(1.0, abs=1e-12)
-    assert abs(r["fd"]) < 1e-8 and r["fd_batch"] == 16           # 8 windows x 1024 / 512
+    assert abs(r["fd"]) < 1e-8 and r["fd_batch"] == 16  # 8 windows x 1024 / 512
     assert r["hr_mae_bpm"] == 0 and r["hr_fail_rate"] == 0
     assert r["qrs_ms_mae"] == 0 and r["qt_ms_mae"] == 0 and r["qrs_valid"] > 0.5
     assert r["spectral_distance"] == 0
@@ -116,24 +130,24 @@ def test_fd_rank_deficient_and_lead_layout():
     y = x + 0.5 * rng.standard_normal(x.shape).astype(np.float32)
     r = M.fd(x, y)
     assert r.batch == 12 and r.per_lead.shape == (12,)
-    for l in (0, 7):  # 12 vectors of 512 dims: singular covariances, eigenvalue reference
-        a = x[:, l].astype(np.float64).reshape(-1, 512)
-        b = y[:, l].astype(np.float64).reshape(-1, 512)
+    for lead in (0, 7):  # 12 vectors of 512 dims: singular covariances, eigenvalue reference
+        a = x[:, lead].astype(np.float64).reshape(-1, 512)
+        b = y[:, lead].astype(np.float64).reshape(-1, 512)
         s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
         tr = np.sqrt(np.linalg.eigvals(s1 @ s2).astype(complex)).real.sum()
         d = a.mean(0) - b.mean(0)
         ref = d @ d + np.trace(s1) + np.trace(s2) - 2 * tr
         # RDDM's eigvals route: sqrt of ~500 round-off eigenvalues (~1e-13) adds ~1e-4
-        assert r.per_lead[l] == pytest.approx(ref, rel=1e-5)
+        assert r.per_lead[lead] == pytest.approx(ref, rel=1e-5)
 
 
 def test_paired_difference():
     rng = np.random.default_rng(0)
     b = rng.uniform(0, 5, 400)
-    a = b + 1.5                                            # model a is worse by exactly 1.5 everywhere
+    a = b + 1.5  # model a is worse by exactly 1.5 everywhere
     r = M.paired_difference(a, b)
     assert r["diff"] == pytest.approx(1.5) and r["ci95"] == pytest.approx([1.5, 1.5]) and r["n"] == 400
-    assert M.paired_difference(b, a)["diff"] == pytest.approx(-1.5)    # sign: first minus second
+    assert M.paired_difference(b, a)["diff"] == pytest.approx(-1.5)  # sign: first minus second
     # pure noise around 0: the interval straddles 0; a real shift of 1 with the same noise excludes it
     noise = rng.normal(0, 2, 400)
     r0 = M.paired_difference(b + noise, b)
@@ -170,17 +184,18 @@ def test_derangement():
 
 # -- evaluate ------------------------------------------------------------------------
 
+
 def test_evaluate_end_to_end(tiny_set, tmp_path):
     res = evaluate(tiny_set, records=8, seed=3, steps=2, k=2, batch=4, progress=False, threads=1)
     names = ["p2es", *DERIVED, "unet_regression", "ddpm"]
     assert set(res["models"]) == set(names)
     assert res["records"] == 8 and res["seed"] == 3 and res["T"] == 256 and res["threads"] == 1
-    json.dumps(res, allow_nan=False)                       # strict JSON (NaN -> null)
+    json.dumps(res, allow_nan=False)  # strict JSON (NaN -> null)
     for name, row in res["models"].items():
         for m in HEADLINE:
             assert m in row, (name, m)
         assert row["einthoven_max_abs"] <= 1e-5
-        assert row["fd_batch"] == 4                          # 8 x 256 samples / 512
+        assert row["fd_batch"] == 4  # 8 x 256 samples / 512
         assert set(row["per_lead"]) == set(M.LEAD_METRICS)
         assert set(row["per_lead"]["rmse"]) == set(LEADS)
         assert set(row["per_rhythm"]) <= {"sinus", "af", "pvc", "other"} and row["per_rhythm"]
@@ -192,7 +207,7 @@ def test_evaluate_end_to_end(tiny_set, tmp_path):
         assert row["targets_sha1"] == res["models"]["p2es"]["targets_sha1"]
         assert row["ppg_sha1"] == res["models"]["p2es"]["ppg_sha1"]
     p, sh, mk = (res["models"][n] for n in ("p2es", "p2es_shuffled_demographics", "p2es_mean_of_k"))
-    assert sh["demo_sha1"] != p["demo_sha1"] and sh["rmse"] != p["rmse"]   # demographics matter
+    assert sh["demo_sha1"] != p["demo_sha1"] and sh["rmse"] != p["rmse"]  # demographics matter
     assert mk["samples_per_window"] == 2 and p["samples_per_window"] == 1
     for row in (p, mk, res["models"]["ddpm"]):
         assert row["uncertainty_mean_std"] > 0 and -1 <= row["uncertainty_error_corr"] <= 1
@@ -215,8 +230,9 @@ def test_evaluate_end_to_end(tiny_set, tmp_path):
     assert "Paired vs p2es" in table and table.count("\n| ddpm |") == 2
 
     # deterministic, and a model subset scores the same records identically
-    again = evaluate(tiny_set, records=8, seed=3, steps=2, k=2, batch=4, progress=False, threads=1,
-                     models="p2es")
+    again = evaluate(
+        tiny_set, records=8, seed=3, steps=2, k=2, batch=4, progress=False, threads=1, models="p2es"
+    )
     assert list(again["models"]) == ["p2es"]
     assert again["models"]["p2es"]["rmse"] == p["rmse"]
 
@@ -259,9 +275,28 @@ def test_cli_bad_inputs(tiny_set, tmp_path, capsys):
 
 def test_cli_runs(tiny_set, tmp_path, capsys):
     out = tmp_path / "r.json"
-    rc = cli_main(["eval", "--checkpoint", str(tiny_set), "--records", "2", "--seed", "1", "--steps", "1",
-                   "--k", "2", "--models", "p2es,unet_regression", "--threads", "1", "--json", str(out),
-                   "--no-progress"])
+    rc = cli_main(
+        [
+            "eval",
+            "--checkpoint",
+            str(tiny_set),
+            "--records",
+            "2",
+            "--seed",
+            "1",
+            "--steps",
+            "1",
+            "--k",
+            "2",
+            "--models",
+            "p2es,unet_regression",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "| p2es |" in text and "| unet_regression |" in text

@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-
 from test_backends import _tiny_set
 
 
@@ -32,11 +31,12 @@ def test_export_cli_onnx_end_to_end(tiny_ckpt, tmp_path, capsys):
     import onnx
     import onnxruntime as ort
 
-    from engine.export import TRT_SUPPORTED_OPS
+    from engine.serve.export import TRT_SUPPORTED_OPS
 
     out = tmp_path / "onnx"
-    rc = _main(["export", "--checkpoint", str(tiny_ckpt), "--format", "onnx", "--out", str(out),
-                "--models", "all"])
+    rc = _main(
+        ["export", "--checkpoint", str(tiny_ckpt), "--format", "onnx", "--out", str(out), "--models", "all"]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "DCT as MatMul" in text and "TensorRT ONNX parser: all op types supported" in text
@@ -58,8 +58,11 @@ def test_export_cli_onnx_end_to_end(tiny_ckpt, tmp_path, capsys):
         assert json.loads((d / "meta.json").read_text())["model_hash"] == meta["model_hash"]
         # a batch size never traced runs
         s = ort.InferenceSession(str(d / "encode.onnx"), providers=["CPUExecutionProvider"])
-        feed = {"ppg": np.zeros((5, 3, 1024), np.float32), "demo": np.zeros((5, 5), np.float32),
-                "demo_mask": np.zeros((5, 5), np.float32)}
+        feed = {
+            "ppg": np.zeros((5, 3, 1024), np.float32),
+            "demo": np.zeros((5, 5), np.float32),
+            "demo_mask": np.zeros((5, 5), np.float32),
+        }
         outs = s.run(None, {i.name: feed[i.name] for i in s.get_inputs()})
         assert all(o.shape[0] == 5 for o in outs)
     p = rep["models"]["p2es"]
@@ -70,13 +73,29 @@ def test_export_cli_onnx_end_to_end(tiny_ckpt, tmp_path, capsys):
 
 
 def test_export_tensorrt_without_tensorrt_writes_plan_and_fails_one_line(tiny_ckpt, tmp_path, capsys):
-    from engine.backends.tensorrt import tensorrt_available
+    from engine.serve.backends.tensorrt import tensorrt_available
 
     if tensorrt_available():
         pytest.skip("tensorrt is installed here: the build would run")
     out = tmp_path / "trt"
-    rc = _main(["export", "--checkpoint", str(tiny_ckpt), "--format", "tensorrt", "--out", str(out),
-                "--no-check", "--max-batch", "16", "--opt-batch", "4", "--k", "2"])
+    rc = _main(
+        [
+            "export",
+            "--checkpoint",
+            str(tiny_ckpt),
+            "--format",
+            "tensorrt",
+            "--out",
+            str(out),
+            "--no-check",
+            "--max-batch",
+            "16",
+            "--opt-batch",
+            "4",
+            "--k",
+            "2",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "TensorRT is not installed" in err
     plan = json.loads((out / "p2es" / "tensorrt_plan.json").read_text())
@@ -89,16 +108,18 @@ def test_export_tensorrt_without_tensorrt_writes_plan_and_fails_one_line(tiny_ck
 def test_profile_shapes_cover_every_graph_input(tiny_ckpt, tmp_path):
     import onnx
 
-    from engine.backends.tensorrt import profile_shapes
-    from engine.checkpoint import load_model
-    from engine.export import export_graphs
+    from engine.model.checkpoint import load_model
+    from engine.serve.backends.tensorrt import profile_shapes
+    from engine.serve.export import export_graphs
 
     e = load_model(tiny_ckpt, "p2es")
     export_graphs(e, tmp_path)
     prof = profile_shapes(e.model.cfg, max_batch=32, opt_batch=8, k=4)
     for g in ("encode", "denoise"):
         m = onnx.load(str(tmp_path / f"{g}.onnx"))
-        ins = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in m.graph.input}
+        ins = {
+            i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in m.graph.input
+        }
         assert set(prof[g]) == set(ins)
         for name, (lo, opt, hi) in prof[g].items():
             assert lo[1:] == opt[1:] == hi[1:] == ins[name][1:], (g, name)  # static dims agree with the graph
@@ -108,43 +129,59 @@ def test_profile_shapes_cover_every_graph_input(tiny_ckpt, tmp_path):
 
 
 def test_engine_cache_key_changes_with_everything_that_changes_the_engine():
-    from engine.backends.tensorrt import engine_cache_key, timing_cache_name
+    from engine.serve.backends.tensorrt import engine_cache_key, timing_cache_name
 
-    base = dict(gpu="NVIDIA H100 80GB HBM3", compute_capability="90", trt_version="10.3.0", precision="fp16",
-                profile={"x_t": [[1, 8, 1024], [16, 8, 1024], [64, 8, 1024]]})
+    base = dict(
+        gpu="NVIDIA H100 80GB HBM3",
+        compute_capability="90",
+        trt_version="10.3.0",
+        precision="fp16",
+        profile={"x_t": [[1, 8, 1024], [16, 8, 1024], [64, 8, 1024]]},
+    )
     k0 = engine_cache_key("abc", "denoise", **base)
     assert k0 == engine_cache_key("abc", "denoise", **dict(base))  # deterministic
     variants = [engine_cache_key("abd", "denoise", **base), engine_cache_key("abc", "encode", **base)]
-    for field, value in [("gpu", "NVIDIA H200"), ("compute_capability", "89"), ("trt_version", "10.4.0"),
-                         ("precision", "fp32"), ("profile", {"x_t": [[1, 8, 1024], [8, 8, 1024], [64, 8, 1024]]})]:
+    for field, value in [
+        ("gpu", "NVIDIA H200"),
+        ("compute_capability", "89"),
+        ("trt_version", "10.4.0"),
+        ("precision", "fp32"),
+        ("profile", {"x_t": [[1, 8, 1024], [8, 8, 1024], [64, 8, 1024]]}),
+    ]:
         variants.append(engine_cache_key("abc", "denoise", **{**base, field: value}))
     assert len({k0, *variants}) == len(variants) + 1
-    assert timing_cache_name("NVIDIA H100 80GB HBM3", "90", "10.3.0") == "timing-NVIDIA_H100_80GB_HBM3-sm90-trt10.3.0.cache"
+    assert (
+        timing_cache_name("NVIDIA H100 80GB HBM3", "90", "10.3.0")
+        == "timing-NVIDIA_H100_80GB_HBM3-sm90-trt10.3.0.cache"
+    )
 
 
 def test_onnx_cache_is_keyed_by_model_hash(tiny_ckpt, tmp_path):
     import torch
 
-    from engine.backends.common import model_hash
-    from engine.checkpoint import load_model
-    from engine.export import ensure_onnx
+    from engine.model.checkpoint import load_model
+    from engine.serve.backends.common import model_hash
+    from engine.serve.export import ensure_onnx
 
     e = load_model(tiny_ckpt, "p2es")
-    d1 = ensure_onnx(e, tmp_path / "c", check=False)
+    d1 = ensure_onnx(e, tmp_path / "c")
     mtime = (d1 / "denoise.onnx").stat().st_mtime_ns
     assert ensure_onnx(e, tmp_path / "c") == d1 and (d1 / "denoise.onnx").stat().st_mtime_ns == mtime
     assert d1.name == model_hash(e, opset=17)[:24]
     with torch.no_grad():
         next(e.model.parameters()).add_(1.0)
-    assert ensure_onnx(e, tmp_path / "c", check=False) != d1  # new weights -> new export
+    assert ensure_onnx(e, tmp_path / "c") != d1  # new weights -> new export
 
 
-@pytest.mark.parametrize("argv, msg", [
-    (["--opset", "30"], "--opset"),
-    (["--checkpoint", "/nonexistent/x.pt"], "checkpoint not found"),
-    (["--models", "nope"], "not in"),
-    (["--opt-batch", "64"], "--opt-batch"),
-])
+@pytest.mark.parametrize(
+    "argv, msg",
+    [
+        (["--opset", "30"], "--opset"),
+        (["--checkpoint", "/nonexistent/x.pt"], "checkpoint not found"),
+        (["--models", "nope"], "not in"),
+        (["--opt-batch", "64"], "--opt-batch"),
+    ],
+)
 def test_export_bad_input_is_one_line(tiny_ckpt, tmp_path, capsys, argv, msg):
     args = ["export", "--out", str(tmp_path / "o"), "--no-check"]
     if "--checkpoint" not in argv:
@@ -156,13 +193,12 @@ def test_export_bad_input_is_one_line(tiny_ckpt, tmp_path, capsys, argv, msg):
 
 def test_shipped_checkpoint_onnx_matches_torch(tmp_path):
     """The shipped p2es model: both passes and the whole reconstruction within 1e-4 (fp32)."""
-    from engine.checkpoint import load_model
-    from engine.export import check_reconstruction, ensure_onnx
-    from engine.reconstruct import DEFAULT_CHECKPOINT
+    from engine.model.checkpoint import DEFAULT_CHECKPOINT, load_model
+    from engine.serve.export import check_reconstruction, ensure_onnx
 
     e = load_model(DEFAULT_CHECKPOINT, "p2es")
-    d = ensure_onnx(e, tmp_path / "c", check=False)
-    from engine.export import check_passes
+    d = ensure_onnx(e, tmp_path / "c")
+    from engine.serve.export import check_passes
 
     assert max(check_passes(e, d, batch=2).values()) < 1e-4
     r = check_reconstruction(e, d, batch=2, steps=10, k=2)

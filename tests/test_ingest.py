@@ -11,31 +11,32 @@ from fractions import Fraction
 import aiomqtt
 import numpy as np
 import pytest
+import services
 from scipy.signal import resample_poly
 
-import services
 from ingest import (
-    DEADLETTER_TOPIC,
-    DeadLetter,
     IngestService,
-    ParsedPpg,
-    ParsedProfile,
     PatientStream,
-    PpgChunk,
-    Profile,
     StreamConfig,
     StreamingResampler,
     StreamRegistry,
+    signal_quality,
+)
+from ingest.stream import MAX_GAPS, MAX_SPANS
+from p2es.contracts.ppg import (
+    BIN_HEADER,
+    MAX_PAYLOAD_BYTES,
+    DeadLetter,
+    ParsedPpg,
+    ParsedProfile,
+    PpgChunk,
+    Profile,
     Window,
     decode_binary_chunk,
     encode_binary_chunk,
     parse_message,
-    ppg_topic,
-    profile_topic,
-    signal_quality,
 )
-from ingest.messages import BIN_HEADER, MAX_PAYLOAD_BYTES
-from ingest.stream import MAX_GAPS, MAX_SPANS
+from p2es.contracts.topics import DEADLETTER_TOPIC, ppg_topic, profile_topic
 from wearable.sim import synthesize
 
 T0 = 1_718_000_000.0
@@ -48,8 +49,7 @@ def _uid() -> str:
 
 
 def _sim(seconds: float, fs: float = 1000.0, seed: int = 3, **kw) -> dict:
-    return synthesize(1, seed, duration_s=seconds, fs=fs, rhythm_mix=kw.pop("rhythm", "sinus"),
-                      **kw)
+    return synthesize(1, seed, duration_s=seconds, fs=fs, rhythm_mix=kw.pop("rhythm", "sinus"), **kw)
 
 
 _SIM_CACHE: dict[tuple, np.ndarray] = {}
@@ -70,7 +70,7 @@ def _chunks(x: np.ndarray, fs: float, sizes, *, t0: float = T0, seq0: int = 0) -
     sizes = list(sizes)
     while i < x.size:
         n = sizes[k % len(sizes)]
-        out.append(PpgChunk(seq=seq0 + k, t0=t0 + i / fs, fs=fs, samples=x[i:i + n]))
+        out.append(PpgChunk(seq=seq0 + k, t0=t0 + i / fs, fs=fs, samples=x[i : i + n]))
         i += n
         k += 1
     return out
@@ -87,8 +87,13 @@ def _run(chunks, stream: PatientStream | None = None) -> list[Window]:
 def _same_windows(a: list[Window], b: list[Window], atol: float = 0.0) -> None:
     assert len(a) == len(b) and a
     for p, q in zip(a, b):
-        assert (p.segment, p.index, p.t0, p.seq_range, p.gaps) == (q.segment, q.index, q.t0,
-                                                                  q.seq_range, q.gaps)
+        assert (p.segment, p.index, p.t0, p.seq_range, p.gaps) == (
+            q.segment,
+            q.index,
+            q.t0,
+            q.seq_range,
+            q.gaps,
+        )
         assert p.sqi == pytest.approx(q.sqi, abs=1e-6)
         np.testing.assert_allclose(p.samples, q.samples, rtol=0, atol=atol)
 
@@ -101,8 +106,9 @@ def _json(**kw) -> bytes:
 
 
 def test_parse_valid_ppg_json_ignores_extra_keys() -> None:
-    r = parse_message("p2es/v1/patients/bed-7.A_1/ppg",
-                      _json(seq=5, device="w1", battery=0.8, samples=[1, 2.5, -3]))
+    r = parse_message(
+        "p2es/v1/patients/bed-7.A_1/ppg", _json(seq=5, device="w1", battery=0.8, samples=[1, 2.5, -3])
+    )
     assert isinstance(r, ParsedPpg) and not r.binary
     assert r.patient_id == "bed-7.A_1"
     c = r.chunk
@@ -115,40 +121,43 @@ def _nan_json() -> bytes:
     return b'{"seq": 1, "t0": 1718000000.0, "fs": 50, "samples": [1.0, NaN, 2.0]}'
 
 
-@pytest.mark.parametrize("topic, payload, code", [
-    ("p2es/v1/patients/p1/ppg", b"x" * (MAX_PAYLOAD_BYTES + 1), "oversized"),
-    ("p2es/v1/patients/p1/ppg", b"\xff\xfe{}", "bad_utf8"),
-    ("p2es/v1/patients/p1/ppg", b'{"seq": 1,', "bad_json"),
-    ("p2es/v1/patients/p1/ppg", b"[1, 2]", "invalid_ppg"),
-    ("p2es/v1/patients/p1/ppg", _json(seq="1"), "invalid_ppg"),
-    ("p2es/v1/patients/p1/ppg", _json(seq=True), "invalid_ppg"),
-    ("p2es/v1/patients/p1/ppg", _json(seq=-1), "invalid_ppg"),
-    ("p2es/v1/patients/p1/ppg", _json(t0="now"), "invalid_ppg"),
-    ("p2es/v1/patients/p1/ppg", _json(t0=12.0), "invalid_ppg"),
-    ("p2es/v1/patients/p1/ppg", _json(fs=24.9), "invalid_ppg"),
-    ("p2es/v1/patients/p1/ppg", _json(fs=1001), "invalid_ppg"),
-    ("p2es/v1/patients/p1/ppg", _json(samples=[]), "invalid_ppg"),
-    ("p2es/v1/patients/p1/ppg", _json(samples=[1.0, "2"]), "invalid_ppg"),
-    ("p2es/v1/patients/p1/ppg", _json(samples=[1.0, None]), "invalid_ppg"),
-    ("p2es/v1/patients/p1/ppg", _json(samples=[0.0] * 1001), "invalid_ppg"),  # > 10 s at 100 Hz
-    ("p2es/v1/patients/p1/ppg", _json(fs=1000, samples=[0.0] * 10_001), "invalid_ppg"),
-    ("p2es/v1/patients/p1/ppg", _json(samples=[1e12]), "invalid_ppg"),
-    ("p2es/v1/patients/p1/ppg", _json(device=5), "invalid_ppg"),
-    ("p2es/v1/patients/p1/ppg", _nan_json(), "non_finite"),
-    ("p2es/v1/patients/p1/ppg", _nan_json().replace(b"NaN", b"-Infinity"), "non_finite"),
-    ("p2es/v1/patients/p1/profile", b'{"age": 130}', "invalid_profile"),
-    ("p2es/v1/patients/p1/profile", b'{"sex": "X"}', "invalid_profile"),
-    ("p2es/v1/patients/p1/profile", b'{"height_cm": "tall"}', "invalid_profile"),
-    ("p2es/v1/patients/p1/profile", b"42", "invalid_profile"),
-    ("p2es/v1/patients/p1/temperature", b"{}", "unknown_topic"),
-    ("p2es/v1/patients/p1/ppg/extra", b"{}", "unknown_topic"),
-    ("p2es/v2/patients/p1/ppg", _json(), "unknown_topic"),
-    ("p2es/v1/patients/bad id!/ppg", _json(), "bad_patient_id"),
-    ("p2es/v1/patients/" + "x" * 65 + "/ppg", _json(), "bad_patient_id"),
-    ("p2es/v1/patients//ppg", _json(), "bad_patient_id"),
-    ("p2es/v1/patients/p1/ppg/bin", b"P2PG", "bad_binary"),
-    ("p2es/v1/patients/p1/ppg/bin", _json(), "bad_binary"),
-])
+@pytest.mark.parametrize(
+    "topic, payload, code",
+    [
+        ("p2es/v1/patients/p1/ppg", b"x" * (MAX_PAYLOAD_BYTES + 1), "oversized"),
+        ("p2es/v1/patients/p1/ppg", b"\xff\xfe{}", "bad_utf8"),
+        ("p2es/v1/patients/p1/ppg", b'{"seq": 1,', "bad_json"),
+        ("p2es/v1/patients/p1/ppg", b"[1, 2]", "invalid_ppg"),
+        ("p2es/v1/patients/p1/ppg", _json(seq="1"), "invalid_ppg"),
+        ("p2es/v1/patients/p1/ppg", _json(seq=True), "invalid_ppg"),
+        ("p2es/v1/patients/p1/ppg", _json(seq=-1), "invalid_ppg"),
+        ("p2es/v1/patients/p1/ppg", _json(t0="now"), "invalid_ppg"),
+        ("p2es/v1/patients/p1/ppg", _json(t0=12.0), "invalid_ppg"),
+        ("p2es/v1/patients/p1/ppg", _json(fs=24.9), "invalid_ppg"),
+        ("p2es/v1/patients/p1/ppg", _json(fs=1001), "invalid_ppg"),
+        ("p2es/v1/patients/p1/ppg", _json(samples=[]), "invalid_ppg"),
+        ("p2es/v1/patients/p1/ppg", _json(samples=[1.0, "2"]), "invalid_ppg"),
+        ("p2es/v1/patients/p1/ppg", _json(samples=[1.0, None]), "invalid_ppg"),
+        ("p2es/v1/patients/p1/ppg", _json(samples=[0.0] * 1001), "invalid_ppg"),  # > 10 s at 100 Hz
+        ("p2es/v1/patients/p1/ppg", _json(fs=1000, samples=[0.0] * 10_001), "invalid_ppg"),
+        ("p2es/v1/patients/p1/ppg", _json(samples=[1e12]), "invalid_ppg"),
+        ("p2es/v1/patients/p1/ppg", _json(device=5), "invalid_ppg"),
+        ("p2es/v1/patients/p1/ppg", _nan_json(), "non_finite"),
+        ("p2es/v1/patients/p1/ppg", _nan_json().replace(b"NaN", b"-Infinity"), "non_finite"),
+        ("p2es/v1/patients/p1/profile", b'{"age": 130}', "invalid_profile"),
+        ("p2es/v1/patients/p1/profile", b'{"sex": "X"}', "invalid_profile"),
+        ("p2es/v1/patients/p1/profile", b'{"height_cm": "tall"}', "invalid_profile"),
+        ("p2es/v1/patients/p1/profile", b"42", "invalid_profile"),
+        ("p2es/v1/patients/p1/temperature", b"{}", "unknown_topic"),
+        ("p2es/v1/patients/p1/ppg/extra", b"{}", "unknown_topic"),
+        ("p2es/v2/patients/p1/ppg", _json(), "unknown_topic"),
+        ("p2es/v1/patients/bad id!/ppg", _json(), "bad_patient_id"),
+        ("p2es/v1/patients/" + "x" * 65 + "/ppg", _json(), "bad_patient_id"),
+        ("p2es/v1/patients//ppg", _json(), "bad_patient_id"),
+        ("p2es/v1/patients/p1/ppg/bin", b"P2PG", "bad_binary"),
+        ("p2es/v1/patients/p1/ppg/bin", _json(), "bad_binary"),
+    ],
+)
 def test_parse_rejects_with_reason(topic: str, payload: bytes, code: str) -> None:
     r = parse_message(topic, payload, received_at=123.5)
     assert isinstance(r, DeadLetter), r
@@ -156,14 +165,19 @@ def test_parse_rejects_with_reason(topic: str, payload: bytes, code: str) -> Non
     assert r.reason.startswith(code + ": ") and len(r.reason) > len(code) + 3
     assert (r.topic, r.received_at) == (topic, 123.5)
     assert len(r.payload_excerpt) <= 200
-    assert set(json.loads(r.model_dump_json())) == {"topic", "reason", "received_at",
-                                                    "payload_excerpt"}
+    assert set(json.loads(r.model_dump_json())) == {"topic", "reason", "received_at", "payload_excerpt"}
 
 
 def test_parse_never_raises_on_garbage() -> None:
     rng = np.random.default_rng(0)
-    topics = ["p2es/v1/patients/p1/ppg", "p2es/v1/patients/p1/ppg/bin",
-              "p2es/v1/patients/p1/profile", "p2es/v1/patients/p1", "#", ""]
+    topics = [
+        "p2es/v1/patients/p1/ppg",
+        "p2es/v1/patients/p1/ppg/bin",
+        "p2es/v1/patients/p1/profile",
+        "p2es/v1/patients/p1",
+        "#",
+        "",
+    ]
     good_bin = encode_binary_chunk(1, T0, 100.0, np.arange(20.0))
     for i in range(600):
         kind = i % 3
@@ -182,8 +196,9 @@ def test_parse_never_raises_on_garbage() -> None:
 
 
 def test_profile_parse_partial_and_clear() -> None:
-    r = parse_message("p2es/v1/patients/p1/profile",
-                      b'{"age": 63, "sex": "F", "weight_kg": 70.5, "ward": "B"}')
+    r = parse_message(
+        "p2es/v1/patients/p1/profile", b'{"age": 63, "sex": "F", "weight_kg": 70.5, "ward": "B"}'
+    )
     assert isinstance(r, ParsedProfile)
     assert r.profile == Profile(age=63, sex="F", height_cm=None, weight_kg=70.5)
     assert r.profile.sex01 == 0
@@ -211,8 +226,7 @@ def test_binary_format_roundtrip_and_layout() -> None:
     # framing and validation errors
     assert parse_message("p2es/v1/patients/p1/ppg/bin", b[:-1]).code == "bad_binary"
     assert parse_message("p2es/v1/patients/p1/ppg/bin", b"X" + b[1:]).code == "bad_binary"
-    assert parse_message("p2es/v1/patients/p1/ppg/bin", b[:4] + b"\x02" + b[5:]).code \
-        == "bad_binary"
+    assert parse_message("p2es/v1/patients/p1/ppg/bin", b[:4] + b"\x02" + b[5:]).code == "bad_binary"
     nan = encode_binary_chunk(1, T0, 100.0, [1.0, np.nan])
     assert parse_message("p2es/v1/patients/p1/ppg/bin", nan).code == "non_finite"
     slow = encode_binary_chunk(1, T0, 10.0, [1.0])
@@ -294,7 +308,7 @@ def test_resampler_is_zero_delay_and_chunking_invariant() -> None:
         parts, i = [], 0
         while i < x.size:
             n = int(rng.integers(1, 300))
-            parts.append(rs.push(x[i:i + n]))
+            parts.append(rs.push(x[i : i + n]))
             i += n
         chunked = np.concatenate(parts)
         assert chunked.size == one.size > 0
@@ -463,8 +477,9 @@ def _svc(host: str, port: int, **kw) -> IngestService:
 
 
 def _pub_client(host: str, port: int) -> aiomqtt.Client:
-    return aiomqtt.Client(host, port, identifier=f"p2es-test-pub-{_uid()}",
-                          protocol=aiomqtt.ProtocolVersion.V5)
+    return aiomqtt.Client(
+        host, port, identifier=f"p2es-test-pub-{_uid()}", protocol=aiomqtt.ProtocolVersion.V5
+    )
 
 
 async def _publish_chunks(client: aiomqtt.Client, pid: str, chunks, *, binary=False) -> None:
@@ -472,13 +487,13 @@ async def _publish_chunks(client: aiomqtt.Client, pid: str, chunks, *, binary=Fa
         if binary:
             payload = encode_binary_chunk(c.seq, c.t0, c.fs, c.samples)
         else:
-            payload = json.dumps({"seq": c.seq, "t0": c.t0, "fs": c.fs,
-                                  "samples": c.samples.tolist(), "device": "sim"}).encode()
+            payload = json.dumps(
+                {"seq": c.seq, "t0": c.t0, "fs": c.fs, "samples": c.samples.tolist(), "device": "sim"}
+            ).encode()
         await client.publish(ppg_topic(pid, binary=binary), payload, qos=1)
 
 
-async def _collect(svc: IngestService, n: int, timeout: float, pred=lambda w: True
-                   ) -> list[Window]:
+async def _collect(svc: IngestService, n: int, timeout: float, pred=lambda w: True) -> list[Window]:
     got: list[Window] = []
     async with asyncio.timeout(timeout):
         while len(got) < n:
@@ -494,8 +509,12 @@ def test_service_end_to_end_json_binary_profile(mqtt_broker: tuple[str, int]) ->
     d = synthesize(1, 21, duration_s=30, fs=100.0, rhythm_mix="sinus")
     x = d["ppg"][0].astype(np.float64)
     age, sex = float(d["age"][0]), "M" if int(d["sex"][0]) == 1 else "F"
-    profile = {"age": round(age, 1), "sex": sex, "height_cm": round(float(d["height_cm"][0]), 1),
-               "weight_kg": round(float(d["weight_kg"][0]), 1)}
+    profile = {
+        "age": round(age, 1),
+        "sex": sex,
+        "height_cm": round(float(d["height_cm"][0]), 1),
+        "weight_kg": round(float(d["weight_kg"][0]), 1),
+    }
     t0 = time.time() - 40.0
     chunks = _chunks(x, 100.0, [100], t0=t0)  # 30 x 1 s
     expected = _run(_chunks(x, 100.0, [100], t0=t0))
@@ -517,8 +536,7 @@ def test_service_end_to_end_json_binary_profile(mqtt_broker: tuple[str, int]) ->
                     counters = svc.counters()
             finally:
                 await pub.publish(profile_topic(pa), b"", qos=1, retain=True)  # clear
-        return ([w for w in got if w.patient == pa], [w for w in got if w.patient == pb],
-                counters)
+        return ([w for w in got if w.patient == pa], [w for w in got if w.patient == pb], counters)
 
     wa, wb, counters = asyncio.run(main())
     assert len(wa) == len(wb) == len(expected) == 6
@@ -539,10 +557,12 @@ def test_service_dead_letters_and_keeps_running(mqtt_broker: tuple[str, int]) ->
     bad = [
         (ppg_topic(pid), b"{not json", "bad_json"),
         (ppg_topic(pid), b"[" + b"1.0," * (MAX_PAYLOAD_BYTES // 4) + b"1.0]", "oversized"),
-        (ppg_topic(pid), b'{"seq": 0, "t0": 1718000000.0, "fs": 100, "samples": [NaN, NaN]}',
-         "non_finite"),
-        (ppg_topic(pid), json.dumps({"seq": "zero", "t0": T0, "fs": 100, "samples": [1.0]})
-         .encode(), "invalid_ppg"),
+        (ppg_topic(pid), b'{"seq": 0, "t0": 1718000000.0, "fs": 100, "samples": [NaN, NaN]}', "non_finite"),
+        (
+            ppg_topic(pid),
+            json.dumps({"seq": "zero", "t0": T0, "fs": 100, "samples": [1.0]}).encode(),
+            "invalid_ppg",
+        ),
         (f"p2es/v1/patients/{pid}/temperature", b"{}", "unknown_topic"),
         (f"p2es/v1/patients/{pid} x/ppg", b"{}", "bad_patient_id"),
         (ppg_topic(pid, binary=True), b"P2PG\x01", "bad_binary"),
@@ -613,8 +633,7 @@ def test_service_reconnects_after_broker_restart(mqtt_broker: tuple[str, int]) -
     assert counters["stream"]["gaps_filled"] == 0 and counters["stream"]["breaks"] == 0
 
 
-def test_service_session_keeps_messages_published_while_away(mqtt_broker: tuple[str, int]
-                                                             ) -> None:
+def test_service_session_keeps_messages_published_while_away(mqtt_broker: tuple[str, int]) -> None:
     """clean_start=False + session expiry: what is published while the service is down (or
     reconnecting) is delivered when it comes back under the same client id."""
     host, port = mqtt_broker
@@ -638,12 +657,12 @@ def test_service_session_keeps_messages_published_while_away(mqtt_broker: tuple[
 
 
 def test_parse_url() -> None:
-    from ingest.service import parse_url
+    from p2es.transport.mqtt import parse_url
 
     assert parse_url("mqtt://broker") == ("broker", 1883, False, None, None)
-    assert parse_url("mqtts://u%40x:p%3Aw@b.example:9883") == ("b.example", 9883, True, "u@x",
-                                                                "p:w")
+    assert parse_url("mqtts://u%40x:p%3Aw@b.example:9883") == ("b.example", 9883, True, "u@x", "p:w")
     with pytest.raises(ValueError):
         parse_url("http://broker")
     svc_tls = IngestService("mqtts://b.example", username="a", password="b")
-    assert svc_tls.tls_context is not None and (svc_tls.username, svc_tls.port) == ("a", 8883)
+    ep = svc_tls.endpoint
+    assert ep.tls_context is not None and (ep.username, ep.port) == ("a", 8883)

@@ -17,7 +17,6 @@ import uuid
 
 import numpy as np
 import pytest
-
 import services
 
 pytestmark = pytest.mark.services
@@ -29,12 +28,24 @@ T, HOP = 1024, 512
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-    from engine.train import TrainConfig, train
+    from engine.model.train import TrainConfig, train
 
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    train(TrainConfig(variant="p2es", model=dict(widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8),
-                      steps=2, batch_size=4, data="fake", chunk_records=8, ckpt_every=0, group_refit_every=1,
-                      group_reservoir=16, progress=False), path)
+    train(
+        TrainConfig(
+            variant="p2es",
+            model=dict(widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8),
+            steps=2,
+            batch_size=4,
+            data="fake",
+            chunk_records=8,
+            ckpt_every=0,
+            group_refit_every=1,
+            group_reservoir=16,
+            progress=False,
+        ),
+        path,
+    )
     return str(path)
 
 
@@ -45,14 +56,26 @@ def free_port() -> int:
 
 
 def make_config(tiny_ckpt, influxdb, tmp_path, **kw):
-    from engine.pipeline import PipelineConfig
+    from engine.app.pipeline import PipelineConfig
 
     url, db = influxdb
-    base = dict(broker=services.mqtt_url(), client_id=f"p2es-test-{uuid.uuid4().hex[:8]}",
-                influx_url=url, influx_db=db, steps=2, k=1, max_batch=16, max_wait_ms=20,
-                checkpoint=tiny_ckpt, spool_dir=str(tmp_path / "spool"), writer_batch_lines=2000,
-                writer_flush_interval_s=0.3, writer_backoff_cap_s=1.0, threads=1,
-                stream_reorder_wait_s=1.0)
+    base = dict(
+        broker=services.mqtt_url(),
+        client_id=f"p2es-test-{uuid.uuid4().hex[:8]}",
+        influx_url=url,
+        influx_db=db,
+        steps=2,
+        k=1,
+        max_batch=16,
+        max_wait_ms=20,
+        checkpoint=tiny_ckpt,
+        spool_dir=str(tmp_path / "spool"),
+        writer_batch_lines=2000,
+        writer_flush_interval_s=0.3,
+        writer_backoff_cap_s=1.0,
+        threads=1,
+        stream_reorder_wait_s=1.0,
+    )
     base.update(kw)
     return PipelineConfig(**base)
 
@@ -78,12 +101,18 @@ async def wait_for(pred, timeout: float, step: float = 0.2) -> bool:
 
 async def drain(pipe, n_patients: int, min_windows: int, timeout: float = 60.0) -> None:
     """Wait until every patient has min_windows windows and nothing is queued any more."""
+
     def done() -> bool:
         s = pipe.stats()
         ps = s["patients"]
-        return (len(ps) >= n_patients and all(p["windows"] >= min_windows for p in ps.values())
-                and s["queue_depth"]["ingest"] == 0 and s["queue_depth"]["batcher"] == 0
-                and all(p["pending"] == 0 for p in ps.values()))
+        return (
+            len(ps) >= n_patients
+            and all(p["windows"] >= min_windows for p in ps.values())
+            and s["queue_depth"]["ingest"] == 0
+            and s["queue_depth"]["batcher"] == 0
+            and all(p["pending"] == 0 for p in ps.values())
+        )
+
     await wait_for(done, timeout)
     await asyncio.sleep(1.5)  # reorder flush / last windows
 
@@ -118,7 +147,7 @@ def test_exactly_once_rates_out_of_order_dead_letters_and_metrics(tiny_ckpt, mqt
     duplicated; malformed messages on the side.  Same ECG timestamps for every rate, each once."""
     import aiomqtt
 
-    from engine.pipeline import Pipeline
+    from engine.app.pipeline import Pipeline
     from wearable.publisher import make_patients, simulate_async
 
     port = free_port()
@@ -132,31 +161,67 @@ def test_exactly_once_rates_out_of_order_dead_letters_and_metrics(tiny_ckpt, mqt
         await pipe.ingest.wait_connected(10)
         pats = make_patients(6, seed=3, duration_s=64, fs_list=rates, prefix=f"t1{tag}")
         in_order, shuffled = pats[:4], pats[4:]
-        pub = [asyncio.create_task(simulate_async(services.mqtt_url(), in_order, speed=40, duration_s=64,
-                                                  t_start=t_start, seed=1, binary=0.3)),
-               asyncio.create_task(simulate_async(services.mqtt_url(), shuffled, speed=40, duration_s=64,
-                                                  t_start=t_start, seed=2, reorder=0.3, duplicate=0.3))]
+        pub = [
+            asyncio.create_task(
+                simulate_async(
+                    services.mqtt_url(),
+                    in_order,
+                    speed=40,
+                    duration_s=64,
+                    t_start=t_start,
+                    seed=1,
+                    binary=0.3,
+                )
+            ),
+            asyncio.create_task(
+                simulate_async(
+                    services.mqtt_url(),
+                    shuffled,
+                    speed=40,
+                    duration_s=64,
+                    t_start=t_start,
+                    seed=2,
+                    reorder=0.3,
+                    duplicate=0.3,
+                )
+            ),
+        ]
         # malformed traffic while the real streams flow
         bad = [
             (f"p2es/v1/patients/x{tag}/ppg", b"{not json", "bad_json"),
             (f"p2es/v1/patients/x{tag}/ppg", b"x" * (256 * 1024 + 1), "oversized"),
-            (f"p2es/v1/patients/x{tag}/ppg",
-             b'{"seq": 0, "t0": 1.7e9, "fs": 100.0, "samples": [1.0, NaN, 2.0]}', "non_finite"),
-            (f"p2es/v1/patients/x{tag}/ppg",
-             b'{"seq": "zero", "t0": 1.7e9, "fs": 100.0, "samples": [1.0, 2.0]}', "invalid_ppg"),
-            (f"p2es/v1/patients/x{tag}/ppg",
-             b'{"seq": 0, "t0": 1.7e9, "fs": 100.0, "samples": ["a", 2.0]}', "invalid_ppg"),
+            (
+                f"p2es/v1/patients/x{tag}/ppg",
+                b'{"seq": 0, "t0": 1.7e9, "fs": 100.0, "samples": [1.0, NaN, 2.0]}',
+                "non_finite",
+            ),
+            (
+                f"p2es/v1/patients/x{tag}/ppg",
+                b'{"seq": "zero", "t0": 1.7e9, "fs": 100.0, "samples": [1.0, 2.0]}',
+                "invalid_ppg",
+            ),
+            (
+                f"p2es/v1/patients/x{tag}/ppg",
+                b'{"seq": 0, "t0": 1.7e9, "fs": 100.0, "samples": ["a", 2.0]}',
+                "invalid_ppg",
+            ),
             (f"p2es/v1/patients/x{tag}/temperature", b'{"c": 37}', "unknown_topic"),
             (f"p2es/v1/patients/x{tag}/ppg/bin", b"P2PGjunk", "bad_binary"),
         ]
-        async with aiomqtt.Client(services.HOST, services.mqtt_port(), protocol=aiomqtt.ProtocolVersion.V5) as c:
+        async with aiomqtt.Client(
+            services.HOST, services.mqtt_port(), protocol=aiomqtt.ProtocolVersion.V5
+        ) as c:
             for topic, payload, _ in bad:
                 await c.publish(topic, payload, qos=1)
         res = await asyncio.gather(*pub)
         await drain(pipe, 6, expected_windows(64))
         # the idle flush writes each silent patient's tail without waiting for stop()
-        assert await wait_for(lambda: all(p["ecg_samples"] == (p["windows"] - 1) * HOP + T
-                                          for p in pipe.stats()["patients"].values()), 15)
+        assert await wait_for(
+            lambda: all(
+                p["ecg_samples"] == (p["windows"] - 1) * HOP + T for p in pipe.stats()["patients"].values()
+            ),
+            15,
+        )
         before_stop = pipe.stats()
         await pipe.stop()
         return pipe, pats, bad, res, before_stop
@@ -184,7 +249,7 @@ def test_exactly_once_rates_out_of_order_dead_letters_and_metrics(tiny_ckpt, mqt
 def test_metrics_endpoint(tiny_ckpt, mqtt_broker, influxdb, tmp_path):
     import aiomqtt
 
-    from engine.pipeline import Pipeline
+    from engine.app.pipeline import Pipeline
     from wearable.publisher import make_patients, simulate_async
 
     port = free_port()
@@ -195,14 +260,16 @@ def test_metrics_endpoint(tiny_ckpt, mqtt_broker, influxdb, tmp_path):
         await pipe.start()
         try:
             await pipe.ingest.wait_connected(10)
-            async with aiomqtt.Client(services.HOST, services.mqtt_port(),
-                                      protocol=aiomqtt.ProtocolVersion.V5) as c:
+            async with aiomqtt.Client(
+                services.HOST, services.mqtt_port(), protocol=aiomqtt.ProtocolVersion.V5
+            ) as c:
                 await c.publish(f"p2es/v1/patients/m{tag}/ppg", b"[]", qos=1)
             pats = make_patients(1, seed=4, duration_s=16, fs_list=[100], prefix=f"m{tag}")
             await simulate_async(services.mqtt_url(), pats, speed=40, duration_s=16)
             await drain(pipe, 1, 2, timeout=30)
             body = await asyncio.to_thread(
-                lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+                lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            )
         finally:
             await pipe.stop()
         return body
@@ -210,7 +277,10 @@ def test_metrics_endpoint(tiny_ckpt, mqtt_broker, influxdb, tmp_path):
     body = asyncio.run(main())
     assert 'p2es_messages_invalid_total{reason="invalid_ppg"} 1.0' in body
     assert "p2es_messages_in_total" in body and "p2es_windows_total" in body
-    assert "p2es_batch_size_bucket" in body and 'p2es_stage_latency_seconds_bucket{le="0.005",stage="compute"}' in body
+    assert (
+        "p2es_batch_size_bucket" in body
+        and 'p2es_stage_latency_seconds_bucket{le="0.005",stage="compute"}' in body
+    )
     assert "p2es_e2e_latency_seconds_count" in body and "p2es_spool_bytes" in body
     assert 'p2es_queue_depth{queue="ingest"}' in body
 
@@ -218,7 +288,7 @@ def test_metrics_endpoint(tiny_ckpt, mqtt_broker, influxdb, tmp_path):
 def test_influx_outage_loses_nothing(tiny_ckpt, mqtt_broker, influxdb, tmp_path):
     """InfluxDB down for OUTAGE_S (30 s) while data flows: the writer spools, then every point
     arrives (P2ES_TEST_OUTAGE_S shortens it, >= 10 s)."""
-    from engine.pipeline import Pipeline
+    from engine.app.pipeline import Pipeline
     from wearable.publisher import make_patients, simulate_async
 
     tag = uuid.uuid4().hex[:6]
@@ -230,8 +300,9 @@ def test_influx_outage_loses_nothing(tiny_ckpt, mqtt_broker, influxdb, tmp_path)
         await pipe.ingest.wait_connected(10)
         dur = 3 * (outage + 12)  # seconds of signal at speed 3: data flows before, during, after
         pats = make_patients(3, seed=5, duration_s=dur, fs_list=[64, 125, 250], prefix=f"t2{tag}")
-        pub = asyncio.create_task(simulate_async(services.mqtt_url(), pats, speed=3, duration_s=dur,
-                                                 t_start=t_start))
+        pub = asyncio.create_task(
+            simulate_async(services.mqtt_url(), pats, speed=3, duration_s=dur, t_start=t_start)
+        )
         await asyncio.sleep(3)
         await asyncio.to_thread(services.stop_influx)
         down_at = time.monotonic()
@@ -262,7 +333,7 @@ def test_influx_outage_loses_nothing(tiny_ckpt, mqtt_broker, influxdb, tmp_path)
 def test_broker_restart_recovers(tiny_ckpt, mqtt_broker, influxdb, tmp_path):
     """Mosquitto restarted mid-run: ingest and the publisher reconnect by themselves; the
     persistent session keeps the QoS 1 messages, so the ECG is still complete and continuous."""
-    from engine.pipeline import Pipeline
+    from engine.app.pipeline import Pipeline
     from wearable.publisher import make_patients, simulate_async
 
     tag = uuid.uuid4().hex[:6]
@@ -273,8 +344,9 @@ def test_broker_restart_recovers(tiny_ckpt, mqtt_broker, influxdb, tmp_path):
         await pipe.start()
         await pipe.ingest.wait_connected(10)
         pats = make_patients(2, seed=6, duration_s=64, fs_list=[100, 500], prefix=f"t3{tag}")
-        pub = asyncio.create_task(simulate_async(services.mqtt_url(), pats, speed=8, duration_s=64,
-                                                 t_start=t_start))
+        pub = asyncio.create_task(
+            simulate_async(services.mqtt_url(), pats, speed=8, duration_s=64, t_start=t_start)
+        )
         await asyncio.sleep(3)
         await asyncio.to_thread(services.restart_mosquitto)
         res = await pub
@@ -295,7 +367,7 @@ def test_broker_restart_recovers(tiny_ckpt, mqtt_broker, influxdb, tmp_path):
 _CLI = """
 import argparse, sys
 import p2es.cli as c
-from engine.cli_live import register_live
+from engine.app.cli_live import register_live
 _orig = c.build_parser
 def build():
     p = _orig()
@@ -317,10 +389,12 @@ def p2es_cmd(*args: str) -> list[str]:
 def test_cli_bad_input_is_one_line(repo_root):
     import subprocess
 
-    for args, needle in [(("run", "--broker", "http://x:1"), "broker"),
-                         (("run", "--checkpoint", "/nonexistent.pt", "--influx-url", "none"), "checkpoint"),
-                         (("run", "--influx-url", "localhost:8086"), "influx_url"),
-                         (("simulate", "--patients", "0"), "--patients")]:
+    for args, needle in [
+        (("run", "--broker", "http://x:1"), "broker"),
+        (("run", "--checkpoint", "/nonexistent.pt", "--influx-url", "none"), "checkpoint"),
+        (("run", "--influx-url", "localhost:8086"), "influx_url"),
+        (("simulate", "--patients", "0"), "--patients"),
+    ]:
         p = subprocess.run(p2es_cmd(*args), cwd=repo_root, capture_output=True, text=True, timeout=120)
         assert p.returncode == 2, (args, p.stderr)
         lines = p.stderr.strip().splitlines()
@@ -337,14 +411,41 @@ def test_cli_run_and_simulate_sigterm_flushes(tiny_ckpt, mqtt_broker, influxdb, 
     # the in-process alert service (--alerts): a rule on the PPG's own pulse rate, so the tiny
     # model's reconstruction cannot decide it; it must fire once per patient
     rules = tmp_path / "rules.yaml"
-    rules.write_text("rules:\n  - name: pulse_seen\n    metric: hr_ppg_bpm\n    op: '>'\n"
-                     "    threshold: 20\n    for: 4s\n    priority: low\n")
+    rules.write_text(
+        "rules:\n  - name: pulse_seen\n    metric: hr_ppg_bpm\n    op: '>'\n"
+        "    threshold: 20\n    for: 4s\n    priority: low\n"
+    )
     run = subprocess.Popen(
-        p2es_cmd("run", "--broker", services.mqtt_url(), "--influx-url", url, "--influx-db", db,
-                 "--checkpoint", tiny_ckpt, "--steps", "2", "--k", "1", "--spool-dir", str(tmp_path / "sp"),
-                 "--client-id", f"p2es-{tag}", "--stats-every", "0", "--alerts", str(rules),
-                 "--alerts-dir", str(tmp_path / "alerts")),
-        cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        p2es_cmd(
+            "run",
+            "--broker",
+            services.mqtt_url(),
+            "--influx-url",
+            url,
+            "--influx-db",
+            db,
+            "--checkpoint",
+            tiny_ckpt,
+            "--steps",
+            "2",
+            "--k",
+            "1",
+            "--spool-dir",
+            str(tmp_path / "sp"),
+            "--client-id",
+            f"p2es-{tag}",
+            "--stats-every",
+            "0",
+            "--alerts",
+            str(rules),
+            "--alerts-dir",
+            str(tmp_path / "alerts"),
+        ),
+        cwd=repo_root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     import threading
 
     lines: list[str] = []
@@ -355,9 +456,27 @@ def test_cli_run_and_simulate_sigterm_flushes(tiny_ckpt, mqtt_broker, influxdb, 
         while not any("ingest connected" in ln for ln in list(lines)):
             assert run.poll() is None and time.monotonic() < deadline, "".join(lines)
             time.sleep(0.2)
-        sim = subprocess.run(p2es_cmd("simulate", "--patients", "2", "--broker", services.mqtt_url(),
-                                      "--speed", "20", "--duration", "24", "--prefix", tag, "--seed", "9"),
-                             cwd=repo_root, capture_output=True, text=True, timeout=120)
+        sim = subprocess.run(
+            p2es_cmd(
+                "simulate",
+                "--patients",
+                "2",
+                "--broker",
+                services.mqtt_url(),
+                "--speed",
+                "20",
+                "--duration",
+                "24",
+                "--prefix",
+                tag,
+                "--seed",
+                "9",
+            ),
+            cwd=repo_root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert sim.returncode == 0, sim.stderr
         assert json.loads(sim.stdout.strip().splitlines()[-1])["chunks"] == 2 * 24
         time.sleep(5)
@@ -376,8 +495,9 @@ def test_cli_run_and_simulate_sigterm_flushes(tiny_ckpt, mqtt_broker, influxdb, 
         assert nw == expected_windows(24), out
         t = ecg_times(pid)
         assert t.size == (nw - 1) * HOP + T and np.all(np.diff(t) == STEP_NS)
-        rows = services.influx_points(f"SELECT state, priority FROM alerts WHERE patient='{pid}' "
-                                      "AND rule='pulse_seen'")
+        rows = services.influx_points(
+            f"SELECT state, priority FROM alerts WHERE patient='{pid}' AND rule='pulse_seen'"
+        )
         assert [r["state"] for r in rows] == ["firing"], (rows, out)
     assert (tmp_path / "alerts" / "state.json").is_file()
 
@@ -386,8 +506,8 @@ def test_cli_run_and_simulate_sigterm_flushes(tiny_ckpt, mqtt_broker, influxdb, 
 def test_config_env_secrets_and_file(tmp_path, monkeypatch):
     import argparse
 
-    from engine.cli_live import load_config, register_live
-    from engine.pipeline import PipelineConfig
+    from engine.app.cli_live import load_config, register_live
+    from engine.app.pipeline import PipelineConfig
     from p2es.errors import P2esError
 
     monkeypatch.setenv("P2ES_MQTT_USERNAME", "u")
@@ -405,7 +525,9 @@ def test_config_env_secrets_and_file(tmp_path, monkeypatch):
     register_live(parser.add_subparsers(dest="cmd"))
     f = tmp_path / "p.yaml"
     f.write_text("broker: mqtts://example:8883\nsteps: 3\nwindow_s: 8\ninflux_url: none\n")
-    cfg = load_config(parser.parse_args(["run", "--config", str(f), "--steps", "5", "--metrics-port", "9100"]))
+    cfg = load_config(
+        parser.parse_args(["run", "--config", str(f), "--steps", "5", "--metrics-port", "9100"])
+    )
     assert cfg.broker == "mqtts://example:8883" and cfg.steps == 5 and cfg.metrics_port == 9100
     assert cfg.influx_url is None
     f.write_text("[1, 2]")
@@ -418,7 +540,7 @@ def test_config_env_secrets_and_file(tmp_path, monkeypatch):
 
 def test_no_sink_mode_callbacks(tiny_ckpt, mqtt_broker, tmp_path):
     """influx_url=None: results go to callbacks and stats() (what the demo uses)."""
-    from engine.pipeline import Pipeline, PipelineConfig
+    from engine.app.pipeline import Pipeline, PipelineConfig
     from wearable.publisher import make_patients, simulate_async
 
     tag = uuid.uuid4().hex[:6]
@@ -426,8 +548,16 @@ def test_no_sink_mode_callbacks(tiny_ckpt, mqtt_broker, tmp_path):
     chunks, vitals = [], []
 
     async def main():
-        cfg = PipelineConfig(broker=services.mqtt_url(), client_id=f"p2es-test-{tag}", influx_url=None,
-                             steps=2, k=1, checkpoint=tiny_ckpt, threads=1, max_wait_ms=10)
+        cfg = PipelineConfig(
+            broker=services.mqtt_url(),
+            client_id=f"p2es-test-{tag}",
+            influx_url=None,
+            steps=2,
+            k=1,
+            checkpoint=tiny_ckpt,
+            threads=1,
+            max_wait_ms=10,
+        )
         pipe = Pipeline(cfg, on_ecg=chunks.append, on_vitals=vitals.append)
         await pipe.start()
         await pipe.ingest.wait_connected(10)
@@ -440,7 +570,9 @@ def test_no_sink_mode_callbacks(tiny_ckpt, mqtt_broker, tmp_path):
     pipe = asyncio.run(main())
     s = pipe.stats()
     (p,) = s["patients"].values()
-    assert p["windows"] == expected_windows(24) and len(vitals) == p["windows"] and p["vitals"] == p["windows"]
+    assert (
+        p["windows"] == expected_windows(24) and len(vitals) == p["windows"] and p["vitals"] == p["windows"]
+    )
     n = sum(c.ecg.shape[1] for c in chunks)
     assert n == p["ecg_samples"] == (p["windows"] - 1) * HOP + T
     assert chunks[0].t0 == t_start
@@ -459,8 +591,9 @@ def test_cli_simulate_until_sigint(mqtt_broker, repo_root):
     tag = f"s{uuid.uuid4().hex[:6]}"
 
     async def first_chunk(proc) -> None:
-        async with aiomqtt.Client(services.HOST, services.mqtt_port(),
-                                  protocol=aiomqtt.ProtocolVersion.V5) as c:
+        async with aiomqtt.Client(
+            services.HOST, services.mqtt_port(), protocol=aiomqtt.ProtocolVersion.V5
+        ) as c:
             await c.subscribe(f"p2es/v1/patients/{tag}-000/ppg", qos=1)
             proc.start()
             async for _ in c.messages:
@@ -471,9 +604,22 @@ def test_cli_simulate_until_sigint(mqtt_broker, repo_root):
     class Start:
         def start(self):
             holder["p"] = subprocess.Popen(
-                p2es_cmd("simulate", "--patients", "2", "--broker", services.mqtt_url(), "--speed", "10",
-                         "--prefix", tag), cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True)
+                p2es_cmd(
+                    "simulate",
+                    "--patients",
+                    "2",
+                    "--broker",
+                    services.mqtt_url(),
+                    "--speed",
+                    "10",
+                    "--prefix",
+                    tag,
+                ),
+                cwd=repo_root,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
 
     asyncio.run(asyncio.wait_for(first_chunk(Start()), 90))
     p = holder["p"]
@@ -490,8 +636,8 @@ def test_vitals_on_mqtt_and_health_measurement(tiny_ckpt, mqtt_broker, influxdb,
     documented field, and the pipeline writes its own health to the `pipeline` measurement."""
     import aiomqtt
 
-    from engine.pipeline import Pipeline
-    from engine.runtime import VITALS_FIELDS
+    from engine.app.pipeline import Pipeline
+    from p2es.contracts.vitals import VITALS_METRICS
     from wearable.publisher import make_patients, simulate_async
 
     tag = uuid.uuid4().hex[:6]
@@ -500,8 +646,9 @@ def test_vitals_on_mqtt_and_health_measurement(tiny_ckpt, mqtt_broker, influxdb,
     got: list[dict] = []
 
     async def main():
-        async with aiomqtt.Client(services.HOST, services.mqtt_port(),
-                                  protocol=aiomqtt.ProtocolVersion.V5) as sub:
+        async with aiomqtt.Client(
+            services.HOST, services.mqtt_port(), protocol=aiomqtt.ProtocolVersion.V5
+        ) as sub:
             await sub.subscribe("p2es/v1/patients/+/vitals", qos=1)
 
             async def listen():
@@ -526,13 +673,14 @@ def test_vitals_on_mqtt_and_health_measurement(tiny_ckpt, mqtt_broker, influxdb,
         mine = [g for g in got if g["patient"] == p.id]
         assert len(mine) == s["patients"][p.id]["windows"] == expected_windows(24)
         assert all(g["topic"] == f"p2es/v1/patients/{p.id}/vitals" for g in mine)
-        assert all(set(VITALS_FIELDS) <= set(g) for g in mine)
+        assert all(set(VITALS_METRICS) <= set(g) for g in mine)
         ts = [g["t"] for g in mine]
         assert ts == sorted(ts) and abs(ts[0] - t_start) < 1e-6
         assert all(g["sqi"] is None or 0.0 <= g["sqi"] <= 1.0 for g in mine)
         # the same fields land in InfluxDB (NaN ones omitted, never written as strings)
         assert count("vitals", "uncertainty", p.id) == len(mine)
     rows = services.influx_points(
-        f"SELECT windows_total, queue_ingest, latency_e2e_p50_s FROM pipeline WHERE instance='{cfg.client_id}'")
+        f"SELECT windows_total, queue_ingest, latency_e2e_p50_s FROM pipeline WHERE instance='{cfg.client_id}'"
+    )
     assert rows, "no pipeline health point written"
     assert max(r["windows_total"] for r in rows) >= 1

@@ -29,9 +29,9 @@ def synth_ecg(fs: float = FS, dur: float = DUR, seed: int = 0) -> np.ndarray:
     for b in np.arange(0.3, dur, 0.8):
         for k in range(8):
             gain = (1.0 + 0.15 * k) * (-1.0 if k == 2 else 1.0)
-            ind[k] += gain * np.exp(-0.5 * ((t - b) / 0.012) ** 2)        # R
+            ind[k] += gain * np.exp(-0.5 * ((t - b) / 0.012) ** 2)  # R
             ind[k] += 0.15 * np.exp(-0.5 * ((t - b + 0.16) / 0.03) ** 2)  # P
-            ind[k] += 0.3 * np.exp(-0.5 * ((t - b - 0.28) / 0.05) ** 2)   # T
+            ind[k] += 0.3 * np.exp(-0.5 * ((t - b - 0.28) / 0.05) ** 2)  # T
     return derive_12(ind) + 0.01 * rng.standard_normal((12, t.size))
 
 
@@ -127,8 +127,8 @@ def test_calibration_pulse_is_10mm_tall(tmp_path: Path) -> None:
         assert len(hits) == 1
         return r0 + hits[0]
 
-    top = black_centre(P.MARGIN_LEFT_MM + 3.5)       # through the pulse (1 .. 6 mm + margin)
-    baseline = black_centre(P.TRACE_X0_MM - 2.5)     # flat part after the pulse
+    top = black_centre(P.MARGIN_LEFT_MM + 3.5)  # through the pulse (1 .. 6 mm + margin)
+    baseline = black_centre(P.TRACE_X0_MM - 2.5)  # flat part after the pulse
     assert baseline - top == pytest.approx(10 * dpi / 25.4, abs=1.0)
     assert baseline == pytest.approx(y_to_row(base, h_mm, dpi), abs=1.0)
 
@@ -159,15 +159,23 @@ def test_reference_band_ppg_render(tmp_path: Path) -> None:
     rec[1, 300:320] = np.nan  # NaN gap is allowed
     band = (rec - 0.1, rec + 0.1)
     out = P.plot_ecg_paper(
-        rec, FS, tmp_path / "deep" / "dir" / "r.png", reference=true, band=band,
-        ppg=synth_ppg(true.shape[1]), title="t", subtitle="s", rhythm_lead="V2", dpi=80,
+        rec,
+        FS,
+        tmp_path / "deep" / "dir" / "r.png",
+        reference=true,
+        band=band,
+        ppg=synth_ppg(true.shape[1]),
+        title="t",
+        subtitle="s",
+        rhythm_lead="V2",
+        dpi=80,
     )
     assert out.is_file()
     img = load(out)
     r, g, b = img[..., 0], img[..., 1], img[..., 2]
-    blue = (b > 0.6) & (r < 0.35) & (g < 0.5)         # reconstruction trace
+    blue = (b > 0.6) & (r < 0.35) & (g < 0.5)  # reconstruction trace
     shaded = (b > 0.8) & (r > 0.6) & (r < 0.95) & (np.abs(r - g) < 0.12)  # translucent band
-    black = img.max(axis=2) < 0.25                      # reference trace / text
+    black = img.max(axis=2) < 0.25  # reference trace / text
     assert blue.sum() > 500
     assert shaded.sum() > 500
     assert black.sum() > 500

@@ -9,7 +9,7 @@ import pytest
 
 wfdb = pytest.importorskip("wfdb")
 
-from engine.realppg import heartpy_data  # noqa: E402
+from engine.model.realppg import heartpy_data  # noqa: E402
 from p2es.errors import InputError, P2esError  # noqa: E402
 from p2es.leads import LEAD_INDEX, LEADS, einthoven_residual  # noqa: E402
 from wearable.readers import (  # noqa: E402
@@ -49,15 +49,22 @@ def _assert_one_line(exc: pytest.ExceptionInfo, path) -> None:
 
 # --------------------------------------------------------------------------- WFDB
 
+
 @pytest.fixture
 def wfdb_record(tmp_path):
     ppg, lead_i, lead_ii, v1 = _signals()
     lead_ii = lead_ii.copy()
     lead_ii[100:110] = np.nan  # a short gap
     sig = np.stack([ppg, lead_i, lead_ii * 1000.0, v1], axis=1)  # II written in uV
-    wfdb.wrsamp("rec", fs=FS, units=["NU", "mV", "uV", "mV"],
-                sig_name=["PLETH", "I", "II", "V1"], p_signal=sig,
-                fmt=["16"] * 4, write_dir=str(tmp_path))
+    wfdb.wrsamp(
+        "rec",
+        fs=FS,
+        units=["NU", "mV", "uV", "mV"],
+        sig_name=["PLETH", "I", "II", "V1"],
+        p_signal=sig,
+        fmt=["16"] * 4,
+        write_dir=str(tmp_path),
+    )
     return tmp_path / "rec", (ppg, lead_i, lead_ii, v1)
 
 
@@ -98,10 +105,15 @@ def test_wfdb_roundtrip_units_and_derivation(wfdb_record, suffix):
 def test_wfdb_channel_names_and_derivation_from_ii_iii(tmp_path):
     ppg, lead_i, lead_ii, v1 = _signals()
     sig = np.stack([ppg, lead_ii, lead_ii - lead_i, v1], axis=1)
-    wfdb.wrsamp("mimic", fs=FS, units=["NU", "mV", "mV", "V"],
-                sig_name=["Pleth", "ECG II", "III", "V1"], p_signal=np.stack(
-                    [sig[:, 0], sig[:, 1], sig[:, 2], sig[:, 3] / 1000.0], axis=1),
-                fmt=["16"] * 4, write_dir=str(tmp_path))
+    wfdb.wrsamp(
+        "mimic",
+        fs=FS,
+        units=["NU", "mV", "mV", "V"],
+        sig_name=["Pleth", "ECG II", "III", "V1"],
+        p_signal=np.stack([sig[:, 0], sig[:, 1], sig[:, 2], sig[:, 3] / 1000.0], axis=1),
+        fmt=["16"] * 4,
+        write_dir=str(tmp_path),
+    )
     rec = read_wfdb(tmp_path / "mimic")
     assert rec.meta["ecg_recorded"] == ("II", "III", "V1")
     assert set(rec.ecg_present) == {"I", "II", "III", "aVR", "aVL", "aVF", "V1"}
@@ -114,9 +126,15 @@ def test_wfdb_channel_names_and_derivation_from_ii_iii(tmp_path):
 def test_wfdb_mlii_without_ppg_and_multisegment(tmp_path):
     ppg, _, lead_ii, _ = _signals()
     for k, sl in enumerate((slice(0, 500), slice(500, N))):
-        wfdb.wrsamp(f"seg{k}", fs=FS, units=["NU", "mV"], sig_name=["PLETH", "MLII"],
-                    p_signal=np.stack([ppg[sl], lead_ii[sl]], axis=1), fmt=["16"] * 2,
-                    write_dir=str(tmp_path))
+        wfdb.wrsamp(
+            f"seg{k}",
+            fs=FS,
+            units=["NU", "mV"],
+            sig_name=["PLETH", "MLII"],
+            p_signal=np.stack([ppg[sl], lead_ii[sl]], axis=1),
+            fmt=["16"] * 2,
+            write_dir=str(tmp_path),
+        )
     (tmp_path / "multi.hea").write_text(f"multi/2 2 {FS} {N}\nseg0 500\nseg1 500\n")
     rec = read_wfdb(tmp_path / "multi.hea")
     assert rec.meta["multi_segment"] is True
@@ -127,10 +145,18 @@ def test_wfdb_mlii_without_ppg_and_multisegment(tmp_path):
 
 def test_wfdb_multifrequency_rejected(tmp_path):
     ppg, _, lead_ii, _ = _signals()
-    wfdb.wrsamp("mf", fs=FS, units=["NU", "mV"], sig_name=["PLETH", "II"],
-                e_p_signal=[ppg, np.repeat(lead_ii, 2)], samps_per_frame=[1, 2],
-                fmt=["16", "16"], adc_gain=[1000.0, 1000.0], baseline=[0, 0],
-                write_dir=str(tmp_path))
+    wfdb.wrsamp(
+        "mf",
+        fs=FS,
+        units=["NU", "mV"],
+        sig_name=["PLETH", "II"],
+        e_p_signal=[ppg, np.repeat(lead_ii, 2)],
+        samps_per_frame=[1, 2],
+        fmt=["16", "16"],
+        adc_gain=[1000.0, 1000.0],
+        baseline=[0, 0],
+        write_dir=str(tmp_path),
+    )
     with pytest.raises(InputError, match="not supported yet") as exc:
         read_wfdb(tmp_path / "mf")
     _assert_one_line(exc, tmp_path / "mf")
@@ -157,27 +183,50 @@ def test_wfdb_errors(wfdb_record, tmp_path):
 
 def test_wfdb_no_usable_channels_and_bad_units(tmp_path):
     x = np.stack([np.sin(np.arange(N) / 10.0)] * 2, axis=1)
-    wfdb.wrsamp("resp", fs=FS, units=["NU", "mmHg"], sig_name=["RESP", "ABP"], p_signal=x,
-                fmt=["16"] * 2, write_dir=str(tmp_path))
+    wfdb.wrsamp(
+        "resp",
+        fs=FS,
+        units=["NU", "mmHg"],
+        sig_name=["RESP", "ABP"],
+        p_signal=x,
+        fmt=["16"] * 2,
+        write_dir=str(tmp_path),
+    )
     with pytest.raises(InputError, match="no PPG channel and no ECG") as exc:
         read_wfdb(tmp_path / "resp")
     _assert_one_line(exc, tmp_path / "resp")
-    wfdb.wrsamp("units", fs=FS, units=["NU", "mmHg"], sig_name=["PLETH", "II"], p_signal=x,
-                fmt=["16"] * 2, write_dir=str(tmp_path))
+    wfdb.wrsamp(
+        "units",
+        fs=FS,
+        units=["NU", "mmHg"],
+        sig_name=["PLETH", "II"],
+        p_signal=x,
+        fmt=["16"] * 2,
+        write_dir=str(tmp_path),
+    )
     with pytest.raises(InputError, match="units"):
         read_wfdb(tmp_path / "units")
 
 
 def test_wfdb_all_nan_channel_is_error(tmp_path):
     x = np.stack([np.sin(np.arange(N) / 10.0), np.full(N, np.nan)], axis=1)
-    wfdb.wrsamp("nan", fs=FS, units=["NU", "mV"], sig_name=["PLETH", "II"], p_signal=x,
-                fmt=["16"] * 2, adc_gain=[1000.0, 1000.0], baseline=[0, 0],
-                write_dir=str(tmp_path))
+    wfdb.wrsamp(
+        "nan",
+        fs=FS,
+        units=["NU", "mV"],
+        sig_name=["PLETH", "II"],
+        p_signal=x,
+        fmt=["16"] * 2,
+        adc_gain=[1000.0, 1000.0],
+        baseline=[0, 0],
+        write_dir=str(tmp_path),
+    )
     with pytest.raises(InputError, match="all NaN"):
         read_wfdb(tmp_path / "nan")
 
 
 # --------------------------------------------------------------------------- DICOM
+
 
 def test_dicom_pydicom_example():
     pydicom = pytest.importorskip("pydicom")
@@ -216,6 +265,7 @@ def test_dicom_errors(tmp_path):
 
 
 # --------------------------------------------------------------------------- CSV
+
 
 def _heartpy_data() -> Path:
     try:
@@ -318,10 +368,21 @@ def test_read_any_dispatch_errors(tmp_path, wfdb_record):
         read_any(tmp_path / "missing.csv")
 
 
-@pytest.mark.parametrize("label,expected", [
-    ("II", ("II", 1.0)), ("MLII", ("II", 1.0)), ("AVR", ("aVR", 1.0)), ("ECG I", ("I", 1.0)),
-    ("ECG-II", ("II", 1.0)), ("Lead I (Einthoven)", ("I", 1.0)), ("Lead -aVR", ("aVR", -1.0)),
-    ("v6", ("V6", 1.0)), ("V", None), ("PLETH", None), ("RESP", None),
-])
+@pytest.mark.parametrize(
+    "label,expected",
+    [
+        ("II", ("II", 1.0)),
+        ("MLII", ("II", 1.0)),
+        ("AVR", ("aVR", 1.0)),
+        ("ECG I", ("I", 1.0)),
+        ("ECG-II", ("II", 1.0)),
+        ("Lead I (Einthoven)", ("I", 1.0)),
+        ("Lead -aVR", ("aVR", -1.0)),
+        ("v6", ("V6", 1.0)),
+        ("V", None),
+        ("PLETH", None),
+        ("RESP", None),
+    ],
+)
 def test_lead_labels(label, expected):
     assert lead_from_label(label) == expected

@@ -1,4 +1,4 @@
-"""engine.reconstruct and ``p2es reconstruct``.
+"""engine.model.reconstruct and ``p2es reconstruct``.
 
 Mechanics (time axis, windows, stitching, NaN policy, errors) run against a tiny checkpoint
 trained for two steps in a temp dir (seconds).  The acceptance test at the end runs the
@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-import engine.reconstruct as rc
-from engine import realppg
-from engine.checkpoint import load_model
-from engine.reconstruct import DEFAULT_CHECKPOINT, Reconstruction, plan_windows, reconstruct
-from engine.train import TrainConfig, train
+import engine.model.reconstruct as rc
+from engine.model import realppg
+from engine.model.checkpoint import load_model
+from engine.model.reconstruct import DEFAULT_CHECKPOINT, Reconstruction, plan_windows, reconstruct
+from engine.model.train import TrainConfig, train
 from p2es.cli import main
 from p2es.errors import InputError, P2esError
 from p2es.leads import LEADS, derive_12, einthoven_residual
@@ -35,10 +34,24 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def tiny(tmp_path_factory):
     """(path, Entry) of a tiny p2es model (8 s windows at 128 Hz) trained for two steps."""
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    cfg = TrainConfig(variant="p2es", model=dict(widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8),
-                      steps=2, batch_size=4, lr=3e-3, warmup=1, data="fake", duration_s=8.0, fs=FS_MODEL,
-                      chunk_records=8, ckpt_every=0, group_refit_every=1, group_reservoir=16,
-                      log_every=1, progress=False, seed=0)
+    cfg = TrainConfig(
+        variant="p2es",
+        model=dict(widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8),
+        steps=2,
+        batch_size=4,
+        lr=3e-3,
+        warmup=1,
+        data="fake",
+        duration_s=8.0,
+        fs=FS_MODEL,
+        chunk_records=8,
+        ckpt_every=0,
+        group_refit_every=1,
+        group_reservoir=16,
+        log_every=1,
+        progress=False,
+        seed=0,
+    )
     train(cfg, path)
     entry = load_model(path, "p2es")
     assert entry.model.cfg.T == T_MODEL and entry.model.cfg.fs == FS_MODEL
@@ -50,8 +63,13 @@ def _ppg(fs: float, dur: float, seed: int = 0) -> np.ndarray:
     n = int(round(dur * fs))
     t = np.arange(n) / fs
     rng = np.random.default_rng(seed)
-    return (np.sin(2 * np.pi * 1.1 * t) + 0.4 * np.sin(2 * np.pi * 2.2 * t + 1.0)
-            + 0.3 * np.sin(2 * np.pi * 0.15 * t) + 0.02 * rng.standard_normal(n) + 500.0)
+    return (
+        np.sin(2 * np.pi * 1.1 * t)
+        + 0.4 * np.sin(2 * np.pi * 2.2 * t + 1.0)
+        + 0.3 * np.sin(2 * np.pi * 0.15 * t)
+        + 0.02 * rng.standard_normal(n)
+        + 500.0
+    )
 
 
 def _expected_len(n: int, fs: float) -> tuple[int, float]:
@@ -60,6 +78,7 @@ def _expected_len(n: int, fs: float) -> tuple[int, float]:
 
 
 # ------------------------------------------------------------------------------ mechanics
+
 
 @pytest.mark.parametrize("dur", [8.0, 8.3, 60.0])
 @pytest.mark.parametrize("fs", [25.0, 100.0, 117.0, 250.0, 1000.0, 127.9, 116.98775437704904])
@@ -97,13 +116,14 @@ def test_deterministic_for_a_seed_and_einthoven_exact(tiny):
     np.testing.assert_array_equal(a.ecg, b.ecg)
     np.testing.assert_array_equal(a.std, b.std)
     assert not np.array_equal(a.ecg, c.ecg)
-    assert (a.std > 0).mean() > 0.9                          # K = 3 samples spread
+    assert (a.std > 0).mean() > 0.9  # K = 3 samples spread
     # stitched limb leads obey Einthoven / Goldberger to float64 rounding
     assert einthoven_residual(a.ecg) < 1e-12
     assert np.isfinite(a.ecg).all()
 
 
 # -- stitching with a stub model ----------------------------------------------------------
+
 
 def _smooth8(t: np.ndarray) -> np.ndarray:
     """A known smooth 8-lead signal of absolute time [8, N]."""
@@ -116,6 +136,7 @@ def _run_with_stub(monkeypatch, x, fs, entry, mean_fn, std_fn, **kw):
 
     Pass 1 (stub returning zeros) gives the window plan; pass 2 feeds each window, in the
     order the windows are sampled, the known signal at its absolute position."""
+
     def zeros(entry, feats, demo, *, steps, k, generator):
         z = np.zeros((feats.shape[0], 12, feats.shape[-1]))
         return z, z
@@ -140,17 +161,17 @@ def test_stitching_reproduces_a_signal_present_in_every_window(tiny, monkeypatch
     _, entry = tiny
     fs = 100.0
     x = _ppg(fs, 61.3)
-    x[int(30 * fs):int(33 * fs)] = np.nan                   # a gap: two stretches
+    x[int(30 * fs) : int(33 * fs)] = np.nan  # a gap: two stretches
     n_out, fs_out = _expected_len(x.size, fs)
     t = np.arange(n_out) / fs_out
     truth8 = _smooth8(t)
     truth_std = 0.05 + 0.02 * np.cos(2 * np.pi * 0.1 * t)[None].repeat(12, 0)
 
     def mean_fn(s):
-        return derive_12(truth8[:, s:s + T_MODEL], axis=0)
+        return derive_12(truth8[:, s : s + T_MODEL], axis=0)
 
     def std_fn(s):
-        return truth_std[:, s:s + T_MODEL]
+        return truth_std[:, s : s + T_MODEL]
 
     res = _run_with_stub(monkeypatch, x, fs, entry, mean_fn, std_fn, hop_s=hop_s, batch=5)
     ok = np.isfinite(res.ecg[0])
@@ -181,9 +202,9 @@ def test_stitching_cross_fades_without_seams(tiny, monkeypatch):
     # a seam would be a jump of ~0.5-1; on the regular grid (hop 4 s = T/2: sin^2 ramps of 512
     # samples) the cross-fade moves at most pi/(2*512) per sample; the last, end-aligned
     # window overlaps more, so its cross-fade is shorter, but still gradual
-    assert step[:w[-1]].max() <= math.pi / (2 * 512) + 1e-12
+    assert step[: w[-1]].max() <= math.pi / (2 * 512) + 1e-12
     assert step.max() < 0.01
-    assert np.all(np.diff(lead) >= -1e-12)                  # monotone: 0, 1, 2, ...
+    assert np.all(np.diff(lead) >= -1e-12)  # monotone: 0, 1, 2, ...
     assert lead[0] == values[w[0]] and lead[-1] == values[w[-1]]
     # einthoven for the derived leads of a constant: III = II - I = 0
     assert np.abs(res.ecg[2]).max() < 1e-12
@@ -193,28 +214,29 @@ def test_plan_windows_tiles_each_valid_stretch():
     valid = np.ones(5000, dtype=bool)
     valid[2000:2100] = False
     valid[4100:4150] = False
-    valid[4550:] = False                                   # 400-sample stretch 4150..4550
+    valid[4550:] = False  # 400-sample stretch 4150..4550
     starts = plan_windows(valid, 1024, 512)
     cover = np.zeros(5000, dtype=int)
     for s in starts:
-        assert valid[s:s + 1024].all()                     # no window touches a gap
-        cover[s:s + 1024] += 1
+        assert valid[s : s + 1024].all()  # no window touches a gap
+        cover[s : s + 1024] += 1
     assert (cover[:2000] > 0).all() and (cover[2100:4100] > 0).all()
-    assert (cover[4100:] == 0).all()                       # shorter than one window
+    assert (cover[4100:] == 0).all()  # shorter than one window
     assert list(starts) == [0, 512, 976, 2100, 2612, 3076]
 
 
 # -- NaN policy -----------------------------------------------------------------------------
 
+
 def test_nan_runs_bridged_or_left_as_gaps(tiny):
     _, entry = tiny
     fs = 100.0
     x = _ppg(fs, 70.0)
-    x[:30] = np.nan                                        # 0.3 s at the start: bridged (held)
-    x[1000:1050] = np.nan                                  # 0.5 s: bridged
-    x[2000:2100] = np.inf                                  # 1.0 s (inf counts as NaN): bridged
-    x[3500:3800] = np.nan                                  # 3.0 s: a gap
-    x[5000:5003] = np.nan                                  # 0.03 s: bridged
+    x[:30] = np.nan  # 0.3 s at the start: bridged (held)
+    x[1000:1050] = np.nan  # 0.5 s: bridged
+    x[2000:2100] = np.inf  # 1.0 s (inf counts as NaN): bridged
+    x[3500:3800] = np.nan  # 3.0 s: a gap
+    x[5000:5003] = np.nan  # 0.03 s: bridged
     res = reconstruct(x, fs, checkpoint=entry, steps=2, k=1, progress=False)
     assert res.nan_bridged_runs == 4
     assert res.nan_bridged_s == pytest.approx(1.83)
@@ -225,8 +247,8 @@ def test_nan_runs_bridged_or_left_as_gaps(tiny):
     assert np.isfinite(res.ecg[:, ~in_gap]).all()
     assert res.nan_output_s == pytest.approx(3.0, abs=0.02)
     assert np.isnan(res.ppg[in_gap]).all() and np.isfinite(res.ppg[~in_gap]).all()
-    for s in res.windows:                                  # no window overlaps the gap
-        assert not in_gap[s:s + T_MODEL].any()
+    for s in res.windows:  # no window overlaps the gap
+        assert not in_gap[s : s + T_MODEL].any()
     assert "bridged: 1.83 s in 4 run(s)" in res.summary()
     assert "1 long NaN gap" in res.summary()
 
@@ -235,7 +257,7 @@ def test_stretch_shorter_than_a_window_stays_nan(tiny):
     _, entry = tiny
     fs = 50.0
     x = _ppg(fs, 30.0)
-    x[200:300] = np.nan                                    # 4-6 s gap: the first 4 s are too short
+    x[200:300] = np.nan  # 4-6 s gap: the first 4 s are too short
     res = reconstruct(x, fs, checkpoint=entry, steps=2, k=1, progress=False)
     t = res.time_s
     assert np.isnan(res.ecg[:, t < 6.0]).all() and np.isfinite(res.ecg[:, t >= 6.0]).all()
@@ -245,24 +267,28 @@ def test_stretch_shorter_than_a_window_stays_nan(tiny):
 
 # -- input errors (API) -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("ppg,fs,kw,match", [
-    (np.ones(2000), 10.0, {}, "25-2000 Hz"),
-    (np.ones(2000), 2500.0, {}, "25-2000 Hz"),
-    (np.ones(2000), float("nan"), {}, "25-2000 Hz"),
-    (np.ones(2000), float("inf"), {}, "25-2000 Hz"),
-    (np.ones(2000), "fast", {}, "not a number"),
-    (np.zeros(0), 100.0, {}, "empty"),
-    (np.full(2000, np.nan), 100.0, {}, "all NaN"),
-    (np.ones((2, 2000)), 100.0, {}, "one channel"),
-    (np.ones(799), 100.0, {}, "at least one 8 s window"),
-    (np.ones(2000), 100.0, {"hop_s": 0.0}, "hop must be"),
-    (np.ones(2000), 100.0, {"hop_s": 9.0}, "hop"),
-    (np.ones(2000), 100.0, {"demographics": {"age": 300}}, "age"),
-    (np.ones(2000), 100.0, {"demographics": {"sex": "X"}}, "sex"),
-    (np.ones(2000), 100.0, {"demographics": {"shoe": 42}}, "unknown demographic"),
-    (np.ones(2000), 100.0, {"k": 0}, ">= 1"),
-    (np.r_[np.ones(500), np.full(300, np.nan), np.ones(500)], 100.0, {}, "no stretch of valid"),
-])
+
+@pytest.mark.parametrize(
+    "ppg,fs,kw,match",
+    [
+        (np.ones(2000), 10.0, {}, "25-2000 Hz"),
+        (np.ones(2000), 2500.0, {}, "25-2000 Hz"),
+        (np.ones(2000), float("nan"), {}, "25-2000 Hz"),
+        (np.ones(2000), float("inf"), {}, "25-2000 Hz"),
+        (np.ones(2000), "fast", {}, "not a number"),
+        (np.zeros(0), 100.0, {}, "empty"),
+        (np.full(2000, np.nan), 100.0, {}, "all NaN"),
+        (np.ones((2, 2000)), 100.0, {}, "one channel"),
+        (np.ones(799), 100.0, {}, "at least one 8 s window"),
+        (np.ones(2000), 100.0, {"hop_s": 0.0}, "hop must be"),
+        (np.ones(2000), 100.0, {"hop_s": 9.0}, "hop"),
+        (np.ones(2000), 100.0, {"demographics": {"age": 300}}, "age"),
+        (np.ones(2000), 100.0, {"demographics": {"sex": "X"}}, "sex"),
+        (np.ones(2000), 100.0, {"demographics": {"shoe": 42}}, "unknown demographic"),
+        (np.ones(2000), 100.0, {"k": 0}, ">= 1"),
+        (np.r_[np.ones(500), np.full(300, np.nan), np.ones(500)], 100.0, {}, "no stretch of valid"),
+    ],
+)
 def test_bad_inputs_raise_one_line(tiny, ppg, fs, kw, match):
     _, entry = tiny
     with pytest.raises(InputError, match=match) as e:
@@ -272,12 +298,12 @@ def test_bad_inputs_raise_one_line(tiny, ppg, fs, kw, match):
 
 def test_exactly_one_window_is_enough(tiny):
     _, entry = tiny
-    res = reconstruct(np.sin(np.arange(800) / 10.0), 100.0, checkpoint=entry, steps=1, k=1,
-                      progress=False)
+    res = reconstruct(np.sin(np.arange(800) / 10.0), 100.0, checkpoint=entry, steps=1, k=1, progress=False)
     assert res.ecg.shape == (12, 1024) and list(res.windows) == [0]
 
 
 # ------------------------------------------------------------------------------ CLI
+
 
 def _run_cli(argv, capsys):
     rc_ = main(argv)
@@ -297,10 +323,39 @@ def test_cli_csv_end_to_end(tiny, tmp_path, capsys):
     x[1000:1100] = np.nan
     f = _write_csv_ppg(tmp_path / "ppg.csv", x, header="ppg")
     out, std, png = tmp_path / "o" / "ecg.csv", tmp_path / "std.csv", tmp_path / "ecg.png"
-    rc_, so, se = _run_cli(["reconstruct", "--ppg", str(f), "--fs", "250", "--age", "44", "--sex", "f",
-                            "--height-cm", "165", "--weight-kg", "60", "--out", str(out),
-                            "--plot", str(png), "--std-out", str(std), "--checkpoint", str(ckpt),
-                            "--steps", "2", "--k", "2", "--threads", "1", "--no-progress"], capsys)
+    rc_, so, se = _run_cli(
+        [
+            "reconstruct",
+            "--ppg",
+            str(f),
+            "--fs",
+            "250",
+            "--age",
+            "44",
+            "--sex",
+            "f",
+            "--height-cm",
+            "165",
+            "--weight-kg",
+            "60",
+            "--out",
+            str(out),
+            "--plot",
+            str(png),
+            "--std-out",
+            str(std),
+            "--checkpoint",
+            str(ckpt),
+            "--steps",
+            "2",
+            "--k",
+            "2",
+            "--threads",
+            "1",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert rc_ == 0, se
     lines = out.read_text().splitlines()
     assert lines[0] == "time," + ",".join(LEADS) == "time,I,II,III,aVR,aVL,aVF,V1,V2,V3,V4,V5,V6"
@@ -322,12 +377,33 @@ def test_cli_wfdb_without_fs(tiny, tmp_path, capsys):
 
     ckpt, _ = tiny
     x = _ppg(125.0, 12.0)
-    wfdb.wrsamp("rec", fs=125, units=["NU"], sig_name=["PLETH"], p_signal=x[:, None],
-                fmt=["16"], write_dir=str(tmp_path))
+    wfdb.wrsamp(
+        "rec",
+        fs=125,
+        units=["NU"],
+        sig_name=["PLETH"],
+        p_signal=x[:, None],
+        fmt=["16"],
+        write_dir=str(tmp_path),
+    )
     out = tmp_path / "ecg.csv"
-    rc_, so, se = _run_cli(["reconstruct", "--ppg", str(tmp_path / "rec.hea"), "--out", str(out),
-                            "--checkpoint", str(ckpt), "--steps", "1", "--k", "1", "--no-progress"],
-                           capsys)
+    rc_, so, se = _run_cli(
+        [
+            "reconstruct",
+            "--ppg",
+            str(tmp_path / "rec.hea"),
+            "--out",
+            str(out),
+            "--checkpoint",
+            str(ckpt),
+            "--steps",
+            "1",
+            "--k",
+            "1",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert rc_ == 0, se
     assert "at 125 Hz" in so
     assert np.loadtxt(out, delimiter=",", skiprows=1).shape == (_expected_len(x.size, 125.0)[0], 13)
@@ -345,17 +421,27 @@ def _bad_inputs(tmp_path: Path, ckpt: Path):
     corrupt.write_bytes(b"not a checkpoint at all")
     import wfdb
 
-    wfdb.wrsamp("ecgonly", fs=100, units=["mV"], sig_name=["II"], p_signal=_ppg(100.0, 10.0)[:, None] - 500,
-                fmt=["16"], write_dir=str(tmp_path))
+    wfdb.wrsamp(
+        "ecgonly",
+        fs=100,
+        units=["mV"],
+        sig_name=["II"],
+        p_signal=_ppg(100.0, 10.0)[:, None] - 500,
+        fmt=["16"],
+        write_dir=str(tmp_path),
+    )
     base = ["--checkpoint", str(ckpt), "--steps", "1", "--k", "1", "--no-progress"]
     return {
         "no PPG channel": (["--ppg", str(tmp_path / "ecgonly.hea"), *base], "no PPG channel"),
-        "output is a folder": (["--ppg", str(good), "--fs", "100", *base, "--out", str(tmp_path)],
-                               "is a folder"),
-        "missing checkpoint": (["--ppg", str(good), "--fs", "100", "--checkpoint",
-                                str(tmp_path / "none.pt")], "checkpoint not found"),
-        "corrupt checkpoint": (["--ppg", str(good), "--fs", "100", "--checkpoint", str(corrupt)],
-                               "corrupt"),
+        "output is a folder": (
+            ["--ppg", str(good), "--fs", "100", *base, "--out", str(tmp_path)],
+            "is a folder",
+        ),
+        "missing checkpoint": (
+            ["--ppg", str(good), "--fs", "100", "--checkpoint", str(tmp_path / "none.pt")],
+            "checkpoint not found",
+        ),
+        "corrupt checkpoint": (["--ppg", str(good), "--fs", "100", "--checkpoint", str(corrupt)], "corrupt"),
         "model not in set": (["--ppg", str(good), "--fs", "100", "--model", "ddpm", *base], "not in"),
         "missing ppg file": (["--ppg", str(tmp_path / "nope.csv"), "--fs", "100", *base], "no such file"),
         "binary ppg file": (["--ppg", str(binary), "--fs", "100", *base], "bin.csv"),
@@ -386,15 +472,19 @@ def test_cli_bad_inputs_one_line_exit_2(tiny, tmp_path, capsys):
 
 
 def test_default_checkpoint_is_the_shipped_set(tmp_path, monkeypatch, capsys):
-    assert DEFAULT_CHECKPOINT == Path(rc.__file__).resolve().parent / "weights" / "p2es_set.pt"
+    repo = Path(__file__).resolve().parent.parent
+    assert DEFAULT_CHECKPOINT == repo / "engine" / "weights" / "p2es_set.pt"
+    assert rc.DEFAULT_CHECKPOINT is DEFAULT_CHECKPOINT  # one definition (engine.model.checkpoint)
     monkeypatch.setattr(rc, "DEFAULT_CHECKPOINT", tmp_path / "weights" / "p2es_set.pt")
     f = _write_csv_ppg(tmp_path / "p.csv", _ppg(100.0, 9.0))
-    rc_, so, se = _run_cli(["reconstruct", "--ppg", str(f), "--fs", "100", "--out",
-                            str(tmp_path / "o.csv")], capsys)
+    rc_, so, se = _run_cli(
+        ["reconstruct", "--ppg", str(f), "--fs", "100", "--out", str(tmp_path / "o.csv")], capsys
+    )
     assert rc_ == 2 and se.count("\n") == 1 and "shipped checkpoint set" in se
 
 
 # ------------------------------------------------------------------------------ real PPG
+
 
 def test_real_ppg_lead_ii_follows_pulse_rate():
     """The shipped model on real wearable PPG: in every 8 s window that passes the PPG
@@ -411,10 +501,14 @@ def test_real_ppg_lead_ii_follows_pulse_rate():
     table = realppg.format_table(rows)
     print("\n" + table)
     kept = [r for r in rows if r["keep"]]
-    assert len(kept) >= realppg.MIN_KEPT * len(rows), f"only {len(kept)}/{len(rows)} windows pass the PPG SQI\n{table}"
+    assert len(kept) >= realppg.MIN_KEPT * len(rows), (
+        f"only {len(kept)}/{len(rows)} windows pass the PPG SQI\n{table}"
+    )
     for name, *_ in realppg.REAL:
         mine = [r for r in rows if r["rec"] == name]
         assert sum(r["keep"] for r in mine) >= 0.5 * len(mine), f"{name}: too many excluded\n{table}"
     bad = realppg.off_windows(rows)  # NaN (no beats found) is off too
-    assert not bad, (f"{len(bad)}/{len(kept)} kept windows off by more than {realppg.HR_TOL_BPM} bpm "
-                     f"(model steps {entry.meta.get('steps')}):\n{table}")
+    assert not bad, (
+        f"{len(bad)}/{len(kept)} kept windows off by more than {realppg.HR_TOL_BPM} bpm "
+        f"(model steps {entry.meta.get('steps')}):\n{table}"
+    )

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from engine.runtime import MicroBatcher, PatientStitcher, WindowRequest, prepare_batch
+from engine.serve.runtime import MicroBatcher, PatientStitcher, WindowRequest, prepare_batch
 from p2es.leads import derive_12, einthoven_residual
 
 T, FS, HOP = 256, 32.0, 128
@@ -79,7 +79,10 @@ def test_micro_batcher_batches_across_patients():
     async def main():
         mb = MicroBatcher(backend, max_batch=8, max_wait_ms=30)
         task = asyncio.create_task(mb.run())
-        reqs = [WindowRequest(f"p{i}", 0.0, 128.0, rng.standard_normal(1024), {"age": 40 + i, "sex": "F"}) for i in range(20)]
+        reqs = [
+            WindowRequest(f"p{i}", 0.0, 128.0, rng.standard_normal(1024), {"age": 40 + i, "sex": "F"})
+            for i in range(20)
+        ]
         results = await asyncio.gather(*(mb.submit(r) for r in reqs))
         task.cancel()
         return reqs, results, mb.stats
@@ -108,19 +111,33 @@ def test_backend_failure_reaches_the_callers():
 
 
 def test_torch_backend_and_vitals_on_a_tiny_model(tmp_path):
-    from engine.checkpoint import load_model
-    from engine.runtime import TorchBackend, WindowResult, window_vitals
-    from engine.train import TrainConfig, train
+    from engine.model.checkpoint import load_model
+    from engine.model.train import TrainConfig, train
+    from engine.serve.runtime import TorchBackend, WindowResult, window_vitals
     from wearable.sim import synthesize
 
     path = tmp_path / "tiny.pt"
-    train(TrainConfig(variant="p2es", model=dict(widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8),
-                      steps=2, batch_size=4, data="fake", chunk_records=8, ckpt_every=0, group_refit_every=1,
-                      group_reservoir=16, progress=False), path)
+    train(
+        TrainConfig(
+            variant="p2es",
+            model=dict(widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8),
+            steps=2,
+            batch_size=4,
+            data="fake",
+            chunk_records=8,
+            ckpt_every=0,
+            group_refit_every=1,
+            group_reservoir=16,
+            progress=False,
+        ),
+        path,
+    )
     be = TorchBackend(load_model(path, "p2es"), steps=3, k=2, threads=1)
     d = synthesize(2, seed=5, noisy_ecg=False)
-    reqs = [WindowRequest("p", 1e9, 128.0, d["ppg"][i], {"age": float(d["age"][i]), "sex": int(d["sex"][i])}, 0.9)
-            for i in range(2)]
+    reqs = [
+        WindowRequest("p", 1e9, 128.0, d["ppg"][i], {"age": float(d["age"][i]), "sex": int(d["sex"][i])}, 0.9)
+        for i in range(2)
+    ]
     feats, demo, mask = prepare_batch(reqs)
     mean, std = be.run(feats, demo, mask)
     assert mean.shape == (2, 12, 1024) and std.shape == (2, 12, 1024)

@@ -8,7 +8,6 @@ import uuid
 
 import aiomqtt
 import pytest
-
 import services
 
 
@@ -45,11 +44,13 @@ def test_mqtt_survives_broker_restart(mqtt_broker: tuple[str, int]) -> None:
 
 
 def _write_three(measurement: str, t0: int) -> None:
-    services.influx_write([
-        f"{measurement},device=w1,lead=II value=0.5,seq=1i {t0}",
-        f"{measurement},device=w1,lead=II value=-1.25,seq=2i {t0 + 2_000_000}",
-        f"{measurement},device=w1,lead=II value=3.0e-3,seq=3i {t0 + 4_000_000}",
-    ])
+    services.influx_write(
+        [
+            f"{measurement},device=w1,lead=II value=0.5,seq=1i {t0}",
+            f"{measurement},device=w1,lead=II value=-1.25,seq=2i {t0 + 2_000_000}",
+            f"{measurement},device=w1,lead=II value=3.0e-3,seq=3i {t0 + 4_000_000}",
+        ]
+    )
 
 
 def _expected(t0: int) -> list[tuple[int, float, int]]:

@@ -43,8 +43,13 @@ AMP = {
     "T": np.array([0.20, 0.30, -0.05, 0.40, 0.45, 0.40, 0.30, 0.25]),
 }
 # (centre, width) in s relative to R
-TIMING = {"P": (-0.16, 0.020), "Q": (-0.030, 0.008), "R": (0.0, 0.010), "S": (0.030, 0.009),
-          "T": (0.28, 0.045)}
+TIMING = {
+    "P": (-0.16, 0.020),
+    "Q": (-0.030, 0.008),
+    "R": (0.0, 0.010),
+    "S": (0.030, 0.009),
+    "T": (0.28, 0.045),
+}
 
 
 def truth_ms(timing=TIMING):
@@ -55,8 +60,9 @@ def truth_ms(timing=TIMING):
     return {"qrs": 1e3 * (off - on), "qt": 1e3 * (t_end - on), "pr": 1e3 * (on - p_on)}
 
 
-def synth_ecg(fs, *, dur=8.0, rr=0.85, rr_jitter=0.02, noise=0.03, wander=0.1, af=False,
-              seed=0, timing=TIMING):
+def synth_ecg(
+    fs, *, dur=8.0, rr=0.85, rr_jitter=0.02, noise=0.03, wander=0.1, af=False, seed=0, timing=TIMING
+):
     """12-lead synthetic ECG [12, T] (mV) and true R times (s).
 
     ``af``: no P wave, irregular RR (0.45-1.1 s) and fibrillatory waves (~6 Hz, up to
@@ -77,8 +83,7 @@ def synth_ecg(fs, *, dur=8.0, rr=0.85, rr_jitter=0.02, noise=0.03, wander=0.1, a
         ph = 2 * np.pi * np.cumsum(6.0 + np.sin(2 * np.pi * 0.13 * t)) / fs
         f = 0.05 * np.sin(ph) + 0.03 * np.sin(1.7 * ph + 1.0)
         x += np.array([0.3, 0.8, 1.0, 0.6, 0.4, 0.3, 0.3, 0.3])[:, None] * f[None]
-    x += wander * np.sin(2 * np.pi * 0.3 * t + rng.uniform(0, 6.28))[None] * rng.uniform(
-        0.5, 1, (8, 1))
+    x += wander * np.sin(2 * np.pi * 0.3 * t + rng.uniform(0, 6.28))[None] * rng.uniform(0.5, 1, (8, 1))
     x += noise * rng.standard_normal(x.shape)
     return derive_12(x), np.array([b for b in beats if b < dur])
 
@@ -98,11 +103,15 @@ def match_peaks(found, fs, true_s, tol_s=0.03):
 def test_r_peaks_synthetic_all_leads_and_single(fs, af):
     x, r = synth_ecg(fs, af=af, seed=3)
     true_hr = 60.0 / np.mean(np.diff(r))
-    inner = r[(r > 0.06) & (r < x.shape[1] / fs - 0.06)]       # complete QRS complexes
+    inner = r[(r > 0.06) & (r < x.shape[1] / fs - 0.06)]  # complete QRS complexes
     tol = max(0.012, 1.5 / fs)
     # V1 is an rS lead: its largest deflection is the S wave, 30 ms after R
-    for sig, off in ((x, 0.0), (x[LEAD_INDEX["II"]], 0.0), (x[LEAD_INDEX["aVR"]], 0.0),
-                     (x[LEAD_INDEX["V1"]], 0.03)):
+    for sig, off in (
+        (x, 0.0),
+        (x[LEAD_INDEX["II"]], 0.0),
+        (x[LEAD_INDEX["aVR"]], 0.0),
+        (x[LEAD_INDEX["V1"]], 0.03),
+    ):
         p = detect_r_peaks(sig, fs)
         assert p.dtype.kind == "i" and np.all(np.diff(p) > 0)
         n_ok, errs = match_peaks(p, fs, inner + off, tol_s=tol)
@@ -113,10 +122,10 @@ def test_r_peaks_synthetic_all_leads_and_single(fs, af):
 def test_r_peaks_negative_qrs_lead_refines_to_trough():
     fs = 500
     x, r = synth_ecg(fs, seed=1)
-    avr = x[LEAD_INDEX["aVR"]]            # dominant negative deflection
+    avr = x[LEAD_INDEX["aVR"]]  # dominant negative deflection
     p = detect_r_peaks(avr, fs)
     assert len(p) == len(r)
-    assert np.all(avr[p] < -0.5)          # on the (negative) extremum, not on a small r
+    assert np.all(avr[p] < -0.5)  # on the (negative) extremum, not on a small r
     assert np.all(np.abs(p / fs - r) < 0.01)
 
 
@@ -147,7 +156,7 @@ def _lead_ii_with_gains(fs, gains, rr=0.6, noise=0.02, seed=0):
     rng = np.random.default_rng(seed)
     beats = 0.4 + rr * np.arange(len(gains))
     t = np.arange(int(round((beats[-1] + 0.6) * fs))) / fs
-    ii = 1                                                # lead II among I, II, V1..V6
+    ii = 1  # lead II among I, II, V1..V6
     x = np.zeros(t.size)
     for b, g in zip(beats, gains):
         for wave, (c, s) in TIMING.items():
@@ -163,11 +172,12 @@ def test_r_peaks_keep_small_complexes_next_to_tall_ones(case):
     and search back again after each beat found in an RR gap; a threshold from the largest
     nearby beat, or a single search-back per gap, loses a run of small complexes."""
     fs = 128
-    if case == "weak_run":   # tall beats, then 6 at 40 %, then tall again
+    if case == "weak_run":  # tall beats, then 6 at 40 %, then tall again
         gains = [1.0] * 4 + [0.4] * 6 + [1.0] * 4
-    else:                    # small complexes of varying size, every fifth one tall
-        gains = [1.3 if i % 5 == 0 else g
-                 for i, g in enumerate(np.random.default_rng(3).uniform(0.35, 0.7, 16))]
+    else:  # small complexes of varying size, every fifth one tall
+        gains = [
+            1.3 if i % 5 == 0 else g for i, g in enumerate(np.random.default_rng(3).uniform(0.35, 0.7, 16))
+        ]
     x, r = _lead_ii_with_gains(fs, gains)
     p = detect_r_peaks(x, fs)
     n_ok, errs = match_peaks(p, fs, r, tol_s=0.02)
@@ -229,8 +239,7 @@ def test_delineate_synthetic_sinus(fs, seed):
     d = delineate(x, fs)
     assert isinstance(d, Delineation)
     err = {"qrs": d.qrs_ms - tr["qrs"], "qt": d.qt_ms - tr["qt"], "pr": d.pr_ms - tr["pr"]}
-    print(f"fs={fs} seed={seed} errors (ms): " + ", ".join(f"{k} {v:+.1f}" for k, v in
-                                                           err.items()))
+    print(f"fs={fs} seed={seed} errors (ms): " + ", ".join(f"{k} {v:+.1f}" for k, v in err.items()))
     assert abs(d.hr_bpm - 60.0 / np.mean(np.diff(r))) < 1.0
     assert d.p_present
     assert abs(err["qrs"]) <= 12
@@ -263,9 +272,8 @@ def test_delineate_variants_of_leads_and_rpeaks():
     fs = 500
     x, r = synth_ecg(fs, seed=7)
     d12 = delineate(x, fs)
-    d8 = delineate(independent_of(x), fs)                       # 8 independent leads
-    d8n = delineate(independent_of(x), fs, leads=["I", "II", "V1", "V2", "V3", "V4", "V5",
-                                                  "V6"])
+    d8 = delineate(independent_of(x), fs)  # 8 independent leads
+    d8n = delineate(independent_of(x), fs, leads=["I", "II", "V1", "V2", "V3", "V4", "V5", "V6"])
     for d in (d8, d8n):
         assert d.qrs_ms == pytest.approx(d12.qrs_ms, abs=0.5)
         assert d.qt_ms == pytest.approx(d12.qt_ms, abs=0.5)
@@ -273,15 +281,15 @@ def test_delineate_variants_of_leads_and_rpeaks():
     sub = delineate(x[[LEAD_INDEX["II"], LEAD_INDEX["V5"]]], fs, leads=["II", "V5"])
     assert abs(sub.qt_ms - truth_ms()["qt"]) < 25
     assert math.isnan(sub.axis_deg) and math.isnan(sub.st_mv[LEAD_INDEX["I"]])
-    one = delineate(x[LEAD_INDEX["II"]], fs)                    # 1-D -> lead II
+    one = delineate(x[LEAD_INDEX["II"]], fs)  # 1-D -> lead II
     assert abs(one.hr_bpm - d12.hr_bpm) < 0.1
     given = delineate(x, fs, r_peaks=np.round(r * fs).astype(int))
     assert given.qrs_ms == pytest.approx(d12.qrs_ms, abs=3)
-    uv = delineate(x * 1000.0, fs, to_mv=1e-3)                  # µV input
+    uv = delineate(x * 1000.0, fs, to_mv=1e-3)  # µV input
     assert uv.qrs_ms == pytest.approx(d12.qrs_ms, abs=0.5)
     np.testing.assert_allclose(uv.r_amp_mv, d12.r_amp_mv, rtol=1e-6)
     with pytest.raises(ValueError):
-        delineate(x[:5], fs)                                    # 5 unnamed leads
+        delineate(x[:5], fs)  # 5 unnamed leads
     with pytest.raises(ValueError):
         delineate(x[:2], fs, leads=["II", "X"])
 
@@ -289,11 +297,13 @@ def test_delineate_variants_of_leads_and_rpeaks():
 def test_delineate_nan_safe():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for d in (delineate(np.zeros((12, 1024)), 128),
-                  delineate(np.full((12, 1024), np.nan), 128),
-                  delineate(np.zeros((12, 1024)), 128, r_peaks=[200, 400, 600]),
-                  delineate(np.zeros((12, 30)), 128),
-                  delineate(synth_ecg(128)[0], 128, r_peaks=[])):
+        for d in (
+            delineate(np.zeros((12, 1024)), 128),
+            delineate(np.full((12, 1024), np.nan), 128),
+            delineate(np.zeros((12, 1024)), 128, r_peaks=[200, 400, 600]),
+            delineate(np.zeros((12, 30)), 128),
+            delineate(synth_ecg(128)[0], 128, r_peaks=[]),
+        ):
             assert math.isnan(d.qrs_ms) and math.isnan(d.qt_ms) and math.isnan(d.pr_ms)
             assert not d.p_present and np.all(np.isnan(d.st_mv))
             assert d.st_mv.shape == d.r_amp_mv.shape == d.s_amp_mv.shape == (12,)
@@ -330,7 +340,7 @@ def _dicom():
     from pydicom.data import get_testdata_file
 
     ds = pydicom.dcmread(get_testdata_file("waveform_ecg.dcm"))
-    ecg = ds.waveform_array(0).T.astype(np.float64)            # [12, 10000] µV, 1000 Hz
+    ecg = ds.waveform_array(0).T.astype(np.float64)  # [12, 10000] µV, 1000 Hz
     fs = float(ds.WaveformSequence[0].SamplingFrequency)
     ann = {}
     for a in ds.get("WaveformAnnotationSequence", []):
@@ -349,10 +359,10 @@ def test_dicom_r_peaks_consistent_between_leads():
     print(f"DICOM: {len(pa)} beats, HR II {hr2:.1f} V5 {hr5:.1f} bpm")
     assert 40 < hr2 < 120 and abs(hr2 - hr5) < 1.0
     assert len(p2) == len(p5) == len(pa)
-    assert np.max(np.abs(p2 - p5)) <= 10                        # same beats, within 10 ms
+    assert np.max(np.abs(p2 - p5)) <= 10  # same beats, within 10 ms
     # count matches the HR over the 10 s record
     assert abs(len(pa) - hr2 * 10.0 / 60.0) <= 1.0
-    if "RR Interval" in ann:                                    # manufacturer: 982 ms
+    if "RR Interval" in ann:  # manufacturer: 982 ms
         assert np.mean(rr_intervals_s(pa, fs)) * 1e3 == pytest.approx(ann["RR Interval"], abs=15)
 
 
@@ -367,9 +377,11 @@ def test_dicom_delineation(fs_out):
         fr = Fraction(int(fs_out), int(fs))
         ecg = resample_poly(ecg, fr.numerator, fr.denominator, axis=1)
     d = delineate(ecg, fs_out, to_mv=1e-3)
-    print(f"DICOM @{fs_out} Hz: HR {d.hr_bpm:.1f} PR {d.pr_ms:.0f} QRS {d.qrs_ms:.0f} "
-          f"QT {d.qt_ms:.0f} QTcB {d.qtc_bazett_ms:.0f} axis {d.axis_deg:.0f} "
-          f"(annotations: {ann})")
+    print(
+        f"DICOM @{fs_out} Hz: HR {d.hr_bpm:.1f} PR {d.pr_ms:.0f} QRS {d.qrs_ms:.0f} "
+        f"QT {d.qt_ms:.0f} QTcB {d.qtc_bazett_ms:.0f} axis {d.axis_deg:.0f} "
+        f"(annotations: {ann})"
+    )
     assert 55 < d.hr_bpm < 67
     assert 60 <= d.qrs_ms <= 130 or (fs_out < 250 and 50 <= d.qrs_ms <= 130)
     assert 300 <= d.qt_ms <= 480
@@ -411,8 +423,8 @@ def _heartpy_segments():
     d = os.path.join(os.path.dirname(hp.__file__), "data")
     out = [("data.csv (24.8 s)", np.loadtxt(os.path.join(d, "data.csv")), 100.0)]
     t = np.loadtxt(os.path.join(d, "data2.csv"), delimiter=",", skiprows=1)
-    fs2 = 1000.0 / np.mean(np.diff(t[:, 0]))                    # timer column in ms
-    seg = t[int(60 * fs2):int(120 * fs2), 1]                    # 60 s (first minute: no contact)
+    fs2 = 1000.0 / np.mean(np.diff(t[:, 0]))  # timer column in ms
+    seg = t[int(60 * fs2) : int(120 * fs2), 1]  # 60 s (first minute: no contact)
     out.append(("data2.csv 60-120 s", seg, fs2))
     return hp, out
 
@@ -425,8 +437,9 @@ def test_ppg_beats_match_heartpy():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             _, m = hp.process(x, fs)
-        print(f"PPG {name} @{fs:.1f} Hz: {len(b['peaks'])} beats, HR {hr:.1f} bpm, "
-              f"heartpy {m['bpm']:.1f} bpm")
+        print(
+            f"PPG {name} @{fs:.1f} Hz: {len(b['peaks'])} beats, HR {hr:.1f} bpm, heartpy {m['bpm']:.1f} bpm"
+        )
         assert 40 <= hr <= 140
         assert abs(hr - m["bpm"]) <= 3.0
         assert len(b["feet"]) == len(b["peaks"])
@@ -445,8 +458,7 @@ def synth_ppg(fs, *, dur=30.0, ibi=0.8, seed=0, noise=0.01):
         y += np.exp(-0.5 * ((t - tb - 0.12) / 0.06) ** 2)
         y += 0.35 * np.exp(-0.5 * ((t - tb - 0.42) / 0.07) ** 2)
         tb += ibi * (1 + 0.03 * rng.standard_normal())
-    return y + 0.2 * np.sin(2 * np.pi * 0.2 * t) + noise * rng.standard_normal(t.size), \
-        np.array(on)
+    return y + 0.2 * np.sin(2 * np.pi * 0.2 * t) + noise * rng.standard_normal(t.size), np.array(on)
 
 
 @pytest.mark.parametrize("fs", [50, 128, 500])
@@ -456,7 +468,7 @@ def test_ppg_synthetic(fs):
     true_hr = 60.0 / np.mean(np.diff(onsets))
     assert abs(heart_rate_bpm(b["peaks"], fs) - true_hr) < 1.0
     assert abs(heart_rate_bpm(b["feet"], fs) - true_hr) < 1.0
-    assert abs(len(b["peaks"]) - len(onsets)) <= 2              # edge beats may be dropped
+    assert abs(len(b["peaks"]) - len(onsets)) <= 2  # edge beats may be dropped
     # tangent foot of a Gaussian pulse (c = onset + 0.12, s = 0.06) lies at c - 2s = onset
     n_ok, errs = match_peaks(b["feet"], fs, onsets[1:-1], tol_s=0.03)
     assert n_ok == len(onsets) - 2, errs

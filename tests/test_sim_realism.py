@@ -117,7 +117,9 @@ def test_sinus_intervals_in_published_normal_ranges(sinus_population):
     frac = lambda x, lo, hi: np.mean((x >= lo) & (x <= hi))  # noqa: E731
     assert 70 <= np.median(m["qrs"]) <= 105
     assert frac(m["qrs"], 60, 120) >= 0.95
-    assert 130 <= np.nanmedian(m["pr"]) <= 190 and frac(m["pr"], 100, 230) >= 0.95  # NaN (no P found) counts as out
+    assert (
+        130 <= np.nanmedian(m["pr"]) <= 190 and frac(m["pr"], 100, 230) >= 0.95
+    )  # NaN (no P found) counts as out
     assert 380 <= np.median(m["qtc"]) <= 440 and frac(m["qtc"], 340, 470) >= 0.95
     assert 20 <= np.median(m["axis"]) <= 75 and frac(m["axis"], -40, 110) >= 0.95
     assert 0.5 <= np.median(m["rv5"]) <= 2.5  # R in V5 (mV)
@@ -261,7 +263,9 @@ def test_pvc_wide_with_compensatory_pause_and_weak_pulse(rhythms):
         up = np.asarray(up)
         pulse_ratio.append(np.nanmean(up[bt == 1]) / np.nanmean(up[bt == 0]))
     widths = np.asarray(widths)
-    assert np.nanmedian(widths[:, 0]) >= 120.0 and np.nanmedian(widths[:, 0]) > np.nanmedian(widths[:, 1]) + 25
+    assert (
+        np.nanmedian(widths[:, 0]) >= 120.0 and np.nanmedian(widths[:, 0]) > np.nanmedian(widths[:, 1]) + 25
+    )
     assert np.nanmedian(pulse_ratio) < 0.6
 
 
@@ -342,7 +346,9 @@ def test_ppg_shape_matches_real_wearable_ppg():
     rng = np.random.default_rng(66)
     n = 60
     sex = (rng.random(n) < 0.5).astype(np.int8)
-    subj = physiology(rng, rng.uniform(20, 35, n), sex, np.where(sex == 1, 178.0, 165.0), np.where(sex == 1, 75.0, 60.0))
+    subj = physiology(
+        rng, rng.uniform(20, 35, n), sex, np.where(sex == 1, 178.0, 165.0), np.where(sex == 1, 75.0, 60.0)
+    )
     d = synthesize(n, 66, subjects=subj, rhythm_mix="sinus")
     sos_s = butter(2, [0.5, 8.0], btype="band", fs=FS, output="sos")
     sim = np.array([pulse_shape(sosfiltfilt(sos_s, d["ppg"][i]), FS) for i in range(n)])

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import services
+
 from p2es.leads import LEADS
 from sink import (
     PermanentWriteError,
@@ -70,13 +70,13 @@ def ecg_block(n: int, seed: int = 0) -> np.ndarray:
 
 def ecg_rows(patient: str, measurement: str = "ecg") -> list[dict]:
     rows = services.influx_points(
-        f"SELECT * FROM \"{measurement}\" WHERE patient='{patient}' ORDER BY time ASC")
+        f"SELECT * FROM \"{measurement}\" WHERE patient='{patient}' ORDER BY time ASC"
+    )
     return rows
 
 
 def count_points(patient: str, measurement: str = "ecg", field: str = "I") -> int:
-    rows = services.influx_points(
-        f"SELECT count(\"{field}\") FROM \"{measurement}\" WHERE patient='{patient}'")
+    rows = services.influx_points(f'SELECT count("{field}") FROM "{measurement}" WHERE patient=\'{patient}\'')
     return int(rows[0]["count"]) if rows else 0
 
 
@@ -109,6 +109,7 @@ def run(coro):
 
 # ============================================================================ serializer
 
+
 def test_escaping_names_tags_and_fields():
     assert escape_measurement("ecg") == "ecg"
     assert escape_measurement("my m,x") == r"my\ m\,x"
@@ -127,8 +128,9 @@ def test_escaping_names_tags_and_fields():
     with pytest.raises(TypeError):
         format_field_value([1])
     # tags sorted, empty/None tags left out, NaN fields left out, key escaping
-    got = line("m x", {"z": "1", "a b": "v=1", "e": "", "n": None},
-               {"f=1": 1.5, "nan": float("nan"), "s": "ok"}, 42)
+    got = line(
+        "m x", {"z": "1", "a b": "v=1", "e": "", "n": None}, {"f=1": 1.5, "nan": float("nan"), "s": "ok"}, 42
+    )
     assert got == r'm\ x,a\ b=v\=1,z=1 f\=1=1.5,s="ok" 42'
     assert line("m", {"p": "x"}, {"a": float("nan")}, 1) == ""  # no field left: no line
     assert line("m", None, {"a": 1.0}) == "m a=1.0"  # no timestamp: server time
@@ -148,15 +150,13 @@ def test_to_lines_accepts_text_points_and_mixtures():
     assert to_lines(b"a v=1 1\n") == "a v=1 1\n"
     p = Point("m", {"v": 1.0}, {"patient": "p"}, 5)
     assert to_lines(p) == "m,patient=p v=1.0 5\n"
-    assert to_lines(["a v=1 1\n", p, Point("m", {"v": None}, {}, 6)]) == \
-        "a v=1 1\nm,patient=p v=1.0 5\n"
+    assert to_lines(["a v=1 1\n", p, Point("m", {"v": None}, {}, 6)]) == "a v=1 1\nm,patient=p v=1.0 5\n"
     with pytest.raises(TypeError):
         to_lines([1.0])
 
 
 def test_sample_times_are_exact_integers():
-    assert sample_times_ns(T0, 128, 4).tolist() == [T0, T0 + 7_812_500, T0 + 15_625_000,
-                                                     T0 + 23_437_500]
+    assert sample_times_ns(T0, 128, 4).tolist() == [T0, T0 + 7_812_500, T0 + 15_625_000, T0 + 23_437_500]
     assert sample_times_ns(0, 360, 4).tolist() == [0, 2_777_778, 5_555_556, 8_333_333]
     assert sample_times_ns(0, 62.5, 3).tolist() == [0, 16_000_000, 32_000_000]
     assert sample_times_ns(0, 360, 2, start=2).tolist() == [5_555_556, 8_333_333]
@@ -180,8 +180,10 @@ def test_ecg_ppg_vitals_alert_lines():
     assert np.array_equal(np.array(vals, dtype=np.float32), ecg[:, 0])
     # float64 with repr: reads back to the identical double
     e64 = ecg.astype(np.float64) / 3.0
-    vals = [float(kv.split("=")[1]) for kv in
-            ecg_lines("p", T0, 128, e64).splitlines()[0].split(" ")[1].split(",")]
+    vals = [
+        float(kv.split("=")[1])
+        for kv in ecg_lines("p", T0, 128, e64).splitlines()[0].split(" ")[1].split(",")
+    ]
     assert np.array_equal(np.array(vals), e64[:, 0])
     # NaN samples: the field is left out of the point; an all-NaN sample gives no point
     ecg[2, 1] = np.nan
@@ -193,20 +195,28 @@ def test_ecg_ppg_vitals_alert_lines():
     assert ecg_lines("p", T0, 128.0, np.zeros((12, 0))) == ""
     assert ppg_lines("p", 0, 64.0, [1, 2.5]) == "ppg,patient=p value=1 0\nppg,patient=p value=2.5 15625000\n"
     assert ppg_lines("p", 0, 64.0, [3.0], start=2) == "ppg,patient=p value=3 31250000\n"
-    v = vitals_line("p", 9, {"hr_bpm": 61, "qtc_ms": float("nan")}, sqi=np.float32(0.75),
-                    uncertainty=None)
+    v = vitals_line("p", 9, {"hr_bpm": 61, "qtc_ms": float("nan")}, sqi=np.float32(0.75), uncertainty=None)
     assert v == "vitals,patient=p hr_bpm=61.0,sqi=0.75 9\n"  # ints become floats, NaN omitted
     assert vitals_line("p", 9, hr_bpm=float("nan")) == ""
     a = alert_line("p", "brady", "high", 7, state="firing", value=38.0, message='HR "38"')
-    assert a == 'alerts,patient=p,priority=high,rule=brady state="firing",message="HR \\"38\\"",value=38.0 7\n'
+    assert (
+        a == 'alerts,patient=p,priority=high,rule=brady state="firing",message="HR \\"38\\"",value=38.0 7\n'
+    )
 
 
 def test_escaped_names_round_trip_through_influxdb(influxdb):
     url, db = influxdb
     meas = uid("esc m,x")  # comma and space in a measurement
     tags = {"patient": 'bed 7,ward=A"q', "k=ey": r"C:\ward"}
-    fields = {"f,i e=ld": 1.25, "s": 'quote " backslash \\ newline\nend', "i": 7, "b": True,
-              "tiny": 5e-324, "big": 1.7976931348623157e308, "third": 1 / 3}
+    fields = {
+        "f,i e=ld": 1.25,
+        "s": 'quote " backslash \\ newline\nend',
+        "i": 7,
+        "b": True,
+        "tiny": 5e-324,
+        "big": 1.7976931348623157e308,
+        "third": 1 / 3,
+    }
     tr = V1Transport(url, db)
     try:
         tr.write((line(meas, tags, fields, T0) + "\n").encode())
@@ -224,6 +234,7 @@ def test_escaped_names_round_trip_through_influxdb(influxdb):
 
 
 # ============================================================================ spool
+
 
 def test_spool_order_cursor_restart_and_lock(tmp_path):
     d = tmp_path / "spool"
@@ -304,6 +315,7 @@ def test_spool_bound_drops_oldest_and_counts(tmp_path):
 
 # ============================================================================ writer (no DB)
 
+
 def test_backoff_and_retry_after(tmp_path):
     w = Writer(V1Transport("http://127.0.0.1:9"), tmp_path / "sp", rng=random.Random(1))
     d0 = [w.backoff_delay(0) for _ in range(200)]
@@ -319,13 +331,13 @@ def test_backoff_and_retry_after(tmp_path):
     assert parse_retry_after("soon") is None
     when = time.time() + 20
     from email.utils import formatdate
+
     assert 15 < parse_retry_after(formatdate(when, usegmt=True)) <= 20
 
 
 def test_put_batches_by_size_and_spools_when_queue_full(tmp_path):
     async def main():
-        w = Writer(V1Transport(closed_port_url()), tmp_path / "sp", batch_lines=100,
-                   max_queue_batches=2)
+        w = Writer(V1Transport(closed_port_url()), tmp_path / "sp", batch_lines=100, max_queue_batches=2)
         await w.put("".join(f"m v={i} {i}\n" for i in range(250)))
         assert [b.lines for b in w._mem] == [100, 100] and w.counters["pending_points"] == 50
         await w.put("".join(f"m v={i} {i}\n" for i in range(250, 300)))  # seals a third batch
@@ -357,8 +369,9 @@ def test_v2_transport_builds_the_influxdb_client_write_call():
     real_write = tr._write_api.write
     tr._write_api.write = lambda **kw: calls.append(kw)
     tr.write(body)
-    assert calls == [{"bucket": "ward-bucket", "org": "ward-org", "record": body,
-                      "write_precision": WritePrecision.NS}]
+    assert calls == [
+        {"bucket": "ward-bucket", "org": "ward-org", "record": body, "write_precision": WritePrecision.NS}
+    ]
     # one level down: influxdb-client passes the text through to POST /api/v2/write
     tr._write_api.write = real_write
     posted = []
@@ -391,6 +404,7 @@ def test_v2_transport_error_mapping_on_real_http(influxdb):
 
 # ============================================================================ writer + InfluxDB
 
+
 def test_ecg_round_trip_every_sample_once(influxdb, tmp_path):
     url, db = influxdb
     pid = uid("rt")
@@ -398,11 +412,10 @@ def test_ecg_round_trip_every_sample_once(influxdb, tmp_path):
     ppg = np.random.default_rng(2).normal(size=640)
 
     async def main():
-        async with Writer(V1Transport(url, db), tmp_path / "sp", batch_lines=1000,
-                          flush_interval=0.2) as w:
+        async with Writer(V1Transport(url, db), tmp_path / "sp", batch_lines=1000, flush_interval=0.2) as w:
             # three overlapping windows, as the engine emits them: overlap rewrites, not duplicates
             for start in (0, 1000, 1500):
-                await w.put(ecg_lines(pid, T0, 128.0, ecg[:, start:start + 1500], start=start))
+                await w.put(ecg_lines(pid, T0, 128.0, ecg[:, start : start + 1500], start=start))
             await w.put(ppg_lines(pid, T0, 64.0, ppg))
             await w.put(vitals_line(pid, T0, hr_bpm=72.5, qtc_ms=float("nan"), sqi=0.9))
             await w.flush(timeout=30)
@@ -417,7 +430,12 @@ def test_ecg_round_trip_every_sample_once(influxdb, tmp_path):
     assert [r["time"] for r in prow] == sample_times_ns(T0, 64.0, 640).tolist()
     assert [r["value"] for r in prow] == ppg.tolist()
     vrow = ecg_rows(pid, "vitals")
-    assert len(vrow) == 1 and vrow[0]["hr_bpm"] == 72.5 and vrow[0].get("qtc_ms") is None and vrow[0]["sqi"] == 0.9
+    assert (
+        len(vrow) == 1
+        and vrow[0]["hr_bpm"] == 72.5
+        and vrow[0].get("qtc_ms") is None
+        and vrow[0]["sqi"] == 0.9
+    )
 
 
 def test_same_batch_twice_leaves_one_copy(influxdb, tmp_path):
@@ -482,7 +500,7 @@ def test_process_crash_leaves_spool_that_a_new_writer_delivers(influxdb, tmp_pat
             w = Writer(V1Transport({closed_port_url()!r}, "p2es", timeout=1), {str(spool)!r},
                        batch_lines=300, backoff_base=0.1, backoff_cap=0.2)
             w.start()
-            await w.put(ecg_lines({pid!r}, {T0}, 128.0, np.load({str(tmp_path / 'ecg.npy')!r})))
+            await w.put(ecg_lines({pid!r}, {T0}, 128.0, np.load({str(tmp_path / "ecg.npy")!r})))
             while w.counters["spool_records"] < 7 or w.counters["pending_points"]:
                 await asyncio.sleep(0.05)
             os._exit(0)  # crash: no close(), no fsync
@@ -538,8 +556,15 @@ def test_influxdb_outage_loses_nothing_and_keeps_order(influxdb, tmp_path, caplo
 
     async def main():
         nonlocal n_chunks
-        w = Writer(tr, tmp_path / "sp", batch_lines=256, flush_interval=0.2, backoff_base=0.1,
-                   backoff_cap=2.0, rng=random.Random(7))
+        w = Writer(
+            tr,
+            tmp_path / "sp",
+            batch_lines=256,
+            flush_interval=0.2,
+            backoff_base=0.1,
+            backoff_cap=2.0,
+            rng=random.Random(7),
+        )
         w.start()
         stop = asyncio.Event()
 
@@ -588,8 +613,10 @@ def test_influxdb_outage_loses_nothing_and_keeps_order(influxdb, tmp_path, caplo
         if (ts[0], ts[-1]) != (prev_first, prev_last):
             assert ts[0] > prev_last
         prev_first, prev_last = ts[0], ts[-1]
-    print(f"\noutage test timeline (s): {json.dumps({k: round(v, 1) for k, v in timeline.items()})}; "
-          f"down: {down['spool_records']} spooled batches; after: {c}")
+    print(
+        f"\noutage test timeline (s): {json.dumps({k: round(v, 1) for k, v in timeline.items()})}; "
+        f"down: {down['spool_records']} spooled batches; after: {c}"
+    )
 
 
 def test_writer_closed_while_db_down_new_writer_delivers(influxdb, tmp_path):
@@ -630,6 +657,7 @@ class GatedV1(RecordingV1):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         import threading
+
         self.gate = threading.Event()
         self.entered = threading.Event()
 
@@ -643,8 +671,7 @@ class GatedV1(RecordingV1):
 def test_queue_overflow_while_a_batch_is_in_flight_keeps_order_without_duplicates(influxdb, tmp_path):
     url, db = influxdb
     pid = uid("inflight")
-    texts = [ecg_lines(pid, T0, 128.0, ecg_block(100, seed=10 + i), start=100 * i)
-             for i in range(4)]
+    texts = [ecg_lines(pid, T0, 128.0, ecg_block(100, seed=10 + i), start=100 * i) for i in range(4)]
     tr = GatedV1(url, db)
 
     async def main():
@@ -701,8 +728,14 @@ def test_missing_database_404_dead_letters_or_waits_when_asked(influxdb, tmp_pat
             await w.put(line1)
             await w.flush(timeout=20)
             assert w.counters["dead_letters"] == 1
-        async with Writer(V1Transport(url, db), tmp_path / "b", flush_interval=0.1,
-                          backoff_base=0.1, backoff_cap=0.3, retry_statuses={404}) as w:
+        async with Writer(
+            V1Transport(url, db),
+            tmp_path / "b",
+            flush_interval=0.1,
+            backoff_base=0.1,
+            backoff_cap=0.3,
+            retry_statuses={404},
+        ) as w:
             await w.put(line1)
             with pytest.raises(TimeoutError):
                 await w.flush(timeout=1.0)

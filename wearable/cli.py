@@ -1,18 +1,26 @@
-"""``p2es data ...`` and ``p2es demo``: the simulator and real-data tools on the command line."""
+"""``p2es data ...`` and ``p2es simulate``: the simulator, the simulated wearables and the real-data
+tools on the command line."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from p2es.argtypes import finite_float as _float, positive_int as _positive_int
+from p2es.argtypes import finite_float as _float
+from p2es.argtypes import positive_int as _positive_int
 from p2es.errors import P2esError
+from p2es.leads import LEADS
+from p2es.transport.settings import add_broker_flags
+from wearable.readers import read_any
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     data = sub.add_parser("data", help="simulate, read and plot paired PPG / 12-lead ECG data")
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION", parser_class=type(data))
     dsub.required = True
@@ -33,9 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--hr", type=_float, default=None, help="force this heart rate (bpm) for every record")
     s.add_argument("--noise", type=_float, default=1.0, help="noise scale (0 = clean, default 1)")
     s.add_argument("--no-noisy-ecg", action="store_true", help="do not store the noisy ECG copy")
-    s.add_argument("--ppg-frontend", type=_float, default=0.5,
-                   help="fraction of records whose PPG passes a random sensor front-end "
-                        "(AC coupling, low-pass, ADC clipping; default 0.5)")
+    s.add_argument(
+        "--ppg-frontend",
+        type=_float,
+        default=0.5,
+        help="fraction of records whose PPG passes a random sensor front-end "
+        "(AC coupling, low-pass, ADC clipping; default 0.5)",
+    )
     s.set_defaults(func=cmd_synth)
 
     p = dsub.add_parser("plot", help="draw a record as a 12-lead ECG on ECG paper (PNG)")
@@ -51,16 +63,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--plot", default=None, help="draw the 12-lead ECG (if present) to this PNG")
     r.set_defaults(func=cmd_read)
 
-    d = sub.add_parser("demo", help="the live ward demo on an embedded default (no services needed); "
-                       "--offline: one 12-lead picture per simulated rhythm")
-    from engine.demo import register_demo_args
 
-    register_demo_args(d)
-    d.set_defaults(func=cmd_demo)
+def register_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``p2es simulate``: simulated wearables publishing PPG over MQTT (:func:`wearable.publisher.simulate`)."""
+    s = sub.add_parser("simulate", help="publish simulated wearables' PPG over MQTT (real time x speed)")
+    s.add_argument("--patients", type=int, default=3)
+    s.add_argument("--speed", type=float, default=1.0, help="time-lapse factor (1 = real time)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--duration", type=float, default=None, help="seconds of signal (default: until stopped)")
+    s.add_argument("--chunk-s", type=float, default=1.0)
+    s.add_argument("--binary", type=float, default=0.0, help="fraction of chunks sent as ppg/bin")
+    s.add_argument("--prefix", default="sim", help="patient ids are PREFIX-000, PREFIX-001, ...")
+    add_broker_flags(s, broker_default="mqtt://127.0.0.1:1883", version_default="5")
+    s.set_defaults(func=cmd_simulate)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from wearable.sim import save_npz, synthesize
+    from wearable.sim import save_npz, synthesize  # lazy: CLI start-up (scipy)
 
     if args.duration <= 0:
         raise P2esError(f"--duration must be positive, got {args.duration:g}")
@@ -101,8 +120,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from p2es.plot import plot_ecg_paper, record_header
-    from wearable.sim import load_npz
+    from p2es.plot import plot_ecg_paper, record_header  # lazy: heavy dependency (matplotlib)
+    from wearable.sim import load_npz  # lazy: CLI start-up (scipy)
 
     data = load_npz(args.file)
     n = data["ecg"].shape[0]
@@ -113,7 +132,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
         raise P2esError(f"{args.file} has no '{key}' array")
     title, subtitle = record_header(data, args.index)
     out = plot_ecg_paper(
-        data[key][args.index], float(data["fs"]), args.out, ppg=data["ppg"][args.index], title=title, subtitle=subtitle,
+        data[key][args.index],
+        float(data["fs"]),
+        args.out,
+        ppg=data["ppg"][args.index],
+        title=title,
+        subtitle=subtitle,
         disclaimer="Simulated waveform - not a diagnostic ECG",
     )
     print(f"wrote {out}")
@@ -121,28 +145,66 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_read(args: argparse.Namespace) -> int:
-    from p2es.leads import LEADS
-    from wearable.readers import read_any
-
     rec = read_any(args.file, fs=args.fs)
-    t = (rec.ppg if rec.ppg is not None else rec.ecg[0]).shape[-1]
+    t = rec.n_samples
     print(f"{rec.source}: fs {rec.fs:g} Hz, {t} samples ({t / rec.fs:.1f} s)")
-    print(f"  PPG: {'yes' if rec.ppg is not None else 'no'}; ECG leads: {', '.join(rec.ecg_present) or 'none'}")
+    print(
+        f"  PPG: {'yes' if rec.ppg is not None else 'no'}; ECG leads: {', '.join(rec.ecg_present) or 'none'}"
+    )
     if args.plot:
         if rec.ecg is None:
             raise P2esError(f"{args.file} has no ECG to plot")
-        from p2es.plot import plot_ecg_paper
+        from p2es.plot import plot_ecg_paper  # lazy: heavy dependency (matplotlib)
 
         ecg = np.where(np.isnan(rec.ecg), 0.0, rec.ecg)
-        out = plot_ecg_paper(ecg, rec.fs, args.plot, ppg=rec.ppg, title=Path(args.file).name,
-                             subtitle=f"leads present: {', '.join(rec.ecg_present)}",
-                             disclaimer=None)
-        print(f"wrote {out} ({', '.join(l for l in LEADS if l not in rec.ecg_present) or 'no'} leads missing)")
+        out = plot_ecg_paper(
+            ecg,
+            rec.fs,
+            args.plot,
+            ppg=rec.ppg,
+            title=Path(args.file).name,
+            subtitle=f"leads present: {', '.join(rec.ecg_present)}",
+            disclaimer=None,
+        )
+        print(
+            f"wrote {out} ({', '.join(lead for lead in LEADS if lead not in rec.ecg_present) or 'no'} leads missing)"
+        )
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """``p2es demo``: the live ward demo (see :mod:`engine.demo`); ``--offline``: the cohort pictures."""
-    from engine.demo import cmd_demo as _cmd_demo
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """``p2es simulate``: stops cleanly on SIGINT/SIGTERM, after the chunk in flight; prints the
+    publisher's counts as one JSON line.  Secrets may come from ``P2ES_MQTT_USERNAME`` /
+    ``P2ES_MQTT_PASSWORD`` instead of the flags."""
+    from p2es.contracts.topics import PATIENT_ID_RE  # lazy: CLI start-up time (only `p2es simulate` needs it)
+    from wearable.publisher import simulate  # lazy: CLI start-up time (only `p2es simulate` needs it)
 
-    return _cmd_demo(args)
+    if args.patients < 1:
+        raise P2esError(f"--patients must be >= 1, got {args.patients}")
+    if not args.speed > 0:
+        raise P2esError(f"--speed must be > 0, got {args.speed}")
+    if args.duration is not None and not args.duration >= args.chunk_s:
+        raise P2esError(f"--duration must be >= --chunk-s ({args.chunk_s:g}), got {args.duration}")
+    if not args.chunk_s > 0:
+        raise P2esError(f"--chunk-s must be > 0, got {args.chunk_s}")
+    if not 0 <= args.binary <= 1:
+        raise P2esError("--binary must be within 0..1")
+    if not PATIENT_ID_RE.fullmatch(f"{args.prefix}-000"):
+        raise P2esError(f"--prefix must match [A-Za-z0-9_.-], got {args.prefix!r}")
+    if not (args.broker.startswith("mqtt://") or args.broker.startswith("mqtts://")):
+        raise P2esError(f"--broker must be mqtt://HOST:PORT or mqtts://HOST:PORT, got {args.broker!r}")
+    res = simulate(
+        args.broker,
+        patients=args.patients,
+        speed=args.speed,
+        seed=args.seed,
+        duration_s=args.duration,
+        chunk_s=args.chunk_s,
+        binary=args.binary,
+        prefix=args.prefix,
+        username=args.mqtt_username or os.environ.get("P2ES_MQTT_USERNAME"),
+        password=args.mqtt_password or os.environ.get("P2ES_MQTT_PASSWORD"),
+        mqtt_version=args.mqtt_version,
+    )
+    print(json.dumps(res), file=sys.stdout)
+    return 0

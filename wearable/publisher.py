@@ -24,10 +24,19 @@ import logging
 import random
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
+import aiomqtt
 import numpy as np
+from scipy.signal import resample_poly
+
+from p2es.contracts.ppg import encode_binary_chunk
+from p2es.contracts.topics import ppg_topic, profile_topic
+from p2es.transport.mqtt import MqttEndpoint
+from wearable.sim import synthesize
 
 log = logging.getLogger("p2es.publisher")
 
@@ -41,57 +50,80 @@ class SimPatient:
     id: str
     fs: float
     ppg: np.ndarray  # at fs
-    profile: dict
+    profile: dict[str, Any]
     rhythm: str
 
 
 def _resample(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
-    from scipy.signal import resample_poly
-
     if fs_in == fs_out:
         return x.copy()
     r = Fraction(fs_out / fs_in).limit_denominator(1000)
-    return resample_poly(x, r.numerator, r.denominator)
+    y: np.ndarray = resample_poly(x, r.numerator, r.denominator)
+    return y
 
 
-def make_patients(patients: int, *, seed: int = 0, duration_s: float = 60.0,
-                  fs_choices=FS_CHOICES, prefix: str = "sim", fs_list=None) -> list[SimPatient]:
-    from wearable.sim import synthesize
-
+def make_patients(
+    patients: int,
+    *,
+    seed: int = 0,
+    duration_s: float = 60.0,
+    fs_choices: Sequence[float] = FS_CHOICES,
+    prefix: str = "sim",
+    fs_list: Sequence[float] | None = None,
+) -> list[SimPatient]:
     d = synthesize(int(patients), int(seed), duration_s=float(duration_s), fs=128.0)
     rng = np.random.default_rng(seed)
     out = []
     for i in range(int(patients)):
         fs = float(fs_list[i % len(fs_list)]) if fs_list else float(rng.choice(list(fs_choices)))
-        prof = {"age": float(d["age"][i]), "sex": "M" if int(d["sex"][i]) == 1 else "F",
-                "height_cm": float(d["height_cm"][i]), "weight_kg": float(d["weight_kg"][i])}
-        out.append(SimPatient(f"{prefix}-{i:03d}", fs, _resample(d["ppg"][i], 128.0, fs), prof,
-                              str(d["rhythm"][i])))
+        prof = {
+            "age": float(d["age"][i]),
+            "sex": "M" if int(d["sex"][i]) == 1 else "F",
+            "height_cm": float(d["height_cm"][i]),
+            "weight_kg": float(d["weight_kg"][i]),
+        }
+        out.append(
+            SimPatient(f"{prefix}-{i:03d}", fs, _resample(d["ppg"][i], 128.0, fs), prof, str(d["rhythm"][i]))
+        )
     return out
 
 
-async def simulate_async(broker_url: str, patients: int | list[SimPatient] = 3, *, speed: float = 1.0,
-                         seed: int = 0, duration_s: float | None = None, chunk_s: float = 1.0,
-                         fs_choices=FS_CHOICES, fs_list=None, prefix: str = "sim",
-                         binary: float = 0.0, reorder: float = 0.0, duplicate: float = 0.0,
-                         username: str | None = None, password: str | None = None,
-                         t_start: float | None = None, loop_s: float = 600.0,
-                         stop: asyncio.Event | None = None, mqtt_version: str = "5") -> dict:
+async def simulate_async(
+    broker_url: str,
+    patients: int | list[SimPatient] = 3,
+    *,
+    speed: float = 1.0,
+    seed: int = 0,
+    duration_s: float | None = None,
+    chunk_s: float = 1.0,
+    fs_choices: Sequence[float] = FS_CHOICES,
+    fs_list: Sequence[float] | None = None,
+    prefix: str = "sim",
+    binary: float = 0.0,
+    reorder: float = 0.0,
+    duplicate: float = 0.0,
+    username: str | None = None,
+    password: str | None = None,
+    t_start: float | None = None,
+    loop_s: float = 600.0,
+    stop: asyncio.Event | None = None,
+    mqtt_version: str = "5",
+) -> dict[str, int]:
     """Publish until ``duration_s`` of signal is sent (or ``stop`` is set); returns counters."""
-    import aiomqtt
-
-    from ingest.messages import encode_binary_chunk, ppg_topic, profile_topic
-    from ingest.service import parse_url
-
     if speed <= 0 or chunk_s <= 0:
         raise ValueError("speed and chunk_s must be positive")
-    host, port, tls, url_user, url_pw = parse_url(broker_url)
-    import ssl
-
-    tls_ctx = ssl.create_default_context() if tls else None
+    endpoint = MqttEndpoint.from_url(
+        broker_url, username=username or None, password=password or None, version=mqtt_version
+    )
     if isinstance(patients, int):
-        pats = make_patients(patients, seed=seed, duration_s=duration_s or loop_s,
-                             fs_choices=fs_choices, prefix=prefix, fs_list=fs_list)
+        pats = make_patients(
+            patients,
+            seed=seed,
+            duration_s=duration_s or loop_s,
+            fs_choices=fs_choices,
+            prefix=prefix,
+            fs_list=fs_list,
+        )
     else:
         pats = list(patients)
     stop = stop or asyncio.Event()
@@ -107,8 +139,13 @@ async def simulate_async(broker_url: str, patients: int | list[SimPatient] = 3, 
         t0 = t_start + j * n / p.fs
         if binary and rng.random() < binary:
             return ppg_topic(p.id, binary=True), encode_binary_chunk(j, t0, p.fs, x)
-        body = {"seq": j, "t0": t0, "fs": p.fs, "samples": [round(float(v), 6) for v in x],
-                "device": f"sim-{p.id}"}
+        body = {
+            "seq": j,
+            "t0": t0,
+            "fs": p.fs,
+            "samples": [round(float(v), 6) for v in x],
+            "device": f"sim-{p.id}",
+        }
         return ppg_topic(p.id), json.dumps(body).encode()
 
     n_chunks = None if duration_s is None else int(duration_s // chunk_s)
@@ -119,18 +156,16 @@ async def simulate_async(broker_url: str, patients: int | list[SimPatient] = 3, 
         nonlocal client
         delay = 0.2
         while not stop.is_set():
-            proto = aiomqtt.ProtocolVersion.V5 if mqtt_version == "5" else aiomqtt.ProtocolVersion.V311
-            c = aiomqtt.Client(host, port, username=username or url_user, password=password or url_pw,
-                               protocol=proto, tls_context=tls_ctx, timeout=10)
+            c = endpoint.client(persistent=False)
             fut = getattr(c, "_disconnected", None)  # aiomqtt sets an error here on a lost
-            if isinstance(fut, asyncio.Future):       # connection; we handle it via publish()
+            if isinstance(fut, asyncio.Future):  # connection; we handle it via publish()
                 fut.add_done_callback(lambda f: f.cancelled() or f.exception())
             try:
                 await stack.enter_async_context(c)
                 client = c
                 return c
             except aiomqtt.MqttError as e:
-                log.warning("publisher: broker %s:%d unavailable (%s); retrying", host, port, e)
+                log.warning("publisher: broker %s unavailable (%s); retrying", endpoint.address, e)
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
         raise asyncio.CancelledError
@@ -139,7 +174,7 @@ async def simulate_async(broker_url: str, patients: int | list[SimPatient] = 3, 
         nonlocal client
         while True:
             if client is None:
-                await connect()
+                client = await connect()
                 counters["reconnects"] += 1
             try:
                 await client.publish(topic, payload, qos=1, retain=retain, timeout=10)
@@ -185,7 +220,7 @@ async def simulate_async(broker_url: str, patients: int | list[SimPatient] = 3, 
                     await publish(*msg)
                     counters["duplicates"] += 1
             j += 1
-        for p_id, msg in held.items():
+        for msg in held.values():
             await publish(*msg)
             counters["chunks"] += 1
         counters["ticks"] = j
@@ -195,18 +230,34 @@ async def simulate_async(broker_url: str, patients: int | list[SimPatient] = 3, 
     return counters
 
 
-def simulate(broker_url: str, patients: int = 3, speed: float = 1.0, seed: int = 0,
-             duration_s: float | None = None, chunk_s: float = 1.0, fs_choices=FS_CHOICES,
-             **kw) -> dict:
+def simulate(
+    broker_url: str,
+    patients: int = 3,
+    speed: float = 1.0,
+    seed: int = 0,
+    duration_s: float | None = None,
+    chunk_s: float = 1.0,
+    fs_choices: Sequence[float] = FS_CHOICES,
+    **kw: Any,
+) -> dict[str, int]:
     """Blocking entry point; SIGINT/SIGTERM stop it cleanly (after the chunk in flight)."""
 
-    async def main() -> dict:
+    async def main() -> dict[str, int]:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
-        return await simulate_async(broker_url, patients, speed=speed, seed=seed, duration_s=duration_s,
-                                    chunk_s=chunk_s, fs_choices=fs_choices, stop=stop, **kw)
+        return await simulate_async(
+            broker_url,
+            patients,
+            speed=speed,
+            seed=seed,
+            duration_s=duration_s,
+            chunk_s=chunk_s,
+            fs_choices=fs_choices,
+            stop=stop,
+            **kw,
+        )
 
     return asyncio.run(main())

@@ -45,17 +45,23 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from p2es.errors import InputError
 from p2es.leads import LEAD_INDEX, LEADS
 
 __all__ = ["Recording", "read_wfdb", "read_dicom", "read_csv", "read_any"]
+
+#: a file path as the readers accept it
+StrPath = str | os.PathLike[str]
 
 LIMB = ("I", "II", "III", "aVR", "aVL", "aVF")
 # Each limb lead as a * I + b * II (rows of p2es.leads.DERIVE).
@@ -68,7 +74,9 @@ _LIMB_COEF = {
     "aVF": (-0.5, 1.0),
 }
 _PAIR_ORDER = [("I", "II"), ("I", "III"), ("II", "III")] + [
-    (a, b) for i, a in enumerate(LIMB) for b in LIMB[i + 1:]
+    (a, b)
+    for i, a in enumerate(LIMB)
+    for b in LIMB[i + 1 :]
     if (a, b) not in {("I", "II"), ("I", "III"), ("II", "III")}
 ]
 _REL_TOL = 0.01  # regularity / agreement tolerance for sampling rates
@@ -76,12 +84,12 @@ _REL_TOL = 0.01  # regularity / agreement tolerance for sampling rates
 
 @dataclass
 class Recording:
-    fs: float                      # Hz
-    ppg: np.ndarray | None         # float64 [T], arbitrary units
-    ecg: np.ndarray | None         # float64 [12, T] in mV, LEADS order; absent leads are NaN rows
-    ecg_present: tuple[str, ...]   # leads holding data (recorded or derived)
-    source: str                    # path
-    meta: dict = field(default_factory=dict)
+    fs: float  # Hz
+    ppg: np.ndarray | None  # float64 [T], arbitrary units
+    ecg: np.ndarray | None  # float64 [12, T] in mV, LEADS order; absent leads are NaN rows
+    ecg_present: tuple[str, ...]  # leads holding data (recorded or derived)
+    source: str  # path
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_samples(self) -> int:
@@ -96,21 +104,37 @@ class Recording:
 
 # --------------------------------------------------------------------------- helpers
 
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
 
 
-def _err(path, problem: str) -> InputError:
+def _err(path: StrPath, problem: str) -> InputError:
     return InputError(" ".join(f"{path}: {problem}".split()))
 
 
 _PREFIX = re.compile(r"^(?:ecg|ekg|lead)(?:[\s_:]+|-(?=\S))?")
 _LEAD_TABLE = {
-    "i": "I", "ii": "II", "iii": "III", "avr": "aVR", "avl": "aVL", "avf": "aVF",
-    "v1": "V1", "v2": "V2", "v3": "V3", "v4": "V4", "v5": "V5", "v6": "V6",
-    "mli": "I", "mlii": "II", "mliii": "III", "di": "I", "dii": "II", "diii": "III",
+    "i": "I",
+    "ii": "II",
+    "iii": "III",
+    "avr": "aVR",
+    "avl": "aVL",
+    "avf": "aVF",
+    "v1": "V1",
+    "v2": "V2",
+    "v3": "V3",
+    "v4": "V4",
+    "v5": "V5",
+    "v6": "V6",
+    "mli": "I",
+    "mlii": "II",
+    "mliii": "III",
+    "di": "I",
+    "dii": "II",
+    "diii": "III",
 }
 
 
@@ -141,11 +165,10 @@ def _is_ppg_label(label: str) -> bool:
     return bool(_PPG_NAME.match(s)) or s.lower() == "hart"
 
 
-_UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "microvolt": 1e-3,
-               "v": 1e3, "nv": 1e-6}
+_UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "microvolt": 1e-3, "v": 1e3, "nv": 1e-6}
 
 
-def _unit_scale(path, channel: str, unit: str | None) -> float:
+def _unit_scale(path: StrPath, channel: str, unit: str | None) -> float:
     key = (unit or "").strip().lower()
     if key not in _UNIT_TO_MV:
         raise _err(path, f"ECG channel {channel!r} has units {unit!r}; expected mV, uV or V")
@@ -187,7 +210,7 @@ def _derive_limb(ecg: np.ndarray, present: list[str]) -> list[str]:
     return missing
 
 
-def _check_fs(path, fs) -> float:
+def _check_fs(path: StrPath, fs: Any) -> float:  # anything: a non-number is an input error
     try:
         f = float(fs)
     except (TypeError, ValueError):
@@ -197,20 +220,29 @@ def _check_fs(path, fs) -> float:
     return f
 
 
-def _check_signal(path, name: str, x: np.ndarray) -> None:
+def _check_signal(path: StrPath, name: str | None, x: np.ndarray) -> None:
     if x.size == 0:
         raise _err(path, f"signal {name!r} is empty")
     if not np.isfinite(x).any():
         raise _err(path, f"signal {name!r} has no valid samples (all NaN)")
 
 
-def _build(path, fs, ppg, ppg_name, leads: dict[str, np.ndarray], meta: dict) -> Recording:
+def _build(
+    path: StrPath,
+    fs: object,
+    ppg: npt.ArrayLike | None,
+    ppg_name: str | None,
+    leads: dict[str, np.ndarray],
+    meta: dict[str, Any],
+) -> Recording:
     """Common tail: validate, assemble the 12-row ECG, derive limb leads."""
     fs = _check_fs(path, fs)
     if ppg is None and not leads:
-        raise _err(path, "no PPG channel and no ECG lead channel found"
-                         + (f" (channels: {', '.join(map(str, meta['channels']))})"
-                            if meta.get("channels") else ""))
+        raise _err(
+            path,
+            "no PPG channel and no ECG lead channel found"
+            + (f" (channels: {', '.join(map(str, meta['channels']))})" if meta.get("channels") else ""),
+        )
     if ppg is not None:
         ppg = np.asarray(ppg, dtype=np.float64).reshape(-1)
         ppg[~np.isfinite(ppg)] = np.nan
@@ -245,7 +277,7 @@ def _build(path, fs, ppg, ppg_name, leads: dict[str, np.ndarray], meta: dict) ->
     )
 
 
-def _exists(path) -> Path:
+def _exists(path: StrPath) -> Path:
     p = Path(path)
     if not p.exists():
         raise _err(path, "no such file")
@@ -256,7 +288,8 @@ def _exists(path) -> Path:
 
 # --------------------------------------------------------------------------- WFDB
 
-def _wfdb_base(path) -> Path:
+
+def _wfdb_base(path: StrPath) -> Path:
     p = Path(path)
     if p.suffix.lower() in (".hea", ".dat"):
         p = p.with_suffix("")
@@ -266,9 +299,9 @@ def _wfdb_base(path) -> Path:
     return p
 
 
-def read_wfdb(path) -> Recording:
+def read_wfdb(path: StrPath) -> Recording:
     """Read a WFDB record (``rec``, ``rec.hea`` or ``rec.dat``)."""
-    import wfdb
+    import wfdb  # lazy: heavy dependency, needed only for WFDB files
 
     base = _wfdb_base(path)
     rec_name = str(base)
@@ -280,25 +313,33 @@ def read_wfdb(path) -> Recording:
     if not multi:
         spf = [int(s or 1) for s in (header.samps_per_frame or [])]
         if any(s != 1 for s in spf):
-            raise _err(path, "multi-frequency WFDB records (channels with different sampling "
-                             f"rates, samples per frame {spf}) are not supported yet")
+            raise _err(
+                path,
+                "multi-frequency WFDB records (channels with different sampling "
+                f"rates, samples per frame {spf}) are not supported yet",
+            )
     try:
         rec = wfdb.rdrecord(rec_name, physical=True, m2s=True)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - any wfdb failure is a bad input file
         if multi:
-            raise _err(path, "multi-segment WFDB records are not supported yet when wfdb cannot "
-                             f"merge the segments ({_one_line(e)})") from None
+            raise _err(
+                path,
+                "multi-segment WFDB records are not supported yet when wfdb cannot "
+                f"merge the segments ({_one_line(e)})",
+            ) from None
         raise _err(path, f"cannot read WFDB record: {_one_line(e)}") from None
     if multi and any(int(s or 1) != 1 for s in (rec.samps_per_frame or [])):
-        raise _err(path, "multi-segment WFDB records are not supported yet when channels have "
-                         "different sampling rates")
+        raise _err(
+            path,
+            "multi-segment WFDB records are not supported yet when channels have different sampling rates",
+        )
     sig = rec.p_signal
     names = list(rec.sig_name or [])
     units = list(rec.units or [""] * len(names))
     if sig is None or sig.ndim != 2 or sig.shape[0] == 0 or not names:
         raise _err(path, "WFDB record holds no samples")
 
-    meta: dict = {
+    meta: dict[str, Any] = {
         "format": "wfdb",
         "record": rec.record_name,
         "channels": names,
@@ -330,13 +371,22 @@ def read_wfdb(path) -> Recording:
 
 # SCP-ECG lead codes (CodingSchemeDesignator SCPECG) used by DICOM 12-lead ECG objects.
 _SCPECG = {
-    "5.6.3-9-1": "I", "5.6.3-9-2": "II", "5.6.3-9-61": "III", "5.6.3-9-62": "aVR",
-    "5.6.3-9-63": "aVL", "5.6.3-9-64": "aVF", "5.6.3-9-3": "V1", "5.6.3-9-4": "V2",
-    "5.6.3-9-5": "V3", "5.6.3-9-6": "V4", "5.6.3-9-7": "V5", "5.6.3-9-8": "V6",
+    "5.6.3-9-1": "I",
+    "5.6.3-9-2": "II",
+    "5.6.3-9-61": "III",
+    "5.6.3-9-62": "aVR",
+    "5.6.3-9-63": "aVL",
+    "5.6.3-9-64": "aVF",
+    "5.6.3-9-3": "V1",
+    "5.6.3-9-4": "V2",
+    "5.6.3-9-5": "V3",
+    "5.6.3-9-6": "V4",
+    "5.6.3-9-7": "V5",
+    "5.6.3-9-8": "V6",
 }
 
 
-def _dicom_channel_lead(ch) -> tuple[str | None, float, str]:
+def _dicom_channel_lead(ch: Any) -> tuple[str | None, float, str]:  # a pydicom Dataset
     try:
         src = ch.ChannelSourceSequence[0]
     except (AttributeError, IndexError, KeyError):
@@ -351,14 +401,14 @@ def _dicom_channel_lead(ch) -> tuple[str | None, float, str]:
     return None, 1.0, label or code
 
 
-def read_dicom(path) -> Recording:
+def read_dicom(path: StrPath) -> Recording:
     """Read the first waveform group holding ECG leads from a DICOM waveform object."""
-    import pydicom
+    import pydicom  # lazy: heavy dependency, needed only for DICOM files
 
     _exists(path)
     try:
         ds = pydicom.dcmread(str(path))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - any pydicom failure is a bad input file
         raise _err(path, f"cannot read DICOM file: {_one_line(e)}") from None
     groups = ds.get("WaveformSequence")
     if not groups:
@@ -373,7 +423,7 @@ def read_dicom(path) -> Recording:
         try:
             fs = float(grp.SamplingFrequency)
             arr = ds.waveform_array(gi)  # (samples, channels), sensitivity already applied
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - any pydicom failure is a bad input file
             raise _err(path, f"cannot decode DICOM waveform group {gi}: {_one_line(e)}") from None
         if arr.ndim != 2 or arr.shape[1] != len(chans):
             raise _err(path, f"waveform group {gi} has shape {arr.shape} for {len(chans)} channels")
@@ -396,8 +446,9 @@ def read_dicom(path) -> Recording:
                 unmapped.append(label)
                 continue
             if "ChannelSensitivity" not in ch:
-                raise _err(path, f"ECG channel {label!r} has no ChannelSensitivity; "
-                                 "cannot convert raw values to mV")
+                raise _err(
+                    path, f"ECG channel {label!r} has no ChannelSensitivity; cannot convert raw values to mV"
+                )
             leads[lead] = sign * arr[:, j].astype(np.float64) * _unit_scale(path, label, unit)
         meta = {
             "format": "dicom",
@@ -412,8 +463,11 @@ def read_dicom(path) -> Recording:
         if ppg_name is not None:
             meta["ppg_channel"] = ppg_name
         return _build(path, fs, ppg, ppg_name, leads, meta)
-    raise _err(path, "no ECG lead channels in any DICOM waveform group"
-                     + (f" (channels: {', '.join(labels_seen)})" if labels_seen else ""))
+    raise _err(
+        path,
+        "no ECG lead channels in any DICOM waveform group"
+        + (f" (channels: {', '.join(labels_seen)})" if labels_seen else ""),
+    )
 
 
 # --------------------------------------------------------------------------- CSV
@@ -437,7 +491,7 @@ def _sniff_delimiter(line: str) -> str | None:
     return None  # whitespace
 
 
-def _read_table(path) -> tuple[list[str] | None, list[list[str]]]:
+def _read_table(path: StrPath) -> tuple[list[str] | None, list[list[str]]]:
     p = _exists(path)
     try:
         with open(p, newline="", encoding="utf-8-sig") as fh:
@@ -473,18 +527,19 @@ def _read_table(path) -> tuple[list[str] | None, list[list[str]]]:
     return header, rows
 
 
-def _numeric_column(path, rows, j: int, name: str) -> np.ndarray:
+def _numeric_column(path: StrPath, rows: list[list[str]], j: int, name: str) -> np.ndarray:
     out = np.empty(len(rows), dtype=np.float64)
     for k, r in enumerate(rows):
         try:
             out[k] = _to_float(r[j])
         except ValueError:
-            raise _err(path, f"non-numeric value {r[j].strip()!r} in column {name!r} "
-                             f"(data row {k + 1})") from None
+            raise _err(
+                path, f"non-numeric value {r[j].strip()!r} in column {name!r} (data row {k + 1})"
+            ) from None
     return out
 
 
-def _time_seconds(path, rows, j: int, name: str) -> np.ndarray:
+def _time_seconds(path: StrPath, rows: list[list[str]], j: int, name: str) -> np.ndarray:
     key = name.lower()
     if key in _TIME_DT or (key in _TIME_S and not _looks_numeric(rows[0][j])):
         t = np.empty(len(rows), dtype=np.float64)
@@ -493,8 +548,11 @@ def _time_seconds(path, rows, j: int, name: str) -> np.ndarray:
             try:
                 d = datetime.fromisoformat(r[j].strip())
             except ValueError:
-                raise _err(path, f"cannot parse time {r[j].strip()!r} in column {name!r} "
-                                 f"(data row {k + 1}); expected ISO date-time") from None
+                raise _err(
+                    path,
+                    f"cannot parse time {r[j].strip()!r} in column {name!r} "
+                    f"(data row {k + 1}); expected ISO date-time",
+                ) from None
             t0 = d if t0 is None else t0
             t[k] = (d - t0).total_seconds()
         return t
@@ -512,7 +570,7 @@ def _looks_numeric(s: str) -> bool:
         return False
 
 
-def _fs_from_time(path, t: np.ndarray, name: str, fs_given: float | None) -> tuple[float, str]:
+def _fs_from_time(path: StrPath, t: np.ndarray, name: str, fs_given: float | None) -> tuple[float, str]:
     if len(t) < 2:
         if fs_given is None:
             raise _err(path, "cannot infer fs from a single time stamp; pass fs")
@@ -528,22 +586,26 @@ def _fs_from_time(path, t: np.ndarray, name: str, fs_given: float | None) -> tup
     if fs_given is not None:
         ref = 1.0 / med if regular else mean_fs
         if not math.isfinite(ref) or abs(fs_given - ref) > _REL_TOL * ref:
-            raise _err(path, f"fs={fs_given:g} Hz disagrees with time column {name!r} "
-                             f"(about {ref:.4g} Hz)")
+            raise _err(path, f"fs={fs_given:g} Hz disagrees with time column {name!r} (about {ref:.4g} Hz)")
         return fs_given, "given (checked against time column)"
     if not regular:
-        raise _err(path, f"time column {name!r} is not regular within 1% (steps "
-                         f"{dt.min():.4g}..{dt.max():.4g} s, mean rate {mean_fs:.4g} Hz); "
-                         "pass fs to use a fixed rate")
+        raise _err(
+            path,
+            f"time column {name!r} is not regular within 1% (steps "
+            f"{dt.min():.4g}..{dt.max():.4g} s, mean rate {mean_fs:.4g} Hz); "
+            "pass fs to use a fixed rate",
+        )
     return 1.0 / med, f"median step of {name!r}"
 
 
-def read_csv(path, fs: float | None = None, column: str | int | None = None) -> Recording:
+def read_csv(path: StrPath, fs: float | None = None, column: str | int | None = None) -> Recording:
     """Read PPG and/or ECG (mV) columns from a CSV/text file; see the module docstring."""
     if fs is not None:
         fs = _check_fs(path, fs)
     header, rows = _read_table(path)
-    meta: dict = {"format": "csv", "channels": header}
+    meta: dict[str, Any] = {"format": "csv", "channels": header}
+    ppg: np.ndarray | None
+    ppg_name: str | None
 
     if header is None:
         ncol = len(rows[0])
@@ -554,8 +616,10 @@ def read_csv(path, fs: float | None = None, column: str | int | None = None) -> 
         elif ncol == 1:
             j = 0
         else:
-            raise _err(path, f"{ncol} unnamed columns; add a header row (time, ppg, I, II, ...) "
-                             "or pass column=<index>")
+            raise _err(
+                path,
+                f"{ncol} unnamed columns; add a header row (time, ppg, I, II, ...) or pass column=<index>",
+            )
         if not 0 <= j < ncol:
             raise _err(path, f"column index {j} out of range (file has {ncol} columns)")
         if fs is None:
@@ -584,14 +648,13 @@ def read_csv(path, fs: float | None = None, column: str | int | None = None) -> 
             for k, h in enumerate(header):
                 if k == time_j:
                     continue
-                if (exact and h.lower() in ("ppg", "pleth", "hart")) or \
-                        (not exact and _is_ppg_label(h)):
+                if (exact and h.lower() in ("ppg", "pleth", "hart")) or (not exact and _is_ppg_label(h)):
                     ppg_j = k
                     break
             if ppg_j is not None:
                 break
 
-    lead_cols: dict[str, int] = {}
+    lead_cols: dict[str, tuple[int, float]] = {}
     for k, h in enumerate(header):
         if k in (time_j, ppg_j):
             continue
@@ -605,8 +668,11 @@ def read_csv(path, fs: float | None = None, column: str | int | None = None) -> 
             ppg_j = others[0]
             meta["ppg_column_guessed"] = True
         else:
-            raise _err(path, "no PPG column (ppg, pleth, hart) and no ECG lead column found "
-                             f"(columns: {', '.join(header)}); pass column=")
+            raise _err(
+                path,
+                "no PPG column (ppg, pleth, hart) and no ECG lead column found "
+                f"(columns: {', '.join(header)}); pass column=",
+            )
 
     if time_j is not None:
         t = _time_seconds(path, rows, time_j, header[time_j])
@@ -623,8 +689,7 @@ def read_csv(path, fs: float | None = None, column: str | int | None = None) -> 
         ppg_name = header[ppg_j]
         ppg = _numeric_column(path, rows, ppg_j, ppg_name)
         meta["ppg_column"] = ppg_name
-    leads = {lead: sign * _numeric_column(path, rows, k, header[k])
-             for lead, (k, sign) in lead_cols.items()}
+    leads = {lead: sign * _numeric_column(path, rows, k, header[k]) for lead, (k, sign) in lead_cols.items()}
     if leads:
         meta["ecg_columns"] = {lead: header[k] for lead, (k, _) in lead_cols.items()}
         meta["ecg_units"] = "mV (assumed)"
@@ -633,7 +698,8 @@ def read_csv(path, fs: float | None = None, column: str | int | None = None) -> 
 
 # --------------------------------------------------------------------------- dispatch
 
-def read_any(path, fs: float | None = None) -> Recording:
+
+def read_any(path: StrPath, fs: float | None = None) -> Recording:
     """Pick a reader from the file suffix (or a DICOM preamble / sibling ``.hea``).
 
     ``fs`` is needed only for CSVs without a time column; for WFDB/DICOM it must match
@@ -650,8 +716,11 @@ def read_any(path, fs: float | None = None) -> Recording:
     elif not p.exists():
         raise _err(path, "no such file")
     else:
-        raise _err(path, f"unknown file type {suffix or '(no suffix)'!r}: expected a WFDB record "
-                         "(.hea/.dat), DICOM (.dcm) or CSV (.csv/.txt)")
+        raise _err(
+            path,
+            f"unknown file type {suffix or '(no suffix)'!r}: expected a WFDB record "
+            "(.hea/.dat), DICOM (.dcm) or CSV (.csv/.txt)",
+        )
     if fs is not None:
         fs = _check_fs(path, fs)
         if abs(fs - rec.fs) > _REL_TOL * rec.fs:

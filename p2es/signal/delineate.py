@@ -58,10 +58,12 @@ Any failure (flat signal, no beats, no T wave...) gives NaN fields, never an exc
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 from scipy.interpolate import CubicSpline
 from scipy.signal import find_peaks
@@ -72,22 +74,22 @@ from .peaks import _as_2d, _sos_filter, detect_r_peaks
 __all__ = ["Delineation", "delineate", "median_beat"]
 
 # tuning constants (see module docstring)
-_FS_FINE = 1000.0          # grid of the median beat (Hz)
-_LOWPASS_HZ = 100.0        # pre-filter low-pass (Hz; skipped when above 0.9 x Nyquist)
-_BEFORE_S = 0.42           # median-beat window before R (s)
-_AFTER_S = 0.70            # median-beat window after R (s)
-_QRS_FRAC = 0.04           # QRS extent: spatial velocity > this fraction of its maximum
-_QRS_FLOOR_K = 2.0         # ... and > this multiple of its floor
-_HUMP_RATIO = 0.30         # QRS boundary: V below this fraction of the outermost hump
-_FLOOR_K = 1.5             # ... but not below this multiple of its floor
-_SHOULDER_DROP = 0.6       # shoulder: dV/dt falls below this fraction of its running max
-_SHOULDER_PROM = 0.3       # ... and recovers by at least this fraction of it
-_QRS_GAP_MS = 20           # gaps in the supra-threshold region closed (ms)
-_V_SMOOTH_MS = 8           # smoothing before differentiation (ms; at least 1 input sample)
-_RMS_SMOOTH_MS = 16        # smoothing of the RMS curve for T/P (ms)
-_P_NOISE_K = 3.0           # P present: prominence > k x noise of the median beat
-_P_QRS_FRAC = 0.04         # ... and > this fraction of the QRS RMS peak
-_P_SPLIT_SIM = 0.3         # ... and odd/even-beat medians agree (cosine, >= 4 beats)
+_FS_FINE = 1000.0  # grid of the median beat (Hz)
+_LOWPASS_HZ = 100.0  # pre-filter low-pass (Hz; skipped when above 0.9 x Nyquist)
+_BEFORE_S = 0.42  # median-beat window before R (s)
+_AFTER_S = 0.70  # median-beat window after R (s)
+_QRS_FRAC = 0.04  # QRS extent: spatial velocity > this fraction of its maximum
+_QRS_FLOOR_K = 2.0  # ... and > this multiple of its floor
+_HUMP_RATIO = 0.30  # QRS boundary: V below this fraction of the outermost hump
+_FLOOR_K = 1.5  # ... but not below this multiple of its floor
+_SHOULDER_DROP = 0.6  # shoulder: dV/dt falls below this fraction of its running max
+_SHOULDER_PROM = 0.3  # ... and recovers by at least this fraction of it
+_QRS_GAP_MS = 20  # gaps in the supra-threshold region closed (ms)
+_V_SMOOTH_MS = 8  # smoothing before differentiation (ms; at least 1 input sample)
+_RMS_SMOOTH_MS = 16  # smoothing of the RMS curve for T/P (ms)
+_P_NOISE_K = 3.0  # P present: prominence > k x noise of the median beat
+_P_QRS_FRAC = 0.04  # ... and > this fraction of the QRS RMS peak
+_P_SPLIT_SIM = 0.3  # ... and odd/even-beat medians agree (cosine, >= 4 beats)
 
 
 def _nan12() -> np.ndarray:
@@ -127,7 +129,7 @@ class Delineation:
             a.setflags(write=False)
             object.__setattr__(self, name, a)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """Plain-python dict (floats, bools, lists), e.g. for JSON or InfluxDB fields."""
         d = asdict(self)
         for k, v in d.items():
@@ -145,15 +147,16 @@ class Delineation:
 # --------------------------------------------------------------------------- median beat
 
 
-def _valid_peaks(r_peaks, n: int, nb: int, na: int) -> np.ndarray:
+def _valid_peaks(r_peaks: npt.ArrayLike | None, n: int, nb: int, na: int) -> np.ndarray:
     r = np.asarray(r_peaks if r_peaks is not None else [], dtype=np.float64).ravel()
     r = r[np.isfinite(r)]
     r = np.unique(np.round(r).astype(np.int64))
     return r[(r - nb >= 0) & (r + na < n)]
 
 
-def median_beat(ecg: np.ndarray, r_peaks: np.ndarray, fs: float, before_s: float = 0.30,
-                after_s: float = 0.70) -> np.ndarray:
+def median_beat(
+    ecg: np.ndarray, r_peaks: np.ndarray, fs: float, before_s: float = 0.30, after_s: float = 0.70
+) -> np.ndarray:
     """Median beat ``[L, W]`` (``[W]`` for a 1-D input) aligned on the R peaks.
 
     ``W = round(before_s * fs) + round(after_s * fs) + 1``; sample ``round(before_s * fs)`` is
@@ -175,7 +178,9 @@ def median_beat(ecg: np.ndarray, r_peaks: np.ndarray, fs: float, before_s: float
     return out[0] if one else out
 
 
-def _fine_beats(x: np.ndarray, r_all: np.ndarray, fs: float, ana: np.ndarray):
+def _fine_beats(
+    x: np.ndarray, r_all: np.ndarray, fs: float, ana: np.ndarray
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Beats [L, B, W] on the 1 kHz grid, sub-sample aligned.
 
     Returns (beats, tau_ms, prev_rr_ms[B]); the RR before the first detected beat is taken
@@ -196,18 +201,19 @@ def _fine_beats(x: np.ndarray, r_all: np.ndarray, fs: float, ana: np.ndarray):
     h = max(2, int(round(0.06 * fs)))
     offs = np.arange(-h, h + 1)
     xa = x[ana]
-    seg0 = xa[:, r[:, None] + offs[None, :]]                 # [A, B, 2h+1]
-    tmpl = np.median(seg0, axis=1)                           # [A, 2h+1]
+    seg0 = xa[:, r[:, None] + offs[None, :]]  # [A, B, 2h+1]
+    tmpl = np.median(seg0, axis=1)  # [A, 2h+1]
     if r.size > 1:
-        c = np.stack([np.einsum("abk,ak->b", xa[:, r[:, None] + offs[None, :] + k], tmpl)
-                      for k in (-1, 0, 1)], axis=1)           # [B, 3]
+        c = np.stack(
+            [np.einsum("abk,ak->b", xa[:, r[:, None] + offs[None, :] + k], tmpl) for k in (-1, 0, 1)], axis=1
+        )  # [B, 3]
         den = c[:, 0] - 2 * c[:, 1] + c[:, 2]
         with np.errstate(divide="ignore", invalid="ignore"):
             delta = np.where(den < 0, 0.5 * (c[:, 0] - c[:, 2]) / den, 0.0)
         delta = np.clip(np.nan_to_num(delta), -1.0, 1.0)
     else:
         delta = np.zeros(1)
-    pos = (r + delta)[:, None] + tau[None, :] * (fs / _FS_FINE)   # [B, W] (input samples)
+    pos = (r + delta)[:, None] + tau[None, :] * (fs / _FS_FINE)  # [B, W] (input samples)
     t0 = int(max(0, math.floor(pos.min()) - 3))
     t1 = int(min(n, math.ceil(pos.max()) + 4))
     if fs >= _FS_FINE:
@@ -217,14 +223,14 @@ def _fine_beats(x: np.ndarray, r_all: np.ndarray, fs: float, ana: np.ndarray):
         beats = x[:, lo] * (1 - fr) + x[:, lo + 1] * fr
     else:
         cs = CubicSpline(np.arange(t0, t1), x[:, t0:t1], axis=1)
-        beats = cs(pos)                                       # [L, B, W]
+        beats = cs(pos)  # [L, B, W]
     return beats, tau, prev_rr
 
 
 # --------------------------------------------------------------------------- delineation
 
 
-def _resolve_leads(x: np.ndarray, leads: Sequence[str] | None):
+def _resolve_leads(x: np.ndarray, leads: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Map the input rows onto the 12 standard leads; return (x12, available, analysis)."""
     nl = x.shape[0]
     if leads is None:
@@ -246,10 +252,9 @@ def _resolve_leads(x: np.ndarray, leads: Sequence[str] | None):
     for i, name in enumerate(leads):
         x12[LEAD_INDEX[name]] = x[i]
     have = {n for n in leads}
-    if {"I", "II"} <= have:   # Einthoven / Goldberger: derive the missing limb leads
+    if {"I", "II"} <= have:  # Einthoven / Goldberger: derive the missing limb leads
         i, ii = x12[0], x12[1]
-        for name, val in (("III", ii - i), ("aVR", -(i + ii) / 2), ("aVL", i - ii / 2),
-                          ("aVF", ii - i / 2)):
+        for name, val in (("III", ii - i), ("aVR", -(i + ii) / 2), ("aVL", i - ii / 2), ("aVF", ii - i / 2)):
             if name not in have:
                 x12[LEAD_INDEX[name]] = val
     avail = np.flatnonzero(np.all(np.isfinite(x12), axis=1))
@@ -264,9 +269,10 @@ def _nanmedian1(a: np.ndarray) -> np.ndarray:
     """Median over axis 1 ignoring NaN (fast for small arrays; all-NaN -> NaN)."""
     nan = np.isnan(a)
     if not nan.any():
-        return np.median(a, axis=1)
-    srt = np.sort(a, axis=1)                                  # NaN sorted last
-    cnt = (~nan).sum(axis=1, keepdims=True)                   # [A, 1, S]
+        med: np.ndarray = np.median(a, axis=1)
+        return med
+    srt = np.sort(a, axis=1)  # NaN sorted last
+    cnt = (~nan).sum(axis=1, keepdims=True)  # [A, 1, S]
     lo = np.clip((cnt - 1) // 2, 0, None)
     hi = np.clip(cnt // 2, 0, None)
     m = 0.5 * (np.take_along_axis(srt, lo, axis=1) + np.take_along_axis(srt, hi, axis=1))[:, 0]
@@ -317,8 +323,13 @@ def _outer_onset(seg: np.ndarray, ia: int, thr: float, vfloor: float) -> float:
     sh, props = find_peaks(-dv, prominence=0.0)
     if sh.size:
         runmax = np.maximum.accumulate(dv)[sh]
-        ok = ((sh >= ia - 10) & (dv[sh] >= 0) & (dv[sh] <= _SHOULDER_DROP * runmax)
-              & (props["prominences"] >= _SHOULDER_PROM * runmax) & (seg[sh] > 2.0 * thr))
+        ok = (
+            (sh >= ia - 10)
+            & (dv[sh] >= 0)
+            & (dv[sh] <= _SHOULDER_DROP * runmax)
+            & (props["prominences"] >= _SHOULDER_PROM * runmax)
+            & (seg[sh] > 2.0 * thr)
+        )
         if ok.any():
             cands.append(int(sh[ok][0]))
     top = min(cands) if cands else int(np.argmax(seg))
@@ -333,7 +344,7 @@ def _outer_onset(seg: np.ndarray, ia: int, thr: float, vfloor: float) -> float:
     return float(on - min(max(frac, 0.0), 1.0))
 
 
-def _tangent_cross(y: np.ndarray, i0: int, i1: int, level: float, *, descending: bool):
+def _tangent_cross(y: np.ndarray, i0: int, i1: int, level: float, *, descending: bool) -> float:
     """Tangent at the steepest descent (ascent) of y in [i0, i1) crossing ``level``.
 
     Returns the (fractional) index, or NaN.  ``y`` is on a 1-sample = 1 ms grid.
@@ -347,11 +358,17 @@ def _tangent_cross(y: np.ndarray, i0: int, i1: int, level: float, *, descending:
     if (descending and s >= 0) or (not descending and s <= 0):
         return math.nan
     t = i0 + k
-    return t + (level - y[t]) / s
+    return float(t + (level - y[t]) / s)
 
 
-def delineate(ecg: np.ndarray, fs: float, r_peaks: np.ndarray | None = None, *,
-              leads: Sequence[str] | None = None, to_mv: float = 1.0) -> Delineation:
+def delineate(
+    ecg: np.ndarray,
+    fs: float,
+    r_peaks: np.ndarray | None = None,
+    *,
+    leads: Sequence[str] | None = None,
+    to_mv: float = 1.0,
+) -> Delineation:
     """Delineate an ECG record or window; see the module docstring for the method.
 
     Parameters
@@ -403,33 +420,42 @@ def delineate(ecg: np.ndarray, fs: float, r_peaks: np.ndarray | None = None, *,
         return Delineation(hr_bpm=hr, rr_s=rr_s, n_beats=int(beats.shape[1]))
 
 
-def _delineate_beats(beats_rows, tau, prev_rr, ana, ana_pos, rows, hr, rr_s, to_mv,
-                     fs) -> Delineation:
+def _delineate_beats(
+    beats_rows: np.ndarray,
+    tau: np.ndarray,
+    prev_rr: np.ndarray,
+    ana: np.ndarray,
+    ana_pos: np.ndarray,
+    rows: np.ndarray,
+    hr: float,
+    rr_s: float,
+    to_mv: float,
+    fs: float,
+) -> Delineation:
     nbeats = beats_rows.shape[1]
-    beats = beats_rows[ana_pos]                            # [A, B, W] analysis leads
-    med = np.median(beats_rows, axis=1)                    # [R, W]
+    beats = beats_rows[ana_pos]  # [A, B, W] analysis leads
+    med = np.median(beats_rows, axis=1)  # [R, W]
     m12 = np.full((12, tau.size), np.nan)
     m12[rows] = med
-    ma = m12[ana]                                          # [A, W]
+    ma = m12[ana]  # [A, W]
     i_r = int(np.flatnonzero(tau == 0)[0])
     w = tau.size
-    out = dict(hr_bpm=hr, rr_s=rr_s, n_beats=int(nbeats))
+    out: dict[str, Any] = dict(hr_bpm=hr, rr_s=rr_s, n_beats=int(nbeats))
 
     # noise of the median beat per analysis lead (spread of the beats around it)
     if nbeats >= 3:
         resid = beats[:, :, ::4] - ma[:, None, ::4]
         mad = np.median(np.abs(resid - np.median(resid, axis=1, keepdims=True)), axis=1)
-        sd = 1.4826 * np.median(mad, axis=1)               # [A]
+        sd = 1.4826 * np.median(mad, axis=1)  # [A]
         noise = 1.2533 * sd / math.sqrt(nbeats)
     else:
         d = np.diff(ma, axis=1)
         noise = 1.4826 * np.median(np.abs(d - np.median(d, axis=1, keepdims=True)), axis=1)
-        noise = noise * math.sqrt(_FS_FINE / 250.0)        # crude: per-sample diff at 1 kHz
-    noise_rms = float(np.sqrt(np.mean(noise ** 2)))
+        noise = noise * math.sqrt(_FS_FINE / 250.0)  # crude: per-sample diff at 1 kHz
+    noise_rms = float(np.sqrt(np.mean(noise**2)))
 
     # spatial velocity
-    sm = ndimage.uniform_filter1d(ma, max(_V_SMOOTH_MS, int(round(1000.0 / fs))), axis=1,
-                                  mode="nearest")
+    sm = ndimage.uniform_filter1d(ma, max(_V_SMOOTH_MS, int(round(1000.0 / fs))), axis=1, mode="nearest")
     v = np.abs(np.gradient(sm, axis=1)).sum(axis=0)
     q0, q1 = i_r - 60, i_r + 61
     vmax = float(v[q0:q1].max())
@@ -438,7 +464,7 @@ def _delineate_beats(beats_rows, tau, prev_rr, ana, ana_pos, rows, hr, rr_s, to_
     # 1) extent: contiguous region around R above a low threshold (gaps closed)
     # floor: lower quartile of V over the beat's own cycle (R -+ RR/2, QRS core excluded)
     half = int(min(500, 0.5 * rr_s * 1000)) if np.isfinite(rr_s) else 400
-    cyc = np.r_[v[max(0, i_r - half):max(0, i_r - 80)], v[i_r + 80:i_r + half]]
+    cyc = np.r_[v[max(0, i_r - half) : max(0, i_r - 80)], v[i_r + 80 : i_r + half]]
     vfloor = float(np.percentile(cyc if cyc.size > 20 else v, 25))
     thr = max(_QRS_FRAC * vmax, _QRS_FLOOR_K * vfloor)
     lo, hi = max(1, i_r - 200), min(w - 2, i_r + 200)
@@ -455,11 +481,12 @@ def _delineate_beats(beats_rows, tau, prev_rr, ana, ana_pos, rows, hr, rr_s, to_
     #    a shoulder (dV/dt dropping below half of its preceding maximum and rising again);
     #    onset (offset) where V falls below 0.30 of the hump (see module docstring)
     s0, s1 = max(1, a - 40), min(w - 2, b + 40)
-    on_f = s0 + _outer_onset(v[s0:i_r + 1], a - s0, thr, vfloor)
-    off_f = s1 - _outer_onset(v[i_r:s1 + 1][::-1], s1 - b, thr, vfloor)
+    on_f = s0 + _outer_onset(v[s0 : i_r + 1], a - s0, thr, vfloor)
+    off_f = s1 - _outer_onset(v[i_r : s1 + 1][::-1], s1 - b, thr, vfloor)
     on, off = int(math.ceil(on_f)), int(math.floor(off_f))
-    out.update(qrs_ms=off_f - on_f, qrs_onset_at_ms=float(tau[0] + on_f),
-               qrs_offset_at_ms=float(tau[0] + off_f))
+    out.update(
+        qrs_ms=off_f - on_f, qrs_onset_at_ms=float(tau[0] + on_f), qrs_offset_at_ms=float(tau[0] + off_f)
+    )
 
     # isoelectric level (PR segment): 16 ms window of lowest spatial velocity in [on-50, on-5]
     b0, b1 = max(0, on - 50), max(1, on - 5)
@@ -469,14 +496,14 @@ def _delineate_beats(beats_rows, tau, prev_rr, ana, ana_pos, rows, hr, rr_s, to_
         bw = slice(max(0, c - 8), c + 8)
     else:
         bw = slice(max(0, on - 20), max(1, on - 4))
-    bl12 = np.mean(m12[:, bw], axis=1)                     # [12] (NaN: lead not given)
+    bl12 = np.mean(m12[:, bw], axis=1)  # [12] (NaN: lead not given)
     mc12 = m12 - bl12[:, None]
 
     # per-lead QRS measurements
-    qs = mc12[:, on:off + 1]
+    qs = mc12[:, on : off + 1]
     out["r_amp_mv"] = np.maximum(qs.max(axis=1), 0.0) * to_mv
     out["s_amp_mv"] = np.maximum(-qs.min(axis=1), 0.0) * to_mv
-    out["qrs_area_mv_ms"] = qs.sum(axis=1) * to_mv         # 1 ms grid
+    out["qrs_area_mv_ms"] = qs.sum(axis=1) * to_mv  # 1 ms grid
     j60 = off + 60
     out["st_mv"] = (mc12[:, j60] if j60 < w else _nan12()) * to_mv
     a_i, a_f = out["qrs_area_mv_ms"][LEAD_INDEX["I"]], out["qrs_area_mv_ms"][LEAD_INDEX["aVF"]]
@@ -487,7 +514,7 @@ def _delineate_beats(beats_rows, tau, prev_rr, ana, ana_pos, rows, hr, rr_s, to_
     rms = np.sqrt(np.mean(mc12[ana] ** 2, axis=0))
     rms = ndimage.uniform_filter1d(rms, _RMS_SMOOTH_MS, mode="nearest")
     level = float(np.mean(rms[bw]))
-    qrs_peak = float(rms[on:off + 1].max())
+    qrs_peak = float(rms[on : off + 1].max())
 
     # T wave
     t_lim = w - 10
@@ -513,10 +540,10 @@ def _delineate_beats(beats_rows, tau, prev_rr, ana, ana_pos, rows, hr, rr_s, to_
     # previous beat's T wave (short RR) are left out
     p0, p1, p2 = max(8, on - 340), on - 40, on - 5
     if p1 - p0 > 30:
-        pb = beats[:, :, p0:p2]                               # [A, B, S]
+        pb = beats[:, :, p0:p2]  # [A, B, S]
         if np.isfinite(t_end):
             start = i_r + (t_end - i_r) + 20 - np.nan_to_num(prev_rr, nan=np.inf)  # [B]
-            valid = np.arange(p0, p2)[None, :] >= start[:, None]                   # [B, S]
+            valid = np.arange(p0, p2)[None, :] >= start[:, None]  # [B, S]
             need = max(2, math.ceil(0.5 * pb.shape[1]))
             ok = valid.sum(axis=0) >= need
             bad = np.flatnonzero(~ok)
@@ -528,16 +555,16 @@ def _delineate_beats(beats_rows, tau, prev_rr, ana, ana_pos, rows, hr, rr_s, to_
             valid = np.ones(pb.shape[1:], bool)
     if p1 - p0 > 30:
         mp = _nanmedian1(pb) - bl12[ana][:, None]
-        prms = np.sqrt(np.mean(mp ** 2, axis=0))
+        prms = np.sqrt(np.mean(mp**2, axis=0))
         seg = ndimage.uniform_filter1d(prms, _RMS_SMOOTH_MS, mode="nearest")
         kp = int(np.argmax(seg[: p1 - p0]))
-        pp = p0 + kp
         left = float(seg[: kp + 1].min())
         right = float(seg[kp:].min())
         prom = seg[kp] - max(left, right)
         p_thr = max(_P_NOISE_K * noise_rms, _P_QRS_FRAC * qrs_peak)
-        sim = _split_half_similarity(pb, max(0, kp - 60), min(kp + 60, p2 - p0),
-                                     slice(bw.start - p0, bw.stop - p0))
+        sim = _split_half_similarity(
+            pb, max(0, kp - 60), min(kp + 60, p2 - p0), slice(bw.start - p0, bw.stop - p0)
+        )
         if 0 < kp < p1 - p0 - 1 and prom > p_thr and not sim < _P_SPLIT_SIM:
             pon = _tangent_cross(seg, 0, kp, level, descending=False)
             # a complete wave: onset inside the search window, rise time <= 80 ms

@@ -89,6 +89,7 @@ def _as_2d(x: np.ndarray, lead_axis: int = 0) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def _butter_sos(order: int, lo: float | None, hi: float | None, fs: float) -> np.ndarray:
+    sos: np.ndarray
     if lo is not None and hi is not None:
         sos = butter(order, [lo, hi], btype="bandpass", fs=fs, output="sos")
     elif lo is not None:
@@ -98,7 +99,7 @@ def _butter_sos(order: int, lo: float | None, hi: float | None, fs: float) -> np
     return sos
 
 
-def _sos_filter(x: np.ndarray, fs: float, lo: float | None, hi: float | None, order: int = 2):
+def _sos_filter(x: np.ndarray, fs: float, lo: float | None, hi: float | None, order: int = 2) -> np.ndarray:
     """Zero-phase Butterworth filter along the last axis; cut-offs clipped to the Nyquist range.
 
     Signals too short for ``sosfiltfilt``'s padding are returned mean-removed (high-pass) or
@@ -118,7 +119,8 @@ def _sos_filter(x: np.ndarray, fs: float, lo: float | None, hi: float | None, or
         return x - x.mean(axis=-1, keepdims=True) if lo is not None else x.copy()
     # pad with up to ~1 s of signal (odd extension) to tame edge transients
     padlen = int(min(n - 1, max(padlen, round(fs))))
-    return sosfiltfilt(sos, x, axis=-1, padlen=padlen)
+    y: np.ndarray = sosfiltfilt(sos, x, axis=-1, padlen=padlen)
+    return y
 
 
 def _moving_average(x: np.ndarray, width: int, axis: int = -1) -> np.ndarray:
@@ -126,10 +128,13 @@ def _moving_average(x: np.ndarray, width: int, axis: int = -1) -> np.ndarray:
     width = max(1, int(width))
     if width == 1:
         return x
-    return ndimage.uniform_filter1d(x, size=width, axis=axis, mode="nearest")
+    y: np.ndarray = ndimage.uniform_filter1d(x, size=width, axis=axis, mode="nearest")
+    return y
 
 
-def _window_mean(pos: np.ndarray, val: np.ndarray, at: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
+def _window_mean(
+    pos: np.ndarray, val: np.ndarray, at: np.ndarray, half: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean of ``val`` (at sorted positions ``pos``) within +-``half`` samples of each ``at``,
     and how many values that mean took (0 -> mean 0)."""
     c = np.concatenate([[0.0], np.cumsum(val)])
@@ -147,9 +152,18 @@ def _window_median(pos: np.ndarray, val: np.ndarray, at: np.ndarray, half: int) 
     return np.array([float(np.median(val[a:b])) if b > a else 0.0 for a, b in zip(lo, hi)])
 
 
-def _select_beats(sig: np.ndarray, fs: float, refractory_s: float, *, rel_local: float = 0.25,
-                  rel_global: float = 0.2, snr: float = 6.0, t_wave_s: float | None = 0.36,
-                  window_s: float = 2.5, levels: bool = False) -> np.ndarray:
+def _select_beats(
+    sig: np.ndarray,
+    fs: float,
+    refractory_s: float,
+    *,
+    rel_local: float = 0.25,
+    rel_global: float = 0.2,
+    snr: float = 6.0,
+    t_wave_s: float | None = 0.36,
+    window_s: float = 2.5,
+    levels: bool = False,
+) -> np.ndarray:
     """Adaptive, non-causal selection of beat peaks in a non-negative detection signal.
 
     Shared by the ECG (integrated QRS energy) and PPG (upslope) detectors; see the module
@@ -157,6 +171,7 @@ def _select_beats(sig: np.ndarray, fs: float, refractory_s: float, *, rel_local:
     """
     n = sig.shape[0]
     dist = max(1, int(round(refractory_s * fs)))
+    cand: np.ndarray
     cand, _ = find_peaks(sig, distance=dist)
     if cand.size == 0:
         return _EMPTY
@@ -198,7 +213,7 @@ def _select_beats(sig: np.ndarray, fs: float, refractory_s: float, *, rel_local:
         thr2 = np.maximum(thr2, rel_global * level)
         thr = np.maximum(thr2, 0.75 * snr * floor)
         keep = h > thr
-    beats = cand[keep]
+    beats: np.ndarray = cand[keep]
     hb = h[keep]
     # T-wave rejection (Pan & Tompkins): close and much weaker than the previous beat
     if t_wave_s is not None and beats.size > 1:
@@ -213,7 +228,7 @@ def _select_beats(sig: np.ndarray, fs: float, refractory_s: float, *, rel_local:
     if beats.size >= 3:
         med = float(np.median(np.diff(beats)))
         ok = (h > 0.5 * thr) & (h > 0.75 * snr * floor)
-        for _ in range(cand.size):                    # each round adds >= 1 beat or stops
+        for _ in range(cand.size):  # each round adds >= 1 beat or stops
             rr = np.diff(beats)
             gaps = np.flatnonzero(rr > 1.66 * med)
             extra = []
@@ -238,7 +253,7 @@ def _refine(ref: np.ndarray, beats: np.ndarray, half: int) -> np.ndarray:
     n = ref.shape[0]
     offs = np.arange(-half, half + 1)
     idx = np.clip(beats[:, None] + offs[None, :], 0, n - 1)
-    out = idx[np.arange(beats.size), np.argmax(ref[idx], axis=1)]
+    out: np.ndarray = idx[np.arange(beats.size), np.argmax(ref[idx], axis=1)]
     return out.astype(np.int64)
 
 
@@ -377,7 +392,9 @@ def detect_ppg_beats(ppg: np.ndarray, fs: float) -> dict[str, np.ndarray]:
     return {"feet": foot[good], "peaks": peaks[good].astype(np.int64)}
 
 
-def _ppg_points(y: np.ndarray, ups: np.ndarray, fs: float, bounded: bool = True):
+def _ppg_points(
+    y: np.ndarray, ups: np.ndarray, fs: float, bounded: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Systolic peak, preceding minimum (index, value) for each maximal upslope.
 
     The minimum is searched in the 0.5 s before the upslope, after the previous systolic

@@ -11,9 +11,11 @@ added to copies of both signals; the clean ECG target is always kept.
 from __future__ import annotations
 
 import numpy as np
+from scipy.signal import butter, lfilter
 
 from p2es.leads import DERIVE, derive_12
-from wearable.sim import heart, rhythm as rh
+from wearable.sim import heart
+from wearable.sim import rhythm as rh
 from wearable.sim.demographics import Subjects, sample_subjects
 from wearable.sim.kernels import Canvas, colored_noise
 
@@ -25,8 +27,8 @@ FRONTEND_ON = 0.5  # default fraction of records whose PPG passes a random senso
 # (1 - 1/sqrt(k))^2 * t_peak after the pulse onset (max-slope tangent meets the baseline).
 
 
-def _rhythm_hr(rng, rhythm: np.ndarray, hr_rest: np.ndarray) -> np.ndarray:
-    n = rhythm.shape[0]
+def _rhythm_hr(rng: np.random.Generator, rhythm: np.ndarray, hr_rest: np.ndarray) -> np.ndarray:
+    n = int(rhythm.shape[0])
     base = hr_rest + rng.normal(0.0, 4.0, n)
     hr = np.clip(base, 60.0, 99.0)
     hr = np.where(rhythm == "sinus_brady", rng.uniform(42.0, 57.0, n), hr)
@@ -104,13 +106,25 @@ def synthesize(
         sel = slice(start, min(n, start + CHUNK))
         rng_rec = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x9E3779B1, k, 1])
         rng_noise = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x9E3779B1, k, 2])
-        parts.append(_render(
-            pool.take(subj_idx[sel]), subj_idx[sel], mix, rng_rec, rng_noise, t_len, duration_s, fs,
-            None if hr_all is None else hr_all[sel], noise, noisy_ecg, ppg_frontend,
-        ))
+        parts.append(
+            _render(
+                pool.take(subj_idx[sel]),
+                subj_idx[sel],
+                mix,
+                rng_rec,
+                rng_noise,
+                t_len,
+                duration_s,
+                fs,
+                None if hr_all is None else hr_all[sel],
+                noise,
+                noisy_ecg,
+                ppg_frontend,
+            )
+        )
     out = _concat(parts)
     out["subject"] = (int(seed) * SUBJECT_ID_STRIDE + subj_idx).astype(np.int64)
-    out["fs"] = np.float64(fs)
+    out["fs"] = np.float64(fs)  # type: ignore[assignment]  # a numpy scalar among the arrays (np.load returns it as a 0-d array)
     return out
 
 
@@ -127,10 +141,22 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return out
 
 
-def _render(subj: Subjects, subj_idx, mix, rng_rec, rng_noise, t_len, duration_s, fs, hr_forced, noise, noisy_ecg,
-            ppg_frontend=0.0):
+def _render(
+    subj: Subjects,
+    subj_idx: np.ndarray,
+    mix: dict[str, float],
+    rng_rec: np.random.Generator,
+    rng_noise: np.random.Generator,
+    t_len: int,
+    duration_s: float,
+    fs: float,
+    hr_forced: np.ndarray | None,
+    noise: float,
+    noisy_ecg: bool,
+    ppg_frontend: float = 0.0,
+) -> dict[str, np.ndarray]:
     """Render one chunk of records (all per-record randomness comes from ``rng_rec``/``rng_noise``)."""
-    n = subj.age.shape[0]
+    n = int(subj.age.shape[0])
     names = list(mix)
     rhythm = np.array(names, dtype="U16")[rng_rec.choice(len(names), size=n, p=[mix[k] for k in names])]
     hr = _rhythm_hr(rng_rec, rhythm, subj.hr_rest)
@@ -147,7 +173,11 @@ def _render(subj: Subjects, subj_idx, mix, rng_rec, rng_noise, t_len, duration_s
     )
     b = times.shape[1]
     rr_prev = rr  # rr[:, k] is the interval that ends at beat k
-    resp_at = lambda t: np.sin(2 * np.pi * resp_hz[:, None] * t + resp_ph[:, None])  # noqa: E731
+
+    def resp_at(t: np.ndarray) -> np.ndarray:
+        """Respiration phase signal (-1..1) of each record at times ``t`` [n, b] (s)."""
+        phase: np.ndarray = np.sin(2 * np.pi * resp_hz[:, None] * t + resp_ph[:, None])
+        return phase
 
     # ---- intervals per beat ----------------------------------------------------------------
     qtc = subj.qtc_s.copy()
@@ -177,10 +207,19 @@ def _render(subj: Subjects, subj_idx, mix, rng_rec, rng_noise, t_len, duration_s
     pr_, pd_ = pr[rec_n, beat_n][has_p], subj.p_dur_s[rec_n][has_p]
     p_on = tn[has_p] - qn[has_p] / 2.0 - pr_
     sig_p = pd_ / 4.0
-    canvas.add(rec_n[has_p], p_on + 2.0 * sig_p, sig_p, sig_p,
-               vec["P"][rec_n[has_p]] * subj.p_gain[rec_n[has_p], None])
+    canvas.add(
+        rec_n[has_p],
+        p_on + 2.0 * sig_p,
+        sig_p,
+        sig_p,
+        vec["P"][rec_n[has_p]] * subj.p_gain[rec_n[has_p], None],
+    )
     # QRS
-    for name, cf, sf in (("Q", heart.Q_C, heart.Q_S), ("R", heart.R_C, heart.R_S), ("S", heart.S_C, heart.S_S)):
+    for name, cf, sf in (
+        ("Q", heart.Q_C, heart.Q_S),
+        ("R", heart.R_C, heart.R_S),
+        ("S", heart.S_C, heart.S_S),
+    ):
         canvas.add(rec_n, tn + cf * qn, sf * qn, sf * qn, vec[name][rec_n] * g_rec[:, None])
     # T wave: end (tangent) = QRS onset + QT
     scale = qtn / 0.4
@@ -209,7 +248,11 @@ def _render(subj: Subjects, subj_idx, mix, rng_rec, rng_noise, t_len, duration_s
             if not sel.any():
                 continue
             lead_gain = (DERIVE @ transfer[sel] @ v)[:, heart.ST_LEADS[name]]  # [n_sel, k]
-            st_vec[sel] = v[None, :] * (np.abs(st_mv[sel]) / lead_gain.max(axis=1))[:, None] * np.sign(st_mv[sel])[:, None]
+            st_vec[sel] = (
+                v[None, :]
+                * (np.abs(st_mv[sel]) / lead_gain.max(axis=1))[:, None]
+                * np.sign(st_mv[sel])[:, None]
+            )
         sel_b = is_st[rec_n]
         j_pt = tn[sel_b] + qn[sel_b] / 2.0
         centre = (j_pt + t_c[sel_b]) / 2.0
@@ -242,7 +285,9 @@ def _render(subj: Subjects, subj_idx, mix, rng_rec, rng_noise, t_len, duration_s
         f0 = rng_rec.uniform(4.5, 8.5, (k, 1))
         fm = 1.0 + 0.08 * np.sin(2 * np.pi * 0.15 * tt + rng_rec.uniform(0, 2 * np.pi, (k, 1)))
         phase = 2 * np.pi * np.cumsum(f0 * fm, axis=1) / fs + rng_rec.uniform(0, 2 * np.pi, (k, 1))
-        am = rng_rec.uniform(0.03, 0.12, (k, 1)) * (1.0 + 0.4 * np.sin(2 * np.pi * 0.3 * tt + rng_rec.uniform(0, 6.3, (k, 1))))
+        am = rng_rec.uniform(0.03, 0.12, (k, 1)) * (
+            1.0 + 0.4 * np.sin(2 * np.pi * 0.3 * tt + rng_rec.uniform(0, 6.3, (k, 1)))
+        )
         fw = am * (np.sin(phase) + 0.35 * np.sin(2 * phase + 0.7))
         dipole[is_af] += fw[:, None, :] * heart.AF_DIR[None, :, None]
 
@@ -288,7 +333,9 @@ def _render(subj: Subjects, subj_idx, mix, rng_rec, rng_noise, t_len, duration_s
     ppg_canvas.add_shape(rec_q, start_idx, pulse, amp[rec_q, beat_q][:, None])
     ppg_clean = ppg_canvas.render()[:, 0, :]
     tt = np.arange(t_len) / fs
-    ppg_clean += 0.12 * subj.ppg_amp[:, None] * np.sin(2 * np.pi * resp_hz[:, None] * tt + resp_ph[:, None] + 1.2)
+    ppg_clean += (
+        0.12 * subj.ppg_amp[:, None] * np.sin(2 * np.pi * resp_hz[:, None] * tt + resp_ph[:, None] + 1.2)
+    )
 
     # ---- noise ------------------------------------------------------------------------------
     if noise > 0:
@@ -339,7 +386,9 @@ def _render(subj: Subjects, subj_idx, mix, rng_rec, rng_noise, t_len, duration_s
     return out
 
 
-def _ecg_noise(rng, n: int, t: int, fs: float, resp_hz: np.ndarray, resp_ph: np.ndarray) -> np.ndarray:
+def _ecg_noise(
+    rng: np.random.Generator, n: int, t: int, fs: float, resp_hz: np.ndarray, resp_ph: np.ndarray
+) -> np.ndarray:
     """Electrode-level noise -> 12 leads (exact limb identities kept).
 
     Nine electrodes (RA, LA, LL, V1..V6) each get baseline wander (< 0.5 Hz, plus a breathing
@@ -360,7 +409,9 @@ def _ecg_noise(rng, n: int, t: int, fs: float, resp_hz: np.ndarray, resp_ph: np.
     e *= np.sqrt(np.mean(spec**2, axis=-1, keepdims=True)).astype(np.float32)
     tt = (np.arange(t) / fs).astype(np.float32)
     breath = np.sin(2 * np.pi * resp_hz[:, None] * tt + resp_ph[:, None]).astype(np.float32)  # [n, T]
-    e += (rng.uniform(0.02, 0.10, (n, 1, 1)) * rng.uniform(-1.0, 1.0, (n, 9, 1))).astype(np.float32) * breath[:, None, :]
+    e += (rng.uniform(0.02, 0.10, (n, 1, 1)) * rng.uniform(-1.0, 1.0, (n, 9, 1))).astype(np.float32) * breath[
+        :, None, :
+    ]
     mains = np.where(rng.random(n) < 0.5, 50.0, 60.0)
     for hz in (50.0, 60.0):  # a*sin(wt+phi) = a*cos(phi)*sin(wt) + a*sin(phi)*cos(wt)
         sel = np.flatnonzero((mains == hz) & (hz < 0.45 * fs))
@@ -369,7 +420,9 @@ def _ecg_noise(rng, n: int, t: int, fs: float, resp_hz: np.ndarray, resp_ph: np.
         a = rng.uniform(0.0, 0.03, (sel.size, 1, 1)) * rng.uniform(0.0, 1.0, (sel.size, 9, 1))
         phi = rng.uniform(0, 2 * np.pi, (sel.size, 9, 1))
         w = 2 * np.pi * hz * tt
-        e[sel] += (a * np.cos(phi)).astype(np.float32) * np.sin(w) + (a * np.sin(phi)).astype(np.float32) * np.cos(w)
+        e[sel] += (a * np.cos(phi)).astype(np.float32) * np.sin(w) + (a * np.sin(phi)).astype(
+            np.float32
+        ) * np.cos(w)
     moving = np.flatnonzero(rng.random(n) < 0.15)
     if moving.size:
         el = rng.integers(0, 9, moving.size)
@@ -383,7 +436,7 @@ def _ecg_noise(rng, n: int, t: int, fs: float, resp_hz: np.ndarray, resp_ph: np.
     return derive_12(eight, axis=1)
 
 
-def _ppg_noise(rng, n: int, t: int, fs: float, amp: np.ndarray) -> np.ndarray:
+def _ppg_noise(rng: np.random.Generator, n: int, t: int, fs: float, amp: np.ndarray) -> np.ndarray:
     """Wearable PPG noise: sensor noise, slow baseline drift, and motion-artefact bursts."""
     f = np.fft.rfftfreq(t, 1.0 / fs)
     drift = 1.0 / (1.0 + (f / 0.1) ** 2)
@@ -406,11 +459,9 @@ def _ppg_noise(rng, n: int, t: int, fs: float, amp: np.ndarray) -> np.ndarray:
 # constant of ~0.1-2 s that turns the pulse into a sharp peak with an undershoot, e.g. the
 # common "Pulse Sensor" and heartpy's recordings), low-pass filter at 3-15 Hz, and saturate
 # the ADC on strong pulses.  FRONTEND_ON is the default fraction of records with such a front-end.
-def _ppg_frontend(rng, x: np.ndarray, fs: float, fraction: float) -> np.ndarray:
+def _ppg_frontend(rng: np.random.Generator, x: np.ndarray, fs: float, fraction: float) -> np.ndarray:
     """Apply random device front-ends (AC coupling, low-pass, ADC clipping) to some records."""
-    from scipy.signal import butter, lfilter
-
-    n = x.shape[0]
+    n = int(x.shape[0])
     out = x.copy()
     on = rng.random(n) < fraction
     hp_hz = np.array([0.3, 0.7, 1.2, 2.0])  # AC-coupling corner frequencies (first order)

@@ -68,7 +68,7 @@ class Subjects:
     ppg_amp: np.ndarray  # a.u.
     ppg_rr_gain: np.ndarray  # amplitude sensitivity to the preceding RR (Frank-Starling)
 
-    def take(self, idx: np.ndarray) -> "Subjects":
+    def take(self, idx: np.ndarray) -> Subjects:
         return Subjects(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
 
     @property
@@ -96,7 +96,7 @@ def physiology(
     weight_kg: np.ndarray,
 ) -> Subjects:
     """Individual physiology from demographics plus individual random effects."""
-    n = age.shape[0]
+    n = int(age.shape[0])
     age = np.asarray(age, dtype=np.float64)
     sex = np.asarray(sex, dtype=np.int8)
     height_cm = np.asarray(height_cm, dtype=np.float64)
@@ -105,10 +105,16 @@ def physiology(
     female = 1.0 - male
     bmi = weight_kg / (height_cm / 100.0) ** 2
     da, db, dh = age - 50.0, bmi - 25.0, height_cm - 170.0
-    z = lambda: rng.standard_normal(n)  # noqa: E731 - individual random effect
+
+    def z() -> np.ndarray:
+        """Individual random effect."""
+        return rng.standard_normal(n)
+
+    def ln(s: float) -> np.ndarray:
+        """Log-normal individual factor."""
+        return np.exp(s * z())
 
     hr_rest = np.clip(68.0 + 3.0 * female - 0.05 * da + 0.3 * db + 7.0 * z(), 52.0, 95.0)
-    ln = lambda s: np.exp(s * z())  # noqa: E731 - log-normal individual factor
     rsa_amp = 0.045 * np.exp(-(age - 20.0) / 40.0) * ln(0.3)
     lf_amp = 0.025 * np.exp(-(age - 20.0) / 50.0) * ln(0.3)
 

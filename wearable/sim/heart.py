@@ -111,7 +111,8 @@ def _axis_of(vec: np.ndarray) -> np.ndarray:
     leads = vec @ DOWER[:2].T  # I, II
     i, ii = leads[..., 0], leads[..., 1]
     avf = ii - i / 2.0
-    return np.rad2deg(np.arctan2(avf, i))
+    deg: np.ndarray = np.rad2deg(np.arctan2(avf, i))
+    return deg
 
 
 # Lookup from frontal rotation to the axis measured in leads I/aVF (the Dower projection is
@@ -124,7 +125,8 @@ _AXIS_GRID = np.rad2deg(_AXIS_GRID)
 
 def rotation_for_axis(axis_deg: np.ndarray) -> np.ndarray:
     """Frontal rotation (deg) that puts the measured QRS axis at ``axis_deg``."""
-    return np.interp(axis_deg, _AXIS_GRID, _ROT_GRID)
+    rot: np.ndarray = np.interp(axis_deg, _AXIS_GRID, _ROT_GRID)
+    return rot
 
 
 def transfer_matrices(jitter: np.ndarray, chest_gain: np.ndarray) -> np.ndarray:

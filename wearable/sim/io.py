@@ -19,7 +19,7 @@ def save_npz(path: str | Path, data: dict[str, np.ndarray]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     with open(tmp, "wb") as fh:
-        np.savez(fh, **data)
+        np.savez(fh, **data)  # type: ignore[arg-type]  # mypy matches **data against savez's allow_pickle: bool
     tmp.replace(path)
     return path
 

@@ -8,6 +8,7 @@ record, with one weight per output channel.  Rendering all events of a batch wit
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 
 class Canvas:
@@ -52,7 +53,9 @@ class Canvas:
         self._idx.append(flat.ravel())
         self._w.append((g[:, :, None] * weights[:, None, :]).reshape(-1, self.c))
 
-    def add_shape(self, rec: np.ndarray, start_idx: np.ndarray, values: np.ndarray, weights: np.ndarray) -> None:
+    def add_shape(
+        self, rec: np.ndarray, start_idx: np.ndarray, values: np.ndarray, weights: np.ndarray
+    ) -> None:
         """Add precomputed shapes ``values [E, W]`` starting at sample ``start_idx [E]``."""
         if rec.size == 0:
             return
@@ -62,14 +65,19 @@ class Canvas:
         self._idx.append(flat.ravel())
         self._w.append((values[:, :, None] * weights[:, None, :]).reshape(-1, self.c))
 
-    def render(self, dtype=np.float64) -> np.ndarray:
+    def render(self, dtype: npt.DTypeLike = np.float64) -> np.ndarray:
         out = np.zeros((self.c, self.n * self.t + 1), dtype=np.float64)
         if self._idx:
             idx = np.concatenate(self._idx)
             w = np.concatenate(self._w, axis=0)
             for ch in range(self.c):
                 out[ch] = np.bincount(idx, weights=w[:, ch], minlength=self.n * self.t + 1)
-        return out[:, : self.n * self.t].reshape(self.c, self.n, self.t).transpose(1, 0, 2).astype(dtype, copy=False)
+        return (
+            out[:, : self.n * self.t]
+            .reshape(self.c, self.n, self.t)
+            .transpose(1, 0, 2)
+            .astype(dtype, copy=False)
+        )
 
 
 def colored_noise(

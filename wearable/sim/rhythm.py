@@ -79,7 +79,7 @@ def beat_times(
     duration_s: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """R-peak times ``[N, B]`` (s, may start before 0), RR preceding each beat, beat type, valid mask."""
-    n = hr.shape[0]
+    n = int(hr.shape[0])
     rr0 = 60.0 / hr
     min_rr = float(np.min(rr0)) * 0.5
     b = int(np.ceil((duration_s + PRE_ROLL_S + 1.0) / min_rr)) + 2
@@ -114,12 +114,12 @@ def beat_times(
                 chosen.append(int(c))
             if len(chosen) == n_pvc:
                 break
-        for c in chosen:
+        for beat in chosen:
             coupling = rng.uniform(0.55, 0.70) * rr0[i]
-            if c + 1 < b:
-                rr[i, c + 1] = 2.0 * rr0[i] - coupling  # compensatory pause after the PVC
-            rr[i, c] = coupling
-            btype[i, c] = BEAT_PVC
+            if beat + 1 < b:
+                rr[i, beat + 1] = 2.0 * rr0[i] - coupling  # compensatory pause after the PVC
+            rr[i, beat] = coupling
+            btype[i, beat] = BEAT_PVC
 
     start = -PRE_ROLL_S - rng.uniform(0.0, 1.0, n) * rr0
     for _ in range(3):  # rescale so the in-window mean RR is exactly 60/hr
@@ -127,7 +127,9 @@ def beat_times(
         inside = (times >= 0.0) & (times < duration_s)
         pair = inside[:, 1:] & inside[:, :-1]
         n_pairs = pair.sum(axis=1)
-        mean_rr = np.where(n_pairs > 0, (np.diff(times, axis=1) * pair).sum(axis=1) / np.maximum(n_pairs, 1), rr0)
+        mean_rr = np.where(
+            n_pairs > 0, (np.diff(times, axis=1) * pair).sum(axis=1) / np.maximum(n_pairs, 1), rr0
+        )
         rr *= (rr0 / mean_rr)[:, None]
     times = start[:, None] + np.cumsum(rr, axis=1) - rr[:, :1]
     valid = times < duration_s + 1.0

@@ -1,0 +1,137 @@
+"""Prometheus metrics of the live pipeline, served over HTTP (``/metrics``).
+
+Own registry per pipeline (several pipelines in one process, e.g. tests, do not collide).
+Counters kept by the ingest service and the writer are read at scrape time by a collector;
+histograms are observed by the pipeline as results arrive.
+
+=====================================  =========  =============================================
+metric                                 type       meaning
+=====================================  =========  =============================================
+p2es_messages_in_total                 counter    MQTT messages received
+p2es_messages_invalid_total{reason}    counter    dead-lettered messages by reason code
+p2es_windows_total                     counter    windows reconstructed
+p2es_windows_dropped_total             counter    windows dropped by ingest back-pressure
+p2es_batch_size                        histogram  windows per backend batch
+p2es_queue_depth{queue}                gauge      ingest window queue / batcher queue
+p2es_stage_latency_seconds{stage}      histogram  queue (wait for a batch), compute, sink
+p2es_e2e_latency_seconds               histogram  window created by ingest -> written
+p2es_spool_bytes / p2es_spool_batches  gauge      writer spool size (InfluxDB unreachable)
+p2es_points_written_total              counter    points written to InfluxDB
+p2es_influx_down                       gauge      1 while the writer considers InfluxDB down
+p2es_mqtt_connected                    gauge      1 while the ingest is connected
+=====================================  =========  =============================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from p2es.transport.metrics import MetricsServer, counter, gauge, labelled
+
+if TYPE_CHECKING:
+    from engine.app.pipeline import Pipeline
+    from engine.serve.runtime import WindowResult
+
+__all__ = ["PipelineMetrics"]
+
+_LAT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class _Collector:
+    def __init__(self, pipe: Pipeline) -> None:
+        self.pipe = pipe
+
+    def describe(self) -> list[Metric]:  # no describe-time collection (counters change under us)
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        p = self.pipe
+        ing = p.ingest.counters() if p.ingest is not None else {}
+        yield counter("p2es_messages_in", "MQTT messages received", ing.get("messages_in", 0))
+        yield labelled(
+            CounterMetricFamily,
+            "p2es_messages_invalid",
+            "dead-lettered messages",
+            "reason",
+            sorted((ing.get("invalid") or {}).items()),
+        )
+        yield counter(
+            "p2es_windows_dropped", "windows dropped by ingest back-pressure", ing.get("windows_dropped", 0)
+        )
+        yield labelled(
+            GaugeMetricFamily,
+            "p2es_queue_depth",
+            "queued windows",
+            "queue",
+            [
+                ("ingest", ing.get("queue_depth", 0)),
+                ("batcher", p.batcher.queue.qsize() if p.batcher is not None else 0),
+            ],
+        )
+        yield gauge(
+            "p2es_mqtt_connected", "1 while connected to the broker", 1 if ing.get("connected") else 0
+        )
+        if p.writer is not None:
+            w = p.writer.counters
+            yield gauge("p2es_spool_bytes", "bytes in the writer spool", w.get("spool_bytes", 0))
+            yield gauge("p2es_spool_batches", "batches in the writer spool", w.get("spool_records", 0))
+            yield counter("p2es_points_written", "points written to InfluxDB", w.get("points_written", 0))
+            yield gauge("p2es_influx_down", "1 while InfluxDB is unreachable", w.get("db_down", 0))
+
+
+class PipelineMetrics:
+    def __init__(self, pipe: Pipeline) -> None:
+        self.pipe = pipe
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.windows = Counter("p2es_windows", "windows reconstructed", registry=self.registry)
+        self.batch_size = Histogram(
+            "p2es_batch_size", "windows per backend batch", buckets=_BATCH_BUCKETS, registry=self.registry
+        )
+        self.stage = Histogram(
+            "p2es_stage_latency_seconds",
+            "per-stage latency",
+            ["stage"],
+            buckets=_LAT_BUCKETS,
+            registry=self.registry,
+        )
+        self.e2e = Histogram(
+            "p2es_e2e_latency_seconds",
+            "window created by ingest -> written",
+            buckets=_LAT_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_Collector(pipe))
+        self._server: MetricsServer | None = None
+        self.port: int | None = None
+
+    def observe_window(self, res: WindowResult) -> None:
+        self.windows.inc()
+        self.batch_size.observe(res.batch_size)
+        self.stage.labels("queue").observe(max(0.0, res.queued_s))
+        self.stage.labels("compute").observe(max(0.0, res.compute_s))
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.stage.labels(stage).observe(max(0.0, seconds))
+
+    def observe_e2e(self, seconds: float) -> None:
+        self.e2e.observe(max(0.0, seconds))
+
+    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
+        """``/metrics`` on ``addr:port`` (and ``/healthz``: 200 while the ingest is connected)."""
+
+        def health() -> tuple[bool, dict[str, Any]]:
+            ing = self.pipe.ingest.counters() if self.pipe.ingest is not None else {}
+            return bool(ing.get("connected")), {"connected": bool(ing.get("connected"))}
+
+        self._server = MetricsServer(self.registry, port, addr, health=health, name="p2es-engine-metrics")
+        self.port = self._server.port
+
+    def shutdown(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None

@@ -33,10 +33,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from p2es.transport.metrics import MetricsServer, counter, gauge, labelled
 
 if TYPE_CHECKING:
-    from engine.app.pipeline import Pipeline
     from engine.serve.runtime import WindowResult
 
 __all__ = ["PipelineMetrics"]
+
+#: the pipeline as this module sees it (``engine.app.pipeline.Pipeline``: ``ingest``, ``batcher``,
+#: ``writer``), untyped here because the pipeline imports this module
+Pipeline = Any
 
 _LAT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)

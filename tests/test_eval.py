@@ -15,7 +15,7 @@ from engine.model import checkpoint as ckpt
 from engine.model import metrics as M
 from engine.model.config import variant
 from engine.model.data import fixed_set
-from engine.model.evaluate import DERIVED, HEADLINE, derangement, evaluate, figure, markdown_table
+from engine.model.evaluate import DERIVED, FLOORS, HEADLINE, derangement, evaluate, figure, markdown_table
 from engine.model.network import P2ES
 from engine.model.schedule import make_schedule
 from p2es.cli import main as cli_main
@@ -187,7 +187,7 @@ def test_derangement():
 
 def test_evaluate_end_to_end(tiny_set, tmp_path):
     res = evaluate(tiny_set, records=8, seed=3, steps=2, k=2, batch=4, progress=False, threads=1)
-    names = ["p2es", *DERIVED, "unet_regression", "ddpm"]
+    names = ["p2es", *DERIVED, "unet_regression", "ddpm", *FLOORS]  # floor rows come by default
     assert set(res["models"]) == set(names)
     assert res["records"] == 8 and res["seed"] == 3 and res["T"] == 256 and res["threads"] == 1
     json.dumps(res, allow_nan=False)  # strict JSON (NaN -> null)
@@ -302,3 +302,177 @@ def test_cli_runs(tiny_set, tmp_path, capsys):
     assert "| p2es |" in text and "| unet_regression |" in text
     res = json.loads(out.read_text())
     assert list(res["models"]) == ["p2es", "unet_regression"] and res["records"] == 2
+
+
+# -- honest evaluation: floor rows, beats vs annotations, subject-clustered intervals ----------
+
+
+def test_match_beats_by_hand():
+    tol = 6  # samples (50 ms at 128 Hz)
+    # exact, inside tolerance, exactly at tolerance, one past it
+    assert M.match_beats([100, 200, 300, 400], [100, 205, 306, 407], tol).tolist() == [[0, 0], [1, 1], [2, 2]]
+    # two detections near one annotation: the closer one matches, the other is left over
+    assert M.match_beats([100], [97, 101], tol).tolist() == [[0, 1]]
+    # one detection between two annotations: one-to-one, the closer annotation gets it
+    assert M.match_beats([100, 108], [105], tol).tolist() == [[1, 0]]
+    # greedy by distance, not by order: 104 takes 105 (distance 1), 100 then takes 96
+    assert M.match_beats([100, 104], [96, 105], tol).tolist() == [[0, 0], [1, 1]]
+    assert M.match_beats([], [1, 2], tol).shape == (0, 2) and M.match_beats([5], [], tol).shape == (0, 2)
+
+    T, fs = 1024, 128.0  # edge rule: 0.1 s = 13 samples from either end
+    ann = [np.array([9, 100, 300, 500, 1015]), np.array([50, 400])]
+    det = [np.array([14, 100, 300, 301, 560, 1015]), np.array([], dtype=np.int64)]
+    c = M.beat_counts(ann, det, T, fs)
+    # window 0: 100 and 300 match (TP 2); 500 unmatched (FN); 301 (duplicate) and 560 extra (FP 2);
+    # 9 and 1015 are edge annotations (not counted); 14 (inside) matches the edge annotation 9 -> no FP
+    assert c.tolist() == [[2, 1, 2], [0, 2, 0]]
+    s = M.beat_scores(c)
+    assert (s.tp, s.fn, s.fp) == (2, 3, 2)
+    assert s.sensitivity == pytest.approx(2 / 5) and s.ppv == pytest.approx(2 / 4)
+    assert s.f1 == pytest.approx(4 / 9)
+    flat = M.beat_scores(M.beat_counts(ann, [np.zeros(0, np.int64)] * 2, T, fs))
+    assert flat.sensitivity == 0 and math.isnan(flat.ppv) and flat.f1 == 0  # no detections: PPV undefined
+    # the simulator's padded [N, B] layout
+    a = M.annotated_beats(np.array([[3, 9, -1], [-1, -1, -1]], dtype=np.int32), 2)
+    assert a[0].tolist() == [3, 9] and a[1].size == 0
+    with pytest.raises(ValueError):
+        M.annotated_beats(np.array([[0.5, 1.0]]), 1)  # times, not sample indices
+
+
+def test_hr_against_annotations():
+    fs, T = 128.0, 1024
+    ann = [np.arange(8, 1024, 128), np.arange(64, 1024, 96), np.array([500])]  # 60 bpm, 80 bpm, 1 beat
+    assert M.hr_from_beats(ann[:1], T, fs)[0] == pytest.approx(60.0)  # beat at 8 < 13 is an edge beat
+    det = [np.arange(8, 1024, 128) + 2, np.arange(64, 1024, 120), np.array([100, 600])]
+    r = M.beat_metrics(ann, det, T, fs)
+    # window 0: same rate -> 0; window 1: 80 vs 64 bpm -> 16; window 2: no annotated HR (left out)
+    assert r["hr_mae_ann_bpm"] == pytest.approx(8.0) and r["hr_ann_n"] == 2 and r["hr_ann_fail_rate"] == 0
+    det[1] = np.array([64])  # a reconstruction with one beat has no HR: a failure, out of the MAE
+    r = M.beat_metrics(ann, det, T, fs)
+    assert r["hr_mae_ann_bpm"] == pytest.approx(0.0) and r["hr_ann_fail_rate"] == 0.5 and r["hr_ann_n"] == 1
+
+
+def test_clustered_bootstrap_is_wider_on_clustered_errors():
+    rng = np.random.default_rng(1)
+    subj = np.repeat(np.arange(40), 5)  # 40 subjects x 5 windows
+    effect = rng.normal(0, 3, 40)[subj]  # strongly clustered: one error per subject ...
+    b = rng.uniform(0, 5, subj.size)
+    a = b + 0.5 + effect + rng.normal(0, 0.2, subj.size)  # ... plus a little window noise
+    w = M.paired_difference(a, b)
+    c = M.paired_difference_clustered(a, b, subj)
+    assert c["diff"] == pytest.approx(w["diff"]) and c["n"] == w["n"] == 200 and c["clusters"] == 40
+    width = lambda r: r["ci95"][1] - r["ci95"][0]  # noqa: E731
+    assert width(c) > 1.5 * width(w)  # ~sqrt(5) for 5 identical windows per subject
+    # every window its own cluster: exactly the window bootstrap
+    assert M.paired_difference_clustered(a, b, np.arange(200)) == {**w, "clusters": 200}
+    # missing windows drop out before resampling; one cluster -> no interval
+    a2 = a.copy()
+    a2[:5] = np.nan
+    assert M.paired_difference_clustered(a2, b, subj)["clusters"] == 39
+    one = M.paired_difference_clustered(a[:5], b[:5], subj[:5])
+    assert one["clusters"] == 1 and math.isnan(one["diff"]) and math.isnan(one["ci95"][0])
+    with pytest.raises(ValueError):
+        M.paired_difference_clustered(a, b, subj[:10])
+
+
+def test_template_uses_the_train_split_only(monkeypatch):
+    from engine.model import baselines as B
+    from engine.model import data as D
+
+    seeds: list[int] = []
+    orig = D.get_synthesize
+
+    def spy(kind="sim"):
+        f = orig(kind)
+
+        def wrapped(n, seed, **kw):
+            seeds.append(int(seed))
+            return f(n, seed, **kw)
+
+        return wrapped
+
+    monkeypatch.setattr(D, "get_synthesize", spy)
+    B.build_template.cache_clear()
+    tpl = B.build_template(FS, 256, records=32, source="fake")
+    assert seeds == [D.split_seed("train", 0, 0)] and tpl.sim_seeds == tuple(seeds) and tpl.split == "train"
+    assert all(s < D.SPLIT_BASE["val"] for s in seeds)
+    assert tpl.beat12.shape == (12, 32 + 58 + 1) and tpl.pre == 32  # round(0.25 fs), round(0.45 fs)
+    assert tpl.n_beats > 32 and 0.1 < tpl.pat_s < 0.4
+    assert np.abs(tpl.beat12[:, [0, -1]]).max() < 1e-3  # tapered ends
+    assert B.build_template(FS, 256, records=32, source="fake") is tpl and len(seeds) == 1  # cached
+    with pytest.raises(P2esError):
+        B.build_template(FS, 256, seed=100, source="fake")  # 100 would reach the val split's seeds
+
+    # in `evaluate`, the only test-split record generation is the scored set itself
+    seeds.clear()
+    B.build_template.cache_clear()
+    res = evaluate(None, records=4, seed=3, models="template", data="fake", progress=False, threads=1)
+    assert sorted(seeds) == [D.split_seed("train", 0, 0), D.split_seed("test", 3, 0)]
+    assert res["template"]["split"] == "train" and res["template"]["sim_seeds"] == [
+        D.split_seed("train", 0, 0)
+    ]
+    B.build_template.cache_clear()
+
+
+def test_template_beats_line_up_with_annotations():
+    from engine.model import baselines as B
+
+    tpl = B.build_template(FS, 1024)  # simulator, train split (0.3 s)
+    assert tpl.n_beats > 1000 and 0.12 < tpl.pat_s < 0.35
+    assert tpl.beat12[1].argmax() == tpl.pre  # lead II peaks at the R sample
+    assert M.einthoven_max_abs(tpl.beat12[None]) < 1e-12
+    raw = fixed_set("test", 24, 11, noise=0.0, noisy_ecg=False, rhythm_mix="sinus")
+    # clean records of subjects whose own pulse arrival time is near the population mean
+    sel = np.flatnonzero(np.abs(raw["pat_ms"] / 1000 - tpl.pat_s) < 0.02)
+    assert sel.size >= 3
+    rec = B.template_ecg(tpl, raw["ppg"][sel], FS)
+    ann = M.annotated_beats(raw["r_peaks"][sel], sel.size)
+    r = M.beat_metrics(ann, M.detect_windows(rec, FS), 1024, FS)
+    assert r["beat_f1"] > 0.9 and r["hr_mae_ann_bpm"] < 3.0
+    assert M.einthoven_max_abs(rec) < 1e-12
+    assert np.array_equal(B.template_ecg(tpl, np.zeros((2, 1024)), FS), np.zeros((2, 12, 1024)))
+
+
+def test_floor_rows_and_new_report_keys(tiny_set):
+    res = evaluate(
+        tiny_set, records=8, seed=3, steps=1, k=1, batch=8, progress=False, threads=1,
+        models="p2es,ddpm,zero,template",
+    )  # fmt: skip
+    json.dumps(res, allow_nan=False)
+    true = np.asarray(fixed_set("test", 8, 3, duration_s=2.0, fs=FS, noisy_ecg=False)["ecg"], np.float64)
+    z = res["models"]["zero"]
+    rms = np.sqrt((true**2).mean(axis=(0, 2)))
+    assert z["rmse"] == pytest.approx(rms.mean(), rel=1e-9)
+    assert z["per_lead"]["rmse"]["II"] == pytest.approx(rms[1], rel=1e-9)
+    assert z["prd"] == pytest.approx(100.0) and z["pearson"] is None and z["hr_mae_bpm"] is None
+    assert z["hr_fail_rate"] == 1.0 and z["einthoven_max_abs"] == 0
+    assert z["beat_sensitivity"] == 0 and z["beat_ppv"] is None and z["beat_f1"] == 0
+    assert z["hr_mae_ann_bpm"] is None and z["floor"] is True and z["base_model"] is None
+    t = res["models"]["template"]
+    assert t["einthoven_max_abs"] <= 1e-5 and t["rmse"] > 0 and t["beat_f1"] > 0
+    for name, row in res["models"].items():
+        for key in M.beat_metrics([], [], 256, FS):
+            assert key in row, (name, key)
+        assert {"beat_f1", "hr_mae_ann_bpm"} <= set(next(iter(row["per_rhythm"].values())))
+    ceil = res["beat_ceiling_true_ecg"]
+    assert ceil["beat_f1"] > 0.9 and ceil["per_rhythm"]
+    assert res["beat_matching"]["tolerance_s"] == 0.05 and res["beat_matching"]["edge_s"] == 0.1
+    assert res["train_seeds"] == {"p2es": 0}  # the fresh ddpm of the tiny set has no seed in its meta
+    assert res["template"]["split"] == "train"
+    # paired: subject-clustered under the old key, the window-level one kept under a new key
+    assert res["paired_bootstrap"]["clusters"] == np.unique(fixed_set("test", 8, 3)["subject"]).size
+    for name in ("ddpm", "zero", "template"):
+        pv, pw = res["models"][name]["paired_vs_p2es"], res["models"][name]["paired_vs_p2es_window"]
+        assert set(pw) == set(pv) == {"hr_mae_bpm", "qrs_ms_mae", "qt_ms_mae", "per_rhythm"}
+        for m in M.WINDOW_METRICS:
+            assert pv[m]["n"] == pw[m]["n"] and "clusters" in pv[m] and "clusters" not in pw[m]
+            if pv[m]["diff"] is not None:
+                assert pv[m]["diff"] == pytest.approx(pw[m]["diff"])
+    table = markdown_table(res)
+    main_table = table.split("\n\n")[0]
+    assert "| zero |" in main_table and "| template |" in main_table
+    assert "beat F1" in main_table and "HR MAE ann bpm" in main_table
+    assert "| rhythm | p2es | ddpm | zero | template | true ECG |" in table and "subject-clustered" in table
+    # floor rows alone still run (the window size comes from the set)
+    only = evaluate(tiny_set, records=2, seed=3, models="zero", progress=False, threads=1)
+    assert list(only["models"]) == ["zero"] and "train_seeds" not in only

@@ -58,7 +58,7 @@ def register_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     e.add_argument(
         "--models",
         default=None,
-        help="comma-separated rows, e.g. p2es,ddpm (default: all + p2es_shuffled_demographics, p2es_mean_of_k)",
+        help="comma-separated rows, e.g. p2es,ddpm (default: all + p2es_shuffled_demographics, p2es_mean_of_k, and the floor rows zero, template)",
     )
     e.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     e.add_argument("--data", default="sim", help="sim (default), fake, or a .npz with the simulator's keys")

@@ -12,6 +12,17 @@ with every model of the set and scores them with :mod:`engine.model.metrics`:
   there, ``p2es_shuffled_demographics`` (p2es with each record's demographics replaced by
   another record's: a fixed derangement, same PPG, same noise) and ``p2es_mean_of_k`` (mean
   of ``k`` samples per window, drawn in one batch).
+* floor rows (:mod:`engine.model.baselines`, last by default, also by name in ``models``):
+  ``zero`` (all-zero output) and ``template`` (a population-mean beat built from the *train*
+  split, overlap-added at each PPG foot minus the mean pulse arrival time); scored by the same
+  :func:`score`; undefined metrics (Pearson r, HR of a flat output) are NaN -> null.
+  ``"template"`` at the top level describes the build (split, simulator seeds, beats, PAT).
+* beats vs annotations (when the test records carry the simulator's ``r_peaks``): each row
+  gets :data:`BEAT_METRICS` (``detect_r_peaks`` on its lead II matched one-to-one within +-50 ms
+  to the annotated R peaks, beats within 0.1 s of a window end not counted; sensitivity, PPV,
+  F1, and ``hr_mae_ann_bpm`` = |HR(annotations) - HR(detections)|), overall and per rhythm;
+  ``beat_ceiling_true_ecg`` = the same for the true ECG's lead II (what the detector reaches on
+  the target itself).  ``hr_mae_bpm`` (detector on the true ECG as reference) is unchanged.
 * every run starts from ``torch.Generator().manual_seed(seed)``: results are deterministic
   for given (checkpoint, records, seed, steps, k, batch, threads), and all rows share the
   initial noise (common random numbers: the shuffled row differs from ``p2es`` only by the
@@ -25,13 +36,21 @@ with every model of the set and scores them with :mod:`engine.model.metrics`:
   draw), for ``p2es_mean_of_k`` from its own samples.
 * paired comparison: every row except ``p2es`` gets ``paired_vs_p2es`` = {metric: {"diff",
   "ci95", "n"}} for HR, QRS and QT error: the mean over windows of (row's |error| - p2es's
-  |error|) on the same windows, with a 95 % percentile-bootstrap interval over windows
-  (:func:`engine.model.metrics.paired_difference`), also per rhythm group under ``"per_rhythm"``;
-  the table prints the overall ones below the main table.  FD is a
+  |error|) on the same windows, with a 95 % percentile-bootstrap interval that resamples
+  *subjects* (the ``subject`` key; ~4 windows each) with all their windows
+  (:func:`engine.model.metrics.paired_difference_clustered`; every window its own cluster when
+  the data has no subject ids), also per rhythm group under ``"per_rhythm"``; the table prints
+  the overall ones below the main table.  ``paired_vs_p2es_window`` keeps the earlier
+  window-level interval (:func:`engine.model.metrics.paired_difference`, windows resampled as
+  if independent; same point estimates).  FD is a
   distribution distance with no per-window value, so it has no such interval.
+* ``train_seeds``: {model: training seed} for the models whose checkpoint meta records one
+  (absent when none does).
 * ``ms_per_window``: wall time of the sampling calls of that row (after one untimed warm-up
   call per model) divided by the windows, in this process with ``threads`` torch threads
-  (recorded at the top level); ``p2es_mean_of_k`` times its k samples per window.
+  (recorded at the top level); ``p2es_mean_of_k`` times its k samples per window; floor rows
+  time building their output (``template``: PPG feet + placement; the cached train-split
+  build is not counted).
 """
 
 from __future__ import annotations
@@ -51,6 +70,7 @@ import numpy.typing as npt
 import torch
 from tqdm.auto import tqdm
 
+from engine.model import baselines as B
 from engine.model import checkpoint as ckpt
 from engine.model import metrics as M
 from engine.model.checkpoint import DEFAULT_CHECKPOINT
@@ -63,6 +83,7 @@ from p2es.files import atomic_write_text
 SHUFFLED = "p2es_shuffled_demographics"
 MEAN_OF_K = "p2es_mean_of_k"
 DERIVED = (SHUFFLED, MEAN_OF_K)
+FLOORS = B.FLOORS  # ("zero", "template"): rows without a model, always available
 HEADLINE = (
     "rmse",
     "mae",
@@ -92,6 +113,17 @@ RHYTHM_METRICS = (
     "qrs_ms_mae",
     "qt_ms_mae",
     "spectral_distance",
+)
+BEAT_METRICS = (  # against the annotated R peaks (metrics.beat_metrics), overall and per rhythm
+    "beat_sensitivity",
+    "beat_ppv",
+    "beat_f1",
+    "beat_tp",
+    "beat_fn",
+    "beat_fp",
+    "hr_mae_ann_bpm",
+    "hr_ann_fail_rate",
+    "hr_ann_n",
 )
 DISCLAIMER = "Reconstructed from PPG - not a diagnostic ECG"
 
@@ -147,8 +179,10 @@ def _parse_models(models: str | Sequence[str] | None) -> list[str] | None:
 
 
 def plan_rows(available: Sequence[str], models: str | Sequence[str] | None = None) -> list[str]:
-    """Row names in report order; unknown names -> P2esError."""
-    avail = list(available)
+    """Row names in report order; unknown names -> P2esError.  The floor rows ``zero`` and
+    ``template`` (:mod:`engine.model.baselines`) come last by default and can always be asked
+    for (a model of the set with either name is ignored)."""
+    avail = [n for n in available if n not in FLOORS]
     order = [n for n in VARIANTS if n in avail] + [n for n in avail if n not in VARIANTS]
     derived_ok = "p2es" in avail
     want = _parse_models(models)
@@ -159,14 +193,15 @@ def plan_rows(available: Sequence[str], models: str | Sequence[str] | None = Non
             rows[i:i] = list(DERIVED)
         if not rows:
             raise P2esError("the checkpoint set holds no models")
-        return rows
-    known = set(avail) | (set(DERIVED) if derived_ok else set())
+        return rows + list(FLOORS)
+    known = set(avail) | (set(DERIVED) if derived_ok else set()) | set(FLOORS)
     bad = [m for m in want if m not in known]
     if bad:
         hint = f" ({', '.join(DERIVED)} need 'p2es' in the set)" if any(b in DERIVED for b in bad) else ""
         raise P2esError(
             f"unknown model(s) {', '.join(bad)}; the checkpoint has: "
-            f"{', '.join(order + (list(DERIVED) if derived_ok else []))}{hint}"
+            f"{', '.join(order + (list(DERIVED) if derived_ok else []))}; floor rows: "
+            f"{', '.join(FLOORS)}{hint}"
         )
     return want
 
@@ -265,11 +300,19 @@ def uncertainty_stats(
 
 
 def score(
-    true: np.ndarray, recon: np.ndarray, fs: float, true_cache: dict[str, np.ndarray], groups: np.ndarray
+    true: np.ndarray,
+    recon: np.ndarray,
+    fs: float,
+    true_cache: dict[str, np.ndarray],
+    groups: np.ndarray,
+    *,
+    ann: list[np.ndarray] | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Score one model's reconstructions: (metrics row with ``per_rhythm``, per-window errors for
     the paired comparison).  ``true_cache`` = ``metrics.measure(true, fs)``; ``groups`` = the
-    windows' :func:`rhythm_group`."""
+    windows' :func:`rhythm_group`.  With the windows' annotated R peaks ``ann``
+    (:func:`engine.model.metrics.annotated_beats`) the row (and each rhythm group) also gets
+    the :data:`BEAT_METRICS` of lead II of ``recon`` against them."""
     rc = M.measure(recon, fs)
     row = M.compute_all(true, recon, fs, true_cache=true_cache, recon_cache=rc)
     per_rhythm = {}
@@ -281,26 +324,56 @@ def score(
             true[idx], recon[idx], fs, true_cache=M.subset(true_cache, idx), recon_cache=M.subset(rc, idx)
         )
         per_rhythm[g] = {m: sub[m] for m in RHYTHM_METRICS}
+    if ann is not None:
+        beats = beat_scores(recon, ann, groups, fs)
+        for g, v in beats.pop("per_rhythm").items():
+            per_rhythm[g].update(v)
+        row.update(beats)
     row["per_rhythm"] = per_rhythm
     return row, M.window_errors(true_cache, rc)
 
 
+def beat_scores(ecg: np.ndarray, ann: list[np.ndarray], groups: np.ndarray, fs: float) -> dict[str, Any]:
+    """:func:`engine.model.metrics.beat_metrics` of ``detect_r_peaks`` on lead II of ``ecg``
+    [N, 12, T] against the annotated R peaks ``ann``, overall and ``per_rhythm``."""
+    T = int(ecg.shape[-1])
+    det = M.detect_windows(ecg, fs)
+    out = M.beat_metrics(ann, det, T, fs)
+    per: dict[str, dict[str, Any]] = {}
+    for g in GROUP_ORDER:
+        idx = np.flatnonzero(groups == g)
+        if idx.size:
+            per[g] = M.beat_metrics([ann[i] for i in idx], [det[i] for i in idx], T, fs)
+    out["per_rhythm"] = per
+    return out
+
+
 def paired_vs(
-    ref: str, werr: dict[str, dict[str, np.ndarray]], groups: np.ndarray | None = None
+    ref: str,
+    werr: dict[str, dict[str, np.ndarray]],
+    groups: np.ndarray | None = None,
+    clusters: np.ndarray | None = None,
 ) -> dict[str, dict[str, Any]]:
     """For every other row: ``{metric: paired_difference(row, ref)}`` (> 0: ``ref`` better),
-    plus ``"per_rhythm": {group: {metric: ...}}`` when the windows' rhythm ``groups`` are given."""
+    plus ``"per_rhythm": {group: {metric: ...}}`` when the windows' rhythm ``groups`` are given.
+    With ``clusters`` (one id per window, e.g. the subject) the interval resamples clusters
+    (:func:`engine.model.metrics.paired_difference_clustered`), else windows."""
+
+    def diff(a: np.ndarray, b: np.ndarray, sel: np.ndarray | None = None) -> dict[str, Any]:
+        if sel is not None:
+            a, b = a[sel], b[sel]
+        if clusters is None:
+            return M.paired_difference(a, b)
+        return M.paired_difference_clustered(a, b, clusters if sel is None else clusters[sel])
+
     out: dict[str, dict[str, Any]] = {}
     for name, e in werr.items():
         if name == ref:
             continue
-        row: dict[str, Any] = {m: M.paired_difference(e[m], werr[ref][m]) for m in M.WINDOW_METRICS}
+        row: dict[str, Any] = {m: diff(e[m], werr[ref][m]) for m in M.WINDOW_METRICS}
         if groups is not None:
             row["per_rhythm"] = {
-                g: {
-                    m: M.paired_difference(e[m][groups == g], werr[ref][m][groups == g])
-                    for m in M.WINDOW_METRICS
-                }
+                g: {m: diff(e[m], werr[ref][m], groups == g) for m in M.WINDOW_METRICS}
                 for g in GROUP_ORDER
                 if (groups == g).any()
             }
@@ -343,8 +416,9 @@ def evaluate(
     t_start = time.perf_counter()
     available = list(ckpt.list_models(checkpoint))  # missing / corrupt -> P2esError
     rows = plan_rows(available, models)
-    bases = list(dict.fromkeys("p2es" if r in DERIVED else r for r in rows))
-    entries = ckpt.load_set(checkpoint, bases)
+    bases = list(dict.fromkeys("p2es" if r in DERIVED else r for r in rows if r not in FLOORS))
+    # floor rows alone still take the window size from the set (its first model)
+    entries = ckpt.load_set(checkpoint, bases or available[:1])
     cfgs = {(e.model_config.T, e.model_config.fs) for e in entries.values()}
     if len(cfgs) != 1:
         raise P2esError(f"models of the set use different window sizes {sorted(cfgs)}")
@@ -364,8 +438,13 @@ def evaluate(
         true_cache = M.measure(true, fs)
         src = derangement(n, seed) if n > 1 else np.arange(n)
         demo_sh, mask_sh = demo[src], mask[src]
+        ann = M.annotated_beats(raw["r_peaks"], n) if raw.get("r_peaks") is not None else None
+        subj = raw.get("subject")
+        subj = None if subj is None or np.shape(subj) != (n,) else np.asarray(subj)
+        clusters = subj if subj is not None else np.arange(n)  # no subject ids: every window alone
+        extra: dict[str, Any] = {}
 
-        for e in entries.values():  # untimed warm-up (first-call allocations, kernel selection)
+        for e in (entries[b] for b in bases):  # untimed warm-up (first-call allocations, kernel selection)
             sample(
                 e.model,
                 e.schedule,
@@ -406,7 +485,7 @@ def evaluate(
             dm: torch.Tensor,
             unc: dict[str, float] | None = None,
         ) -> None:
-            row, werr[name] = score(true, recon, fs, true_cache, groups)
+            row, werr[name] = score(true, recon, fs, true_cache, groups, ann=ann)
             row["ms_per_window"] = 1000.0 * secs / n
             row.update(
                 base_model=base,
@@ -421,7 +500,34 @@ def evaluate(
             # headline metrics first, then the rest
             out_models[name] = {**{m: row.pop(m) for m in HEADLINE}, **row}
 
+        def floor(name: str) -> None:
+            t0 = time.perf_counter()
+            if name == "zero":
+                recon = B.zero_ecg(n, T)
+            else:
+                tpl = B.build_template(
+                    fs, T, seed=B.TEMPLATE_SEED, source=data if data in ("sim", "fake") else "sim"
+                )
+                extra["template"] = tpl.describe()
+                t0 = time.perf_counter()  # the build (train split, cached) is not per-window work
+                recon = B.template_ecg(tpl, np.asarray(raw["ppg"]), fs)
+            secs = time.perf_counter() - t0
+            row, werr[name] = score(true, recon, fs, true_cache, groups, ann=ann)
+            row["ms_per_window"] = 1000.0 * secs / n
+            row.update(
+                base_model=None,
+                floor=True,
+                samples_per_window=1,
+                diffusion="none",
+                targets_sha1=_sha1(true.astype(np.float32)),
+                ppg_sha1=_sha1(ppg.numpy()),
+            )
+            out_models[name] = {**{m: row.pop(m) for m in HEADLINE}, **row}
+
         for name in rows:
+            if name in FLOORS:
+                floor(name)
+                continue
             if name == MEAN_OF_K:
                 mk, sk, secs = krun("p2es")
                 unc = uncertainty_stats(true, mk, mk, sk) if k > 1 else None
@@ -444,8 +550,12 @@ def evaluate(
                 unc = uncertainty_stats(true, recon, mk, sk)
             finish(name, base, recon, secs, 1, dv, unc)
         if "p2es" in werr:
-            for name, diffs in paired_vs("p2es", werr, groups).items():
+            for name, diffs in paired_vs("p2es", werr, groups, clusters).items():
                 out_models[name]["paired_vs_p2es"] = diffs
+            for name, diffs in paired_vs("p2es", werr, groups).items():
+                out_models[name]["paired_vs_p2es_window"] = diffs
+        if ann is not None:  # the same detector on the true lead II: what any row can reach
+            extra["beat_ceiling_true_ecg"] = beat_scores(true, ann, groups, fs)
     finally:
         torch.set_num_threads(old_threads)
 
@@ -469,8 +579,29 @@ def evaluate(
             b: _clean({kk: entries[b].meta.get(kk) for kk in ("steps", "variant") if kk in entries[b].meta})
             for b in bases
         },
+        "beat_matching": None
+        if ann is None
+        else {
+            "annotations": "r_peaks of the test records (simulator's annotated beats, sample indices)",
+            "detector": "p2es.signal.detect_r_peaks on lead II",
+            "tolerance_s": M.BEAT_TOL_S,
+            "edge_s": M.BEAT_EDGE_S,
+            "matching": "one-to-one, greedy by distance; counted only beats >= edge_s from both ends",
+            "hr": "60 / mean RR of the counted beats (annotations vs detections)",
+        },
+        "paired_bootstrap": {
+            "paired_vs_p2es": f"cluster bootstrap: {'subjects' if subj is not None else 'windows'} "
+            "resampled with replacement, all their windows taken",
+            "paired_vs_p2es_window": "window bootstrap (windows resampled independently), as before",
+            "clusters": int(np.unique(clusters).size),
+            "n_boot": 2000,
+        },
+        **extra,
         "seconds": time.perf_counter() - t_start,
     }
+    seeds = {b: entries[b].meta["seed"] for b in bases if isinstance(entries[b].meta.get("seed"), int)}
+    if seeds:
+        result["train_seeds"] = seeds
     cleaned: dict[str, Any] = _clean(result)
     return cleaned
 
@@ -484,6 +615,8 @@ _COLS = (
     ("prd", "PRD %", -1, 1),
     ("fd", "FD", -1, 2),
     ("hr_mae_bpm", "HR MAE bpm", -1, 2),
+    ("hr_mae_ann_bpm", "HR MAE ann bpm", -1, 2),
+    ("beat_f1", "beat F1", 1, 3),
     ("qrs_ms_mae", "QRS MAE ms", -1, 1),
     ("qt_ms_mae", "QT MAE ms", -1, 1),
     ("spectral_distance", "spec dB", -1, 2),
@@ -516,8 +649,8 @@ def markdown_table(result: dict[str, Any]) -> str:
         lines += [
             "",
             "Paired vs p2es on the same windows: mean (model - p2es) of the per-window absolute "
-            "error, [95 % bootstrap interval]; > 0 means p2es is better, an interval without 0 "
-            "a difference beyond chance.",
+            "error, [95 % subject-clustered bootstrap interval: subjects resampled with all their "
+            "windows]; > 0 means p2es is better, an interval without 0 a difference beyond chance.",
             "",
             "| model | HR bpm | QRS ms | QT ms |",
             "|---|---:|---:|---:|",
@@ -530,12 +663,52 @@ def markdown_table(result: dict[str, Any]) -> str:
                 ok = all(isinstance(x, (int, float)) and math.isfinite(x) for x in (v, lo, hi))
                 cells.append(f"{v:+.{nd}f} [{lo:+.{nd}f}, {hi:+.{nd}f}]" if ok else "-")
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines += _beat_table(result)
     foot = (
         f"\n{result.get('records')} held-out records (seed {result.get('seed')}), {result.get('steps')} steps, "
         f"k = {result.get('k')}, FD batch {result.get('fd_batch')} x 512 samples, "
         f"{result.get('threads')} thread(s)."
     )
     return "\n".join(lines) + foot
+
+
+def _fmt(v: Any, nd: int) -> str:
+    return f"{v:.{nd}f}" if isinstance(v, (int, float)) and math.isfinite(v) else "-"
+
+
+def _beat_table(result: dict[str, Any]) -> list[str]:
+    """Beat F1 per rhythm group (rows) for every model and the detector ceiling (columns)."""
+    ceil = result.get("beat_ceiling_true_ecg")
+    if not ceil:
+        return []
+    cols = [(n, r) for n, r in result.get("models", {}).items() if "beat_f1" in r] + [("true ECG", ceil)]
+    m = result.get("beat_matching") or {}
+    lines = [
+        "",
+        "Beats vs the simulator's annotated R peaks: detect_r_peaks on lead II, one-to-one match "
+        f"within +-{1000 * m.get('tolerance_s', M.BEAT_TOL_S):.0f} ms, beats within "
+        f"{m.get('edge_s', M.BEAT_EDGE_S):g} s of a window end not counted; F1 (sensitivity / PPV). "
+        "`true ECG` = the same detector on the true lead II (the ceiling).",
+        "",
+        "| rhythm | " + " | ".join(n for n, _ in cols) + " |",
+        "|---|" + "|".join("---:" for _ in cols) + "|",
+    ]
+    counts = result.get("rhythm_counts", {})
+    for g in ("all", *GROUP_ORDER):
+        src = [r if g == "all" else (r.get("per_rhythm") or {}).get(g) for _, r in cols]
+        if not any(src):
+            continue
+        cells = [
+            f"{_fmt(d.get('beat_f1'), 3)} ({_fmt(d.get('beat_sensitivity'), 3)} / {_fmt(d.get('beat_ppv'), 3)})"
+            if d
+            else "-"
+            for d in src
+        ]
+        label = g if g == "all" else f"{g} ({counts.get(g, '?')})"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    hr = ceil.get("hr_mae_ann_bpm")
+    lines += ["", f"Detector ceiling on the true lead II: HR MAE vs annotations {_fmt(hr, 2)} bpm."]
+    return lines
 
 
 def save_json(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:

@@ -39,6 +39,16 @@ Definitions (``x`` true, ``y`` reconstruction, one lead):
 errors over the windows both have, with a percentile-bootstrap 95 % interval over windows:
 whether one model's lower MAE is more than the luck of these windows.
 
+``paired_difference_clustered`` is the same difference with a cluster (subject) bootstrap:
+windows of one subject are not independent, so whole subjects are resampled.
+
+Beat level (against the simulator's *annotated* R peaks, not a detector on the true ECG):
+``beat_metrics`` matches ``detect_r_peaks`` on lead II one-to-one to the annotations within
++-50 ms (greedy by distance, :func:`match_beats`), counting only beats at least 0.1 s from
+both window ends (:func:`beat_counts`), and gives pooled sensitivity / PPV / F1 and
+``hr_mae_ann_bpm`` (HR of the annotated beats vs HR of the detected beats, same formula and
+edge rule).
+
 ``true_cache`` / ``recon_cache`` (from :func:`measure`) let callers reuse the per-window
 R peaks / delineation of an array (the expensive part, ~10 ms per window) across models and
 subsets.
@@ -390,3 +400,204 @@ def compute_all(
     names = LEADS if x.shape[1] == 12 else tuple(str(i) for i in range(x.shape[1]))
     out["per_lead"] = {k: {n: float(v) for n, v in zip(names, per[k].per_lead)} for k in LEAD_METRICS}
     return out
+
+
+# --------------------------------------------------------------------------- beats vs annotations
+
+BEAT_TOL_S = 0.05  # match window: a detection within +-50 ms of an annotated R peak
+BEAT_EDGE_S = 0.1  # beats closer than this to either window end are not counted
+BEAT_LEAD = "II"
+
+
+class BeatScores(NamedTuple):
+    sensitivity: float  # TP / (TP + FN); NaN without counted annotations
+    ppv: float  # TP / (TP + FP); NaN without counted detections (e.g. a flat output)
+    f1: float  # 2 TP / (2 TP + FP + FN); NaN only when nothing is counted at all
+    tp: int
+    fn: int
+    fp: int
+
+
+def annotated_beats(r_peaks: Any, n: int) -> list[np.ndarray]:
+    """Per-window annotated R peaks (sorted int64 sample indices) from the simulator's
+    ``r_peaks`` [N, B] (padded with -1) or a sequence of N index arrays."""
+    if isinstance(r_peaks, np.ndarray) and r_peaks.ndim == 2:
+        rows: Any = list(r_peaks)
+    else:
+        rows = list(r_peaks)
+    if len(rows) != n:
+        raise ValueError(f"r_peaks has {len(rows)} windows, expected {n}")
+    out = []
+    for r in rows:
+        a = np.asarray(r).reshape(-1)
+        if a.size and not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"r_peaks must be integer sample indices, got dtype {a.dtype}")
+        out.append(np.sort(a[a >= 0].astype(np.int64)))
+    return out
+
+
+def detect_windows(ecg: npt.ArrayLike, fs: float, lead: str = BEAT_LEAD) -> list[np.ndarray]:
+    """``detect_r_peaks`` on ``lead`` of every window [N, 12, T] (the detector behind ``hr_bpm``)."""
+    e = np.asarray(ecg, dtype=np.float64)
+    k = LEAD_INDEX[lead]
+    return [detect_r_peaks(e[i, k], fs) for i in range(e.shape[0])]
+
+
+def match_beats(ref: npt.ArrayLike, det: npt.ArrayLike, tol: int) -> np.ndarray:
+    """One-to-one matching of reference beats to detections, greedy by distance.
+
+    Every (reference, detection) pair with ``|ref - det| <= tol`` samples is a candidate; the
+    closest pair is taken first (ties: earlier reference, then earlier detection), then the
+    closest of the pairs whose beats are both still free, and so on.  Returns the matched
+    index pairs ``[K, 2]`` (into ``ref`` and ``det``), sorted by reference index.
+    """
+    r = np.asarray(ref, dtype=np.int64).reshape(-1)
+    d = np.asarray(det, dtype=np.int64).reshape(-1)
+    if r.size == 0 or d.size == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    dist = np.abs(r[:, None] - d[None, :])
+    i, j = np.nonzero(dist <= tol)
+    order = np.lexsort((j, i, dist[i, j]))
+    used_r = np.zeros(r.size, dtype=bool)
+    used_d = np.zeros(d.size, dtype=bool)
+    pairs = []
+    for a, b in zip(i[order], j[order]):
+        if not used_r[a] and not used_d[b]:
+            used_r[a] = used_d[b] = True
+            pairs.append((int(a), int(b)))
+    out = np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
+    return out
+
+
+def _inner(beats: np.ndarray, T: int, edge: int) -> np.ndarray:
+    """Mask of the beats at least ``edge`` samples from both window ends (0 and T - 1)."""
+    return (beats >= edge) & (beats <= T - 1 - edge)
+
+
+def beat_counts(
+    ann: list[np.ndarray],
+    det: list[np.ndarray],
+    T: int,
+    fs: float,
+    *,
+    tol_s: float = BEAT_TOL_S,
+    edge_s: float = BEAT_EDGE_S,
+) -> np.ndarray:
+    """Per-window (TP, FN, FP) [N, 3] of detections ``det`` against annotations ``ann``.
+
+    Matching (:func:`match_beats`, +-``tol_s``) uses every beat of the window; the counts then
+    keep only beats at least ``edge_s`` from both window ends: a match counts as TP and an
+    unmatched annotation as FN when the *annotation* is inside, an unmatched detection as FP
+    when the *detection* is inside.  So a beat cut by the window edge is never an error, and a
+    detection just inside the edge that matches an annotation just outside it is not an FP.
+    """
+    if len(ann) != len(det):
+        raise ValueError(f"{len(ann)} annotated windows vs {len(det)} detected")
+    tol = int(round(tol_s * fs))
+    edge = int(round(edge_s * fs))
+    out = np.zeros((len(ann), 3), dtype=np.int64)
+    for w, (a, d) in enumerate(zip(ann, det)):
+        a = np.asarray(a, dtype=np.int64)
+        d = np.asarray(d, dtype=np.int64)
+        pairs = match_beats(a, d, tol)
+        ma = np.zeros(a.size, dtype=bool)
+        md = np.zeros(d.size, dtype=bool)
+        ma[pairs[:, 0]] = True
+        md[pairs[:, 1]] = True
+        ia, idd = _inner(a, T, edge), _inner(d, T, edge)
+        out[w] = (int((ma & ia).sum()), int((~ma & ia).sum()), int((~md & idd).sum()))
+    return out
+
+
+def beat_scores(counts: npt.ArrayLike) -> BeatScores:
+    """Pooled sensitivity, PPV and F1 from per-window (TP, FN, FP) counts [N, 3]."""
+    c = np.asarray(counts, dtype=np.int64).reshape(-1, 3)
+    tp, fn, fp = (int(v) for v in c.sum(axis=0))
+
+    def ratio(num: int, den: int) -> float:
+        return num / den if den > 0 else math.nan
+
+    return BeatScores(ratio(tp, tp + fn), ratio(tp, tp + fp), ratio(2 * tp, 2 * tp + fp + fn), tp, fn, fp)
+
+
+def hr_from_beats(beats: list[np.ndarray], T: int, fs: float, *, edge_s: float = BEAT_EDGE_S) -> np.ndarray:
+    """HR (bpm) per window, ``heart_rate_bpm`` (60 / mean RR) of the beats at least ``edge_s``
+    from both window ends; NaN with fewer than 2 such beats."""
+    edge = int(round(edge_s * fs))
+    return np.array([heart_rate_bpm(b[_inner(np.asarray(b), T, edge)], fs) for b in beats], dtype=np.float64)
+
+
+def beat_metrics(
+    ann: list[np.ndarray],
+    det: list[np.ndarray],
+    T: int,
+    fs: float,
+    *,
+    tol_s: float = BEAT_TOL_S,
+    edge_s: float = BEAT_EDGE_S,
+) -> dict[str, Any]:
+    """Beat-level scores of detections against annotated R peaks, flat dict:
+
+    ``beat_sensitivity``, ``beat_ppv``, ``beat_f1`` (pooled over windows, :func:`beat_counts`),
+    ``beat_tp/fn/fp``; ``hr_mae_ann_bpm`` = mean over windows of |HR(annotations) -
+    HR(detections)| (:func:`hr_from_beats`, same edge rule), over windows where both exist;
+    ``hr_ann_fail_rate`` = fraction of windows with an annotated HR whose detections give none
+    (left out of the MAE, as in ``hr_mae_bpm``); ``hr_ann_n`` = windows in the MAE.
+    """
+    s = beat_scores(beat_counts(ann, det, T, fs, tol_s=tol_s, edge_s=edge_s))
+    ha = hr_from_beats(ann, T, fs, edge_s=edge_s)
+    hd = hr_from_beats(det, T, fs, edge_s=edge_s)
+    has = np.isfinite(ha)
+    ok = has & np.isfinite(hd)
+    n_has = int(has.sum())
+    return {
+        "beat_sensitivity": s.sensitivity,
+        "beat_ppv": s.ppv,
+        "beat_f1": s.f1,
+        "beat_tp": s.tp,
+        "beat_fn": s.fn,
+        "beat_fp": s.fp,
+        "hr_mae_ann_bpm": float(np.abs(ha[ok] - hd[ok]).mean()) if ok.any() else math.nan,
+        "hr_ann_fail_rate": float((has & ~np.isfinite(hd)).sum() / n_has) if n_has else math.nan,
+        "hr_ann_n": int(ok.sum()),
+    }
+
+
+# --------------------------------------------------------------------------- clustered bootstrap
+
+
+def paired_difference_clustered(
+    err_a: npt.ArrayLike,
+    err_b: npt.ArrayLike,
+    clusters: npt.ArrayLike,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """:func:`paired_difference` with a cluster (subject) bootstrap.
+
+    Over the windows where both errors are finite, d = a - b; the point estimate is the mean
+    of d over those windows (the same as :func:`paired_difference`).  Each bootstrap draw
+    resamples the *clusters* with replacement (as many as there are) and takes all their
+    windows; its statistic is sum(d) / count over the drawn windows.  95 % percentile
+    interval, fixed ``seed``.  ``{"diff", "ci95", "n", "clusters"}``; NaN diff and interval with
+    fewer than 2 windows or 2 clusters.  With every window its own cluster (ids in window order) it
+    reproduces :func:`paired_difference` exactly.
+    """
+    a, b = np.asarray(err_a, np.float64), np.asarray(err_b, np.float64)
+    c = np.asarray(clusters)
+    if a.shape != b.shape or c.shape != a.shape:
+        raise ValueError(f"paired_difference_clustered: shapes differ {a.shape}, {b.shape}, {c.shape}")
+    ok = np.isfinite(a) & np.isfinite(b)
+    d = (a - b)[ok]
+    _, inv = np.unique(c[ok], return_inverse=True)
+    k = int(inv.max()) + 1 if inv.size else 0
+    if d.size < 2 or k < 2:  # no interval -> no estimate either (as paired_difference)
+        return {"diff": math.nan, "ci95": [math.nan, math.nan], "n": int(d.size), "clusters": k}
+    s = np.bincount(inv, weights=d, minlength=k)
+    m = np.bincount(inv, minlength=k).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, k, size=(int(n_boot), k))
+    boot = s[idx].sum(axis=1) / m[idx].sum(axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"diff": float(d.mean()), "ci95": [float(lo), float(hi)], "n": int(d.size), "clusters": k}

@@ -9,6 +9,7 @@ the autocast branch of the deblur stage (CPU bf16 autocast).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +18,8 @@ from engine.model import checkpoint as ckpt
 from engine.model.config import ModelConfig
 from engine.model.groups import GroupFinder, fit_groups
 from engine.model.network import FrequencyDeblur
-from engine.model.train import TrainConfig, train
+from engine.model.train import TrainConfig, _check_resume_schedule, train
+from p2es.errors import P2esError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -108,3 +110,14 @@ def test_deblur_dcts_run_in_float32_under_autocast(device):
     y32 = y.float()
     with torch.no_grad():
         assert torch.equal(d(y32, temb), d._deblur(y32, temb))
+
+
+def test_resume_refuses_another_schedule(tmp_path: Path) -> None:
+    """A run resumed under another blur schedule than it trained with is refused (a resume file
+    from before ``blur_power`` existed counts as the legacy form, 2)."""
+    cur = {"kind": "blur", "sigma_blur_max": 20.0, "blur_power": 4}
+    _check_resume_schedule("r.pt", {"schedule_config": dict(cur)}, cur)  # same: fine
+    with pytest.raises(P2esError, match="blur_power=2"):
+        _check_resume_schedule("r.pt", {}, cur)  # old resume file: legacy blur
+    _check_resume_schedule("r.pt", {}, {**cur, "blur_power": 2})
+    _check_resume_schedule("r.pt", {}, {"kind": "gaussian", "blur_power": 4})  # not a blur: irrelevant

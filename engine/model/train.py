@@ -158,8 +158,26 @@ def loss_terms(
     return loss, terms, cond, x0_hat
 
 
-def _rng_device(dev: torch.device) -> str:
-    return "cuda" if dev.type == "cuda" else "cpu"
+def _rng_device(dev: torch.device) -> torch.device:
+    """The device of the training noise generator: the model's own (``cuda:1`` stays ``cuda:1``)."""
+    return dev if dev.type == "cuda" else torch.device("cpu")
+
+
+def _check_resume_schedule(path: str, st: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse to continue a run under another forward process than it was trained with.  Resume
+    files written before the field existed trained with the legacy blur (``blur_power`` 2)."""
+    saved = st.get("schedule_config")
+    if saved is None:
+        saved = {**current, "blur_power": 2} if current.get("kind") == "blur" else current
+    if saved != current:
+        diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        raise P2esError(
+            f"resume file {path} was trained with schedule "
+            + ", ".join(f"{k}={saved.get(k)!r}" for k in diff)
+            + " but this run has "
+            + ", ".join(f"{k}={current.get(k)!r}" for k in diff)
+            + "; pass the same --schedule (e.g. --schedule '{\"blur_power\": 2}') or start a new --out"
+        )
 
 
 def train(cfg: TrainConfig, out_path: str | os.PathLike[str], resume: bool = False) -> dict[str, Any]:
@@ -195,6 +213,7 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike[str], resume: bool = Fal
             raise P2esError(
                 f"resume file {rpath} is for variant {st.get('train_config', {}).get('variant')!r}"
             )
+        _check_resume_schedule(rpath, st, to_dict(schedule.cfg))
         model.load_state_dict(st["model"])
         ema.model.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])
@@ -242,6 +261,7 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike[str], resume: bool = Fal
         )
         st = {
             "train_config": to_dict(cfg),
+            "schedule_config": to_dict(schedule.cfg),
             "step": step,
             "model": model.state_dict(),
             "ema": ema.model.state_dict(),

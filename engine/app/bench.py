@@ -51,7 +51,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from engine.app.demo import _start_broker, shutdown_live
-from engine.app.pipeline import Pipeline, PipelineConfig, is_busy, new_client_id
+from engine.app.pipeline import DrainWatch, Pipeline, PipelineConfig, new_client_id
 from engine.model.checkpoint import DEFAULT_CHECKPOINT, Entry, load_model
 from engine.serve.backends import CHOICES, available_backends, make_backend
 from engine.serve.export import cpu_entry
@@ -337,9 +337,7 @@ async def _live(
             ),
             name="p2es-bench-sim",
         )
-        t_sim_done: float | None = None  # when the simulator finished
-        t_quiet = 0.0  # when the window count last moved (set before its first use)
-        last = -1
+        watch = DrainWatch(quiet_s=3.0, max_s=max(30.0, 2 * hop_s))
         with _bar(round(duration_s), "live", progress, unit="s") as bar:
             shown = 0
             while True:
@@ -352,21 +350,10 @@ async def _live(
                     bar.update(el - shown)
                     shown = el
                     bar.set_postfix_str(f"windows {st['windows']}/{expected * patients}")
-                if sim_task.done():
-                    if sim_task.exception() is not None:
-                        raise P2esError(f"simulated wearables failed: {sim_task.exception()}")
-                    t_sim_done = t_sim_done or now
-                    busy = is_busy(st)
-                    if st["windows"] != last or busy:
-                        last, t_quiet = st["windows"], now
-                    if (
-                        st["windows"] >= expected * patients
-                        or now - t_quiet > 3.0
-                        or now - t_sim_done > max(30.0, 2 * hop_s)
-                    ):
-                        break
-        assert t_sim_done is not None  # the loop above only ends once the simulator is done
-        drain_s = time.monotonic() - t_sim_done
+                if watch.done(sim_task, st, now, complete=st["windows"] >= expected * patients):
+                    break
+        assert watch.t_sim_done is not None  # the loop above only ends once the simulator is done
+        drain_s = time.monotonic() - watch.t_sim_done
         e2e = list(pipe._lat["e2e"])  # in completion order (seconds)
         await pipe.stop(timeout=30.0)
         st = pipe.stats()

@@ -767,9 +767,9 @@ def _print_alerts(
 
 async def _run(args: argparse.Namespace, live: bool, rules: RuleFile, rules_label: str) -> DemoSummary:
     from engine.app.pipeline import (  # lazy: CLI start-up time (only `p2es demo` runs it)
+        DrainWatch,
         Pipeline,
         PipelineConfig,
-        is_busy,
         new_client_id,
     )
 
@@ -878,13 +878,11 @@ async def _run(args: argparse.Namespace, live: bool, rules: RuleFile, rules_labe
             name="p2es-demo-sim",
         )
         expected = int((args.duration - 8.0) // 4.0) + 1  # at most, full windows per patient
-        t_sim_done: float | None = None  # when the simulator finished
-        t_quiet = 0.0  # when the window count last moved (set before its first use)
-        last_windows = -1
+        watch = DrainWatch(quiet_s=2.5, max_s=30.0)
         with _View(live, args.speed, t_start, args.duration, alerts) as view:
             while True:
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), args.refresh if not t_sim_done else 0.25)
+                    await asyncio.wait_for(stop.wait(), args.refresh if not watch.t_sim_done else 0.25)
                 st = pipe.stats()
                 now = time.monotonic()
                 if now - t_view >= args.refresh or stop.is_set():
@@ -893,20 +891,9 @@ async def _run(args: argparse.Namespace, live: bool, rules: RuleFile, rules_labe
                 if stop.is_set():
                     interrupted = True
                     break
-                if sim_task.done():
-                    if sim_task.exception() is not None:
-                        raise P2esError(f"simulated wearables failed: {sim_task.exception()}")
-                    t_sim_done = t_sim_done or now
-                    # all published: done once every window is in, or nothing moved for a while
-                    busy = is_busy(st)
-                    if st["windows"] != last_windows or busy:
-                        last_windows, t_quiet = st["windows"], now
-                    if (
-                        all(p.windows >= expected for p in pats.values())
-                        or now - t_quiet > 2.5
-                        or now - t_sim_done > 30.0
-                    ):
-                        break
+                # all published: done once every window is in, or nothing moved for a while
+                if watch.done(sim_task, st, now, complete=all(p.windows >= expected for p in pats.values())):
+                    break
             sim_stop.set()
             if sim_task is not None and not sim_task.done():
                 with contextlib.suppress(asyncio.TimeoutError, Exception):

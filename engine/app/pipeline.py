@@ -592,6 +592,29 @@ def new_client_id(prefix: str = "p2es-engine") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+class DrainWatch:
+    """When a live run with simulated wearables is over: once the simulator has finished, done
+    when every expected window is in (``complete``), or nothing moved for ``quiet_s`` while
+    nothing was in flight, or ``max_s`` after the simulator finished.  Used by the demo and the
+    bench (their thresholds differ)."""
+
+    def __init__(self, quiet_s: float, max_s: float) -> None:
+        self.quiet_s, self.max_s = float(quiet_s), float(max_s)
+        self.t_sim_done: float | None = None  # when the simulator finished
+        self._t_quiet = 0.0  # when the window count last moved (set before its first use)
+        self._last = -1
+
+    def done(self, sim_task: asyncio.Task[Any], stats: dict[str, Any], now: float, *, complete: bool) -> bool:
+        if not sim_task.done():
+            return False
+        if sim_task.exception() is not None:
+            raise P2esError(f"simulated wearables failed: {sim_task.exception()}")
+        self.t_sim_done = self.t_sim_done or now
+        if stats["windows"] != self._last or is_busy(stats):
+            self._last, self._t_quiet = stats["windows"], now
+        return complete or now - self._t_quiet > self.quiet_s or now - self.t_sim_done > self.max_s
+
+
 def is_busy(stats: dict[str, Any]) -> bool:
     """True while work is still in flight: windows queued in ingest or the batcher, or
     windows taken but not yet stitched (``stats`` is :meth:`Pipeline.stats`)."""

@@ -35,7 +35,7 @@ from scipy.signal import resample_poly
 
 from p2es.contracts.ppg import encode_binary_chunk
 from p2es.contracts.topics import ppg_topic, profile_topic
-from p2es.transport.mqtt import MqttEndpoint
+from p2es.transport.mqtt import Backoff, MqttEndpoint
 from wearable.sim import synthesize
 
 log = logging.getLogger("p2es.publisher")
@@ -154,7 +154,7 @@ async def simulate_async(
 
     async def connect() -> aiomqtt.Client:
         nonlocal client
-        delay = 0.2
+        backoff = Backoff(0.2, 5.0)
         while not stop.is_set():
             c = endpoint.client(persistent=False)
             fut = getattr(c, "_disconnected", None)  # aiomqtt sets an error here on a lost
@@ -166,8 +166,7 @@ async def simulate_async(
                 return c
             except aiomqtt.MqttError as e:
                 log.warning("publisher: broker %s unavailable (%s); retrying", endpoint.address, e)
-                await asyncio.sleep(delay)
-                delay = min(5.0, delay * 2)
+                await asyncio.sleep(backoff.next_delay())
         raise asyncio.CancelledError
 
     async def publish(topic: str, payload: bytes, retain: bool = False) -> None:

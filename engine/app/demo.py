@@ -47,7 +47,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import aiomqtt
 import numpy as np
 from tqdm import tqdm
 
@@ -59,7 +58,7 @@ from p2es.argtypes import positive_int as _positive_int
 from p2es.contracts.alerts import AlertMessage
 from p2es.contracts.topics import alerts_subscription
 from p2es.errors import P2esError
-from p2es.transport.mqtt import MqttEndpoint
+from p2es.transport.mqtt import Backoff, MqttEndpoint, run_reconnecting
 from wearable.publisher import SimPatient, _resample, simulate_async
 from wearable.sim import RHYTHMS, save_npz, synthesize
 
@@ -441,28 +440,27 @@ class _DemoAlerts:
         endpoint = MqttEndpoint.from_url(
             self.url, client_id=new_client_id("p2es-demo-view"), version=self.mqtt_version
         )
-        while True:
-            try:
-                async with endpoint.client(persistent=False) as client:
-                    await client.subscribe(alerts_subscription(prefix), qos=1)
-                    self.listening.set()
-                    async for msg in client.messages:
-                        try:
-                            ev = AlertMessage.model_validate_json(msg.payload)
-                        except ValueError as e:
-                            log.warning("demo: bad alert message on %s: %s", msg.topic, e)
-                            continue
-                        self.events.append(ev)
-                        if ev.state in ("firing", "repeat"):
-                            self.active[(ev.patient, ev.rule)] = ev.priority
-                        elif ev.state == "resolved":
-                            self.active.pop((ev.patient, ev.rule), None)
-                        self.on_event(ev)
-            except aiomqtt.MqttError as e:
-                log.warning("demo: alert listener lost the broker (%s); reconnecting", e)
-            finally:
-                self.listening.clear()
-            await asyncio.sleep(0.5)
+
+        async def session() -> None:
+            async with endpoint.client(persistent=False) as client:
+                await client.subscribe(alerts_subscription(prefix), qos=1)
+                self.listening.set()
+                async for msg in client.messages:
+                    try:
+                        ev = AlertMessage.model_validate_json(msg.payload)
+                    except ValueError as e:
+                        log.warning("demo: bad alert message on %s: %s", msg.topic, e)
+                        continue
+                    self.events.append(ev)
+                    if ev.state in ("firing", "repeat"):
+                        self.active[(ev.patient, ev.rule)] = ev.priority
+                    elif ev.state == "resolved":
+                        self.active.pop((ev.patient, ev.rule), None)
+                    self.on_event(ev)
+
+        await run_reconnecting(
+            session, connected=self.listening, backoff=Backoff(0.5, 0.5), log=log, name="demo alert listener"
+        )
 
     def webhooks(self) -> dict[str, int]:
         d = {k: 0 for k in ("enqueued", "delivered", "dead_letters", "pending")}

@@ -48,6 +48,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="fraction of records whose PPG passes a random sensor front-end "
         "(AC coupling, low-pass, ADC clipping; default 0.5)",
     )
+    s.add_argument(
+        "--rate-profile",
+        choices=("v1", "wide"),
+        default="v1",
+        help="heart-rate profile: v1 (default; what the shipped models were trained on) or wide "
+        "(sinus 35-180 bpm, AF 50-170 bpm; see docs/simulator.md)",
+    )
     s.set_defaults(func=cmd_synth)
 
     p = dsub.add_parser("plot", help="draw a record as a 12-lead ECG on ECG paper (PNG)")
@@ -106,6 +113,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
             noise=args.noise,
             noisy_ecg=not args.no_noisy_ecg,
             ppg_frontend=args.ppg_frontend,
+            rate_profile=args.rate_profile,
         )
     except ValueError as exc:
         raise P2esError(str(exc)) from None

@@ -194,6 +194,7 @@ class TrainConfig:
     noise: float = 1.0  # simulator wearable-noise level
     ppg_frontend: float = 0.0  # fraction of records with random PPG sensor front-ends
     rhythm_mix: str | None = None  # simulator rhythm mix (None: its default)
+    sim_rate_profile: str = "v1"  # simulator heart-rate profile: "v1" (shipped models) | "wide" (35-180 bpm)
     chunk_records: int = 256  # records per simulator call
     workers: int = 0  # DataLoader workers for the simulator (0: in-process)
     half_weights: bool = False  # store fp16 weights in the checkpoint set
@@ -213,3 +214,7 @@ class TrainConfig:
         for name in ("warmup", "ckpt_every", "workers", "num_threads", "group_refit_every", "stop_at"):
             if int(getattr(self, name)) < 0:
                 raise P2esError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.sim_rate_profile not in ("v1", "wide"):  # wearable.sim.rates.RATE_PROFILES (a test checks)
+            raise P2esError(f"sim-rate-profile must be 'v1' or 'wide', got {self.sim_rate_profile!r}")
+        if self.sim_rate_profile != "v1" and self.data != "sim":
+            raise P2esError(f"sim-rate-profile {self.sim_rate_profile!r} needs data 'sim', got {self.data!r}")

@@ -22,6 +22,7 @@ interface (Gaussian bumps), used by tests.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -35,6 +36,7 @@ from engine.model.preprocess import ppg_features
 from p2es.errors import InputError, P2esError
 from p2es.leads import derive_12, independent_of
 from wearable.sim import synthesize
+from wearable.sim.rates import DEFAULT_RATE_PROFILE, RATE_PROFILES
 
 DEMO_FIELDS = ("age", "sex", "height", "weight", "bmi")
 N_DEMO = len(DEMO_FIELDS)
@@ -138,11 +140,29 @@ def split_seed(split: str, seed: int, chunk: int = 0) -> int:
     return SPLIT_BASE[split] + 100_000 * int(seed) + int(chunk)
 
 
-def get_synthesize(kind: str = "sim") -> Callable[..., dict[str, Any]]:
-    """The record generator: the real simulator (``"sim"``) or the stand-in (``"fake"``)."""
+def get_synthesize(
+    kind: str = "sim", rate_profile: str = DEFAULT_RATE_PROFILE
+) -> Callable[..., dict[str, Any]]:
+    """The record generator: the real simulator (``"sim"``) or the stand-in (``"fake"``).
+
+    ``rate_profile`` is the simulator's heart-rate profile (``wearable.sim.rates``: ``"v1"``,
+    the default, or ``"wide"``); the stand-in has the default one only."""
+    if rate_profile not in RATE_PROFILES:
+        raise P2esError(f"unknown simulator rate profile {rate_profile!r} ({', '.join(RATE_PROFILES)})")
     if kind == "fake":
+        if rate_profile != DEFAULT_RATE_PROFILE:
+            raise P2esError(f"the stand-in simulator ('fake') has no rate profile {rate_profile!r}")
         return fake_synthesize
+    if rate_profile != DEFAULT_RATE_PROFILE:
+        return functools.partial(synthesize, rate_profile=rate_profile)
     return synthesize
+
+
+def _generator(source: str, rate_profile: str) -> Callable[..., dict[str, Any]]:
+    """``get_synthesize`` for a source and profile; the default profile keeps the one-argument call."""
+    if rate_profile == DEFAULT_RATE_PROFILE:
+        return get_synthesize(source)
+    return get_synthesize(source, rate_profile)
 
 
 def load_npz(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -167,9 +187,18 @@ def save_npz(path: str | os.PathLike[str], raw: dict[str, Any]) -> None:
     np.savez_compressed(path, **arrays)  # type: ignore[arg-type]  # numpy's stub: a key could be "allow_pickle"
 
 
-def fixed_set(split: str, n: int, seed: int = 0, *, source: str = "sim", **sim_kwargs: Any) -> dict[str, Any]:
-    """A fixed val/test set of ``n`` records (raw dict) from the split's own seed."""
-    return get_synthesize(source)(n, split_seed(split, seed, 0), **sim_kwargs)
+def fixed_set(
+    split: str,
+    n: int,
+    seed: int = 0,
+    *,
+    source: str = "sim",
+    rate_profile: str = DEFAULT_RATE_PROFILE,
+    **sim_kwargs: Any,
+) -> dict[str, Any]:
+    """A fixed val/test set of ``n`` records (raw dict) from the split's own seed
+    (``rate_profile``: the simulator's heart-rate profile, see :func:`get_synthesize`)."""
+    return _generator(source, rate_profile)(n, split_seed(split, seed, 0), **sim_kwargs)
 
 
 class SimStream(torch.utils.data.IterableDataset[dict[str, torch.Tensor]]):
@@ -179,6 +208,7 @@ class SimStream(torch.utils.data.IterableDataset[dict[str, torch.Tensor]]):
     chunk)``, ``chunk_records`` records, shuffled with the same seed) so the stream is a pure
     function of ``(seed, start_batch)``: a resumed run continues with exactly the batches it
     would have seen.  With DataLoader workers, worker ``w`` takes chunks ``w, w+W, ...``.
+    ``rate_profile`` is the simulator's heart-rate profile (default ``"v1"``).
     """
 
     def __init__(
@@ -192,18 +222,22 @@ class SimStream(torch.utils.data.IterableDataset[dict[str, torch.Tensor]]):
         ecg_scale: float = 2.0,
         start_batch: int = 0,
         sim_kwargs: dict[str, Any] | None = None,
+        rate_profile: str = DEFAULT_RATE_PROFILE,
     ):
         super().__init__()
+        if rate_profile != DEFAULT_RATE_PROFILE:
+            _generator(source, rate_profile)  # an unknown profile fails here, not in a worker
         if chunk_records < batch_size:
             chunk_records = batch_size
         self.batch_size, self.seed, self.split, self.source = batch_size, seed, split, source
         self.chunk_records, self.ecg_scale, self.start_batch = chunk_records, ecg_scale, start_batch
         self.sim_kwargs = dict(sim_kwargs or {})
+        self.rate_profile = rate_profile
         self.per_chunk = chunk_records // batch_size
 
     def chunk(self, i: int) -> dict[str, torch.Tensor]:
         seed = split_seed(self.split, self.seed, i)
-        raw = get_synthesize(self.source)(self.chunk_records, seed, **self.sim_kwargs)
+        raw = _generator(self.source, self.rate_profile)(self.chunk_records, seed, **self.sim_kwargs)
         data = prepare(raw, self.ecg_scale)
         perm = torch.from_numpy(np.random.default_rng(seed).permutation(self.chunk_records))
         return {k: v[perm] for k, v in data.items()}

@@ -93,6 +93,7 @@ def make_stream(cfg: TrainConfig, ecg_scale: float, start_batch: int) -> SimStre
             ecg_scale=ecg_scale,
             start_batch=start_batch,
             sim_kwargs=sim_kwargs,
+            rate_profile=cfg.sim_rate_profile,
         )
     raw = load_npz(cfg.data)
     fs = float(raw.get("fs", cfg.fs))

@@ -2,11 +2,22 @@
 
 Modules follow the physiology: ``demographics`` (subjects and what their age, sex, height and
 weight do to their physiology), ``rhythm`` (beat timing), ``heart`` (3-D dipole -> 12 leads),
-``core`` (PPG from the same beats, noise, the output contract) and ``io`` (the ``.npz`` file).
+``rates`` (heart-rate profiles and the rate dependence of QT, PR, HRV and the pulse), ``core``
+(PPG from the same beats, noise, the output contract) and ``io`` (the ``.npz`` file).
 """
 
 from wearable.sim.core import synthesize
 from wearable.sim.io import load_npz, save_npz
+from wearable.sim.rates import DEFAULT_RATE_PROFILE, RATE_PROFILES
 from wearable.sim.rhythm import DEFAULT_MIX, RHYTHMS, parse_mix
 
-__all__ = ["synthesize", "save_npz", "load_npz", "RHYTHMS", "DEFAULT_MIX", "parse_mix"]
+__all__ = [
+    "synthesize",
+    "save_npz",
+    "load_npz",
+    "RHYTHMS",
+    "DEFAULT_MIX",
+    "parse_mix",
+    "RATE_PROFILES",
+    "DEFAULT_RATE_PROFILE",
+]

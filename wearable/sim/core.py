@@ -14,7 +14,7 @@ import numpy as np
 from scipy.signal import butter, lfilter
 
 from p2es.leads import DERIVE, derive_12
-from wearable.sim import heart
+from wearable.sim import heart, rates
 from wearable.sim import rhythm as rh
 from wearable.sim.demographics import Subjects, sample_subjects
 from wearable.sim.kernels import Canvas, colored_noise
@@ -27,13 +27,17 @@ FRONTEND_ON = 0.5  # default fraction of records whose PPG passes a random senso
 # (1 - 1/sqrt(k))^2 * t_peak after the pulse onset (max-slope tangent meets the baseline).
 
 
-def _rhythm_hr(rng: np.random.Generator, rhythm: np.ndarray, hr_rest: np.ndarray) -> np.ndarray:
+def _rhythm_hr(
+    rng: np.random.Generator, rhythm: np.ndarray, hr_rest: np.ndarray, rate_profile: str = "v1"
+) -> np.ndarray:
+    """Heart rate of each record; the rate profile sets the ranges, never the draws' order."""
     n = int(rhythm.shape[0])
+    ranges = rates.HR_RANGES[rate_profile]
     base = hr_rest + rng.normal(0.0, 4.0, n)
     hr = np.clip(base, 60.0, 99.0)
-    hr = np.where(rhythm == "sinus_brady", rng.uniform(42.0, 57.0, n), hr)
-    hr = np.where(rhythm == "sinus_tachy", rng.uniform(102.0, 150.0, n), hr)
-    hr = np.where(rhythm == "af", rng.uniform(60.0, 140.0, n), hr)
+    hr = np.where(rhythm == "sinus_brady", rng.uniform(*ranges["sinus_brady"], n), hr)
+    hr = np.where(rhythm == "sinus_tachy", rng.uniform(*ranges["sinus_tachy"], n), hr)
+    hr = np.where(rhythm == "af", rng.uniform(*ranges["af"], n), hr)
     hr = np.where(np.isin(rhythm, ["pvc", "long_qt"]), np.clip(base, 55.0, 95.0), hr)
     hr = np.where(np.isin(rhythm, ["st_elevation", "st_depression"]), np.clip(base, 55.0, 105.0), hr)
     return hr
@@ -52,6 +56,7 @@ def synthesize(
     noisy_ecg: bool = True,
     subjects: Subjects | None = None,
     ppg_frontend: float = FRONTEND_ON,
+    rate_profile: str = rates.DEFAULT_RATE_PROFILE,
 ) -> dict[str, np.ndarray]:
     """Generate ``n_records`` paired records.  Same arguments -> the same arrays.
 
@@ -61,7 +66,11 @@ def synthesize(
     ``noise`` scales all noise (0 = clean signals); ``subjects`` overrides the drawn subjects
     (one per record) for controlled experiments; ``ppg_frontend`` is the fraction of records
     whose PPG passes a random sensor front-end (AC coupling, low-pass, ADC clipping).
+    ``rate_profile`` picks the heart-rate ranges and rate laws (``wearable.sim.rates``): ``"v1"``
+    (default, unchanged) or ``"wide"`` (sinus 35-180 bpm, AF 50-170 bpm, rate-adapted QT, PR,
+    HRV and pulse shape).
     """
+    rates.check_profile(rate_profile)
     if n_records < 1:
         raise ValueError("need at least one record")
     if not (duration_s > 0):
@@ -120,6 +129,7 @@ def synthesize(
                 noise,
                 noisy_ecg,
                 ppg_frontend,
+                rate_profile,
             )
         )
     out = _concat(parts)
@@ -154,12 +164,14 @@ def _render(
     noise: float,
     noisy_ecg: bool,
     ppg_frontend: float = 0.0,
+    rate_profile: str = rates.DEFAULT_RATE_PROFILE,
 ) -> dict[str, np.ndarray]:
     """Render one chunk of records (all per-record randomness comes from ``rng_rec``/``rng_noise``)."""
     n = int(subj.age.shape[0])
     names = list(mix)
     rhythm = np.array(names, dtype="U16")[rng_rec.choice(len(names), size=n, p=[mix[k] for k in names])]
-    hr = _rhythm_hr(rng_rec, rhythm, subj.hr_rest)
+    hr = _rhythm_hr(rng_rec, rhythm, subj.hr_rest, rate_profile)
+    wide = rate_profile == "wide"  # "v1": none of the `if wide` branches below runs
     if hr_forced is not None:
         hr = np.array(hr_forced, dtype=np.float64)
         sinus_family = np.isin(rhythm, ["sinus", "sinus_brady", "sinus_tachy"])
@@ -168,9 +180,10 @@ def _render(
     resp_hz = rng_rec.uniform(0.2, 0.33, n)
     resp_ph = rng_rec.uniform(0.0, 2 * np.pi, n)
 
-    times, rr, btype, valid = rh.beat_times(
-        rng_rec, rhythm, hr, subj.rsa_amp, subj.lf_amp, resp_hz, duration_s
-    )
+    rsa_amp, lf_amp = subj.rsa_amp, subj.lf_amp
+    if wide:  # vagal withdrawal: less respiratory / Mayer-wave RR modulation at fast rates
+        rsa_amp, lf_amp = rsa_amp * rates.hrv_scale(hr), lf_amp * rates.hrv_scale(hr)
+    times, rr, btype, valid = rh.beat_times(rng_rec, rhythm, hr, rsa_amp, lf_amp, resp_hz, duration_s)
     b = times.shape[1]
     rr_prev = rr  # rr[:, k] is the interval that ends at beat k
 
@@ -184,8 +197,12 @@ def _render(
     long_qt = rhythm == "long_qt"
     qtc[long_qt] = rng_rec.uniform(0.48, 0.56, int(long_qt.sum()))
     qrs = subj.qrs_s[:, None] * (1.0 + 0.02 * rng_rec.standard_normal((n, b)))
-    qt = qtc[:, None] * np.cbrt(np.clip(rr_prev, 0.3, 2.0))  # Fridericia
-    pr = subj.pr_s[:, None] - 0.0008 * (hr[:, None] - 70.0)  # slight shortening with rate
+    if wide:  # Fridericia up to 100 bpm, steepening to Bazett above; PR shortening levels off
+        qt = qtc[:, None] * rates.qt_rr_factor_wide(rr_prev)
+        pr = rates.pr_wide(subj.pr_s, subj.p_dur_s, hr)[:, None]
+    else:
+        qt = qtc[:, None] * np.cbrt(np.clip(rr_prev, 0.3, 2.0))  # Fridericia
+        pr = subj.pr_s[:, None] - 0.0008 * (hr[:, None] - 70.0)  # slight shortening with rate
     pr = np.broadcast_to(np.clip(pr, 0.10, 0.24), (n, b))
 
     # ---- dipole orientation and gains per record --------------------------------------------
@@ -310,6 +327,13 @@ def _render(
     amp = np.where(btype == rh.BEAT_PVC, amp * rng_rec.uniform(0.0, 0.25, (n, b)), amp)
     amp = np.clip(amp, 0.0, None)
     tpk = subj.ppg_tpeak_s[:, None] * np.ones((1, b))
+    dt_dia = subj.ppg_dt_dia_s[:, None] * np.ones((1, b))
+    dia_width = subj.ppg_dia_width_s[:, None] * np.ones((1, b))
+    dia_ratio = subj.ppg_dia_ratio[:, None] * np.ones((1, b))
+    if wide:  # the pulse's time course contracts with the RR, as ejection time does
+        sys_scale, dia_scale, dia_amp = rates.pulse_scales(rr_prev)
+        tpk, dt_dia, dia_width = tpk * sys_scale, dt_dia * dia_scale, dia_width * dia_scale
+        dia_ratio = dia_ratio * dia_amp
     kk = subj.ppg_k[:, None] * np.ones((1, b))
     foot_off = (1.0 - 1.0 / np.sqrt(kk)) ** 2 * tpk  # onset -> tangent foot
     onset = times + pat_beat - foot_off
@@ -323,9 +347,9 @@ def _render(
     k_q = kk[rec_q, beat_q][:, None]
     sys_w = x**k_q * np.exp(k_q * (1.0 - x))
     tp_q = tpk[rec_q, beat_q][:, None]
-    dia_c = tp_q + subj.ppg_dt_dia_s[rec_q][:, None]
-    dia_w = subj.ppg_dia_width_s[rec_q][:, None]
-    dia = subj.ppg_dia_ratio[rec_q][:, None] * np.exp(-0.5 * ((tau - dia_c) / dia_w) ** 2)
+    dia_c = tp_q + dt_dia[rec_q, beat_q][:, None]
+    dia_w = dia_width[rec_q, beat_q][:, None]
+    dia = dia_ratio[rec_q, beat_q][:, None] * np.exp(-0.5 * ((tau - dia_c) / dia_w) ** 2)
     dia *= np.clip(tau / tp_q, 0.0, 1.0)  # the reflected wave cannot precede the upstroke
     taper = np.clip((1.2 - tau) / 0.25, 0.0, 1.0)  # smooth end of the evaluation window
     pulse = (sys_w + dia) * taper

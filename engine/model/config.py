@@ -45,6 +45,19 @@ class ModelConfig:
     deblur_kernel: int = 5  # conv along the frequency axis
     ecg_scale: float = 2.0  # network units = mV * ecg_scale
     fixed_t: float = 1.0  # t fed to the regression baseline
+    # Opt-in beat-timing options (defaults: the architecture of every model trained before them;
+    # configs stored without these fields load with them off).
+    rpeak_head: bool = False  # auxiliary 1x1-conv R-peak heatmap head (training only; see P2ES)
+    ppg_onset_channel: bool = False  # 4th PPG channel: bumps at the pulse feet (ppg_channels -> 4)
+
+    def __post_init__(self) -> None:
+        if self.ppg_onset_channel:
+            if self.ppg_channels == 3:  # the default 3 channels + the onset channel
+                self.ppg_channels = 4
+            if self.ppg_channels != 4:
+                raise P2esError(
+                    f"ppg_onset_channel needs ppg_channels 4 (3 + onset), got {self.ppg_channels}"
+                )
 
 
 #: ScheduleConfig.blur_power of the published blur schedule (the default of new configs) ...
@@ -177,6 +190,8 @@ class TrainConfig:
     w_mse: float = 1.0
     w_spec: float = 0.1
     w_contrast: float = 0.05
+    w_qrs: float = 0.0  # extra MSE on the +-60 ms around the annotated R peaks (engine.model.train)
+    w_rpeak: float = 0.0  # R-peak heatmap BCE of the auxiliary head (needs model rpeak_head)
     w_adv: float = 0.05  # adversarial weight (adversarial variants: cardiogan)
     lr_disc: float = 2e-4  # discriminator Adam lr (betas 0.5, 0.999 as in pix2pix)
     contrast_temp: float = 0.1
@@ -213,6 +228,9 @@ class TrainConfig:
             )
         for name in ("warmup", "ckpt_every", "workers", "num_threads", "group_refit_every", "stop_at"):
             if int(getattr(self, name)) < 0:
+                raise P2esError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("w_qrs", "w_rpeak"):
+            if not float(getattr(self, name)) >= 0.0:
                 raise P2esError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.sim_rate_profile not in ("v1", "wide"):  # wearable.sim.rates.RATE_PROFILES (a test checks)
             raise P2esError(f"sim-rate-profile must be 'v1' or 'wide', got {self.sim_rate_profile!r}")

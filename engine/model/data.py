@@ -13,6 +13,17 @@ Network inputs (all float32):
   ~0.5, the scale diffusion noise schedules are designed for; a power of two so that
   dividing back to mV is exact).  The network returns 12 leads in mV.
 
+Opt-in training targets from the simulator's annotated R peaks (``r_peaks`` [N, W] sample
+indices, -1 padded; built only when asked for, see :func:`prepare`):
+
+* ``qrs_mask``    [N, T]: 1 within +-60 ms (``QRS_HALF_S``) of an annotated R peak, else 0
+  (TrainConfig.w_qrs).
+* ``rpeak_heat``  [N, T]: Gaussian bumps (std 20 ms, ``RPEAK_SIGMA_S``, peak 1, values in [0, 1],
+  max where bumps overlap) at the annotated R peaks (TrainConfig.w_rpeak).
+
+With ``ppg_onset=True`` the ``ppg`` input gains the pulse-onset channel [N, 4, T]
+(:func:`engine.model.preprocess.onset_channel`; ModelConfig.ppg_onset_channel).
+
 Sources: :class:`SimStream` (simulator on the fly, endless), :class:`ArrayStream` (arrays,
 e.g. loaded from ``.npz`` with the simulator's keys), :func:`fixed_set` (a val/test set).
 Train/val/test are subject-disjoint because they use disjoint simulator seeds
@@ -32,7 +43,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from engine.model.preprocess import ppg_features
+from engine.model.preprocess import event_train, gaussian_kernel, ppg_features
 from p2es.errors import InputError, P2esError
 from p2es.leads import derive_12, independent_of
 from wearable.sim import synthesize
@@ -56,6 +67,10 @@ RAW_KEYS = (
     "r_peaks",
 )
 SPLIT_BASE = {"train": 0, "val": 10_000_000, "test": 20_000_000}
+#: half-width (s) of the QRS region weighted by TrainConfig.w_qrs around each annotated R peak
+QRS_HALF_S = 0.06
+#: std (s) of the Gaussian bump at each annotated R peak in the R-peak heatmap target
+RPEAK_SIGMA_S = 0.02
 
 
 def demographics(
@@ -100,17 +115,39 @@ def ecg_target(ecg12: np.ndarray, ecg_scale: float) -> np.ndarray:
     return (independent_of(np.asarray(ecg12), axis=1) * ecg_scale).astype(np.float32)
 
 
-def prepare(raw: dict[str, Any], ecg_scale: float = 2.0) -> dict[str, torch.Tensor]:
+def qrs_mask(r_peaks: np.ndarray, T: int, fs: float, half_s: float = QRS_HALF_S) -> np.ndarray:
+    """Annotated R peaks [N, W] (-1 padded) -> [N, T] float32: 1 where a sample lies within
+    ``round(half_s * fs)`` samples of an R peak, else 0."""
+    h = int(round(half_s * fs))
+    return event_train(r_peaks, T, np.ones(2 * h + 1))
+
+
+def rpeak_heatmap(r_peaks: np.ndarray, T: int, fs: float, sigma_s: float = RPEAK_SIGMA_S) -> np.ndarray:
+    """Annotated R peaks [N, W] (-1 padded) -> [N, T] float32 heatmap in [0, 1]: a Gaussian bump
+    (std ``sigma_s``, peak 1) at each R peak, the max where bumps overlap."""
+    return event_train(r_peaks, T, gaussian_kernel(sigma_s, fs))
+
+
+def prepare(
+    raw: dict[str, Any],
+    ecg_scale: float = 2.0,
+    *,
+    ppg_onset: bool = False,
+    qrs: bool = False,
+    rpeak: bool = False,
+) -> dict[str, torch.Tensor]:
     """Raw record dict (simulator / .npz keys) -> dict of tensors the engine consumes.
 
     Returns ``ppg`` [N,3,T], ``demo``/``demo_mask`` [N,5], and if the raw dict holds an ECG,
     ``x0`` [N,8,T] (scaled target) and ``ecg12`` [N,12,T] (mV); ``subject`` [N] if present.
+    Opt-in (all off by default): ``ppg_onset`` -> ``ppg`` [N,4,T] with the pulse-onset channel;
+    ``qrs`` -> ``qrs_mask`` [N,T], ``rpeak`` -> ``rpeak_heat`` [N,T] from ``raw["r_peaks"]``.
     """
     if "ppg" not in raw:
         raise InputError("records have no 'ppg'")
     fs = float(np.asarray(raw.get("fs", 128.0)).reshape(-1)[0])
     ppg = np.asarray(raw["ppg"])
-    out: dict[str, torch.Tensor] = {"ppg": torch.from_numpy(ppg_features(ppg, fs))}
+    out: dict[str, torch.Tensor] = {"ppg": torch.from_numpy(ppg_features(ppg, fs, onset=ppg_onset))}
     n = out["ppg"].shape[0]
     d, m = demographics(
         raw.get("age"), raw.get("sex"), raw.get("height_cm"), raw.get("weight_kg"), raw.get("bmi"), n=n
@@ -124,6 +161,15 @@ def prepare(raw: dict[str, Any], ecg_scale: float = 2.0) -> dict[str, torch.Tens
         out["ecg12"] = torch.from_numpy(ecg)
     if raw.get("subject") is not None:
         out["subject"] = torch.as_tensor(np.asarray(raw["subject"]).astype(np.int64))
+    if qrs or rpeak:
+        if raw.get("r_peaks") is None:
+            raise InputError("records have no 'r_peaks' (needed for the QRS / R-peak targets)")
+        rp = np.asarray(raw["r_peaks"]).reshape(n, -1)
+        T = ppg.shape[-1]
+        if qrs:
+            out["qrs_mask"] = torch.from_numpy(qrs_mask(rp, T, fs))
+        if rpeak:
+            out["rpeak_heat"] = torch.from_numpy(rpeak_heatmap(rp, T, fs))
     return out
 
 
@@ -209,6 +255,7 @@ class SimStream(torch.utils.data.IterableDataset[dict[str, torch.Tensor]]):
     function of ``(seed, start_batch)``: a resumed run continues with exactly the batches it
     would have seen.  With DataLoader workers, worker ``w`` takes chunks ``w, w+W, ...``.
     ``rate_profile`` is the simulator's heart-rate profile (default ``"v1"``).
+    ``prepare_kwargs`` go to :func:`prepare` (the opt-in ``ppg_onset`` / ``qrs`` / ``rpeak``).
     """
 
     def __init__(
@@ -223,6 +270,7 @@ class SimStream(torch.utils.data.IterableDataset[dict[str, torch.Tensor]]):
         start_batch: int = 0,
         sim_kwargs: dict[str, Any] | None = None,
         rate_profile: str = DEFAULT_RATE_PROFILE,
+        prepare_kwargs: dict[str, bool] | None = None,
     ):
         super().__init__()
         if rate_profile != DEFAULT_RATE_PROFILE:
@@ -233,12 +281,13 @@ class SimStream(torch.utils.data.IterableDataset[dict[str, torch.Tensor]]):
         self.chunk_records, self.ecg_scale, self.start_batch = chunk_records, ecg_scale, start_batch
         self.sim_kwargs = dict(sim_kwargs or {})
         self.rate_profile = rate_profile
+        self.prepare_kwargs = dict(prepare_kwargs or {})
         self.per_chunk = chunk_records // batch_size
 
     def chunk(self, i: int) -> dict[str, torch.Tensor]:
         seed = split_seed(self.split, self.seed, i)
         raw = _generator(self.source, self.rate_profile)(self.chunk_records, seed, **self.sim_kwargs)
-        data = prepare(raw, self.ecg_scale)
+        data = prepare(raw, self.ecg_scale, **self.prepare_kwargs)
         perm = torch.from_numpy(np.random.default_rng(seed).permutation(self.chunk_records))
         return {k: v[perm] for k, v in data.items()}
 

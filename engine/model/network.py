@@ -22,6 +22,21 @@ One file, read top to bottom:
 Tensors: x [B, 8, T] in target units (mV x ecg_scale), ppg [B, 3, T], t [B] in [0, 1],
 demo / demo_mask [B, 5].  ``diffusion == "none"``: x_t is replaced by zeros and t by
 ``fixed_t`` (the deterministic regression baseline with the same backbone).
+
+Opt-in beat-timing switches (both off by default: then the network, its parameters and its
+outputs are exactly those of models trained before the switches existed):
+
+* ``rpeak_head``        - a 1x1 conv on the decoder's last feature map -> R-peak heatmap logits
+                          [B, T].  Training only: :meth:`P2ES.denoise_with_rpeak` returns them
+                          next to the x_0 prediction; ``denoise`` / ``forward`` (the sampler,
+                          the ONNX graphs) never run the head and are unchanged by it.
+* ``ppg_onset_channel`` - ppg [B, 4, T]: the default 3 channels + the pulse-onset channel
+                          (:func:`engine.model.preprocess.onset_channel`).  ``encode`` also takes
+                          the default 3-channel features and appends the onset channel itself
+                          (on the host, from channel 0, bit-identical to ``ppg_features(...,
+                          onset=True)``), so callers that build default features (offline
+                          reconstruction, evaluation) work unchanged; the live backends and
+                          training pass 4 channels.
 """
 
 from __future__ import annotations
@@ -37,7 +52,9 @@ import torch.nn.functional as F
 
 from engine.model.config import ModelConfig
 from engine.model.groups import GroupFinder, LeadMixer
+from engine.model.preprocess import complete_features
 from engine.model.schedule import dct_matrix
+from p2es.errors import P2esError
 from p2es.leads import DERIVE
 
 
@@ -197,6 +214,7 @@ class P2ES(nn.Module):
     group_mlp: nn.Sequential | None
     mixer: LeadMixer | None
     deblur: FrequencyDeblur | None
+    rpeak: nn.Conv1d | None  # R-peak heatmap head (ModelConfig.rpeak_head), else None
     derive: torch.Tensor  # buffer: DERIVE [12, 8]
 
     def __init__(self, cfg: ModelConfig):
@@ -234,11 +252,18 @@ class P2ES(nn.Module):
         self.head = nn.Sequential(_gn(w[0]), nn.SiLU(), nn.Conv1d(w[0], cfg.n_leads, 3, padding=1))
         self.deblur = FrequencyDeblur(cfg) if cfg.use_deblur else None
         self.register_buffer("derive", torch.tensor(DERIVE, dtype=torch.float32), persistent=False)
+        self.rpeak = None
+        if cfg.rpeak_head:  # built last: a model without it has exactly the parameters it always had
+            self.rpeak = nn.Conv1d(w[0], 1, 1)
+            assert self.rpeak.bias is not None  # Conv1d is built with bias=True
+            nn.init.constant_(self.rpeak.bias, math.log(0.05 / 0.95))  # prior: ~5 % of samples near a peak
 
     # -- conditioning (once per window) --------------------------------------------------
     def encode(
         self, ppg: torch.Tensor, demo: torch.Tensor | None = None, demo_mask: torch.Tensor | None = None
     ) -> Cond:
+        if self.cfg.ppg_onset_channel and ppg.shape[1] == self.cfg.ppg_channels - 1:
+            ppg = self._with_onset(ppg)
         feats, summary = self.ppg_enc(ppg)
         if self.groups is None:
             return Cond(feats, None, None, None, None)
@@ -254,9 +279,32 @@ class P2ES(nn.Module):
         gemb = self.group_mlp(torch.cat([z, wgt], dim=-1))
         return Cond(feats, gemb, A, z, wgt)
 
+    def _with_onset(self, ppg: torch.Tensor) -> torch.Tensor:
+        """Default features [B, 3, T] -> [B, 4, T] with the pulse-onset channel (host numpy)."""
+        f = complete_features(ppg.detach().float().cpu().numpy(), self.cfg.fs, onset=True)
+        return torch.from_numpy(f).to(device=ppg.device, dtype=ppg.dtype)
+
     # -- one denoiser evaluation ------------------------------------------------------
     def denoise(self, x_t: torch.Tensor | None, t: torch.Tensor | float | None, cond: Cond) -> torch.Tensor:
         """x_0 prediction of the 8 independent leads [B, 8, T] (network units)."""
+        h, temb = self._trunk(x_t, t, cond)
+        return self._output(h, temb, cond)
+
+    def denoise_with_rpeak(
+        self, x_t: torch.Tensor | None, t: torch.Tensor | float | None, cond: Cond
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(denoise(x_t, t, cond), R-peak heatmap logits [B, T])`` in one pass (training;
+        needs ``ModelConfig.rpeak_head``).  The x_0 prediction is exactly ``denoise``'s."""
+        if self.rpeak is None:
+            raise P2esError("this model has no R-peak head (ModelConfig.rpeak_head is off)")
+        h, temb = self._trunk(x_t, t, cond)
+        logits: torch.Tensor = self.rpeak(h)[:, 0]
+        return self._output(h, temb, cond), logits
+
+    def _trunk(
+        self, x_t: torch.Tensor | None, t: torch.Tensor | float | None, cond: Cond
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The UNet up to the decoder's last feature map: ``(h [B, widths[0], T], temb)``."""
         B = cond.ppg[0].shape[0]
         if self.cfg.diffusion == "none" or x_t is None:
             x_t = cond.ppg[0].new_zeros(B, self.cfg.n_leads, self.cfg.T)
@@ -277,6 +325,10 @@ class P2ES(nn.Module):
         h = self.mid(h, emb)
         for lvl in reversed(range(L - 1)):
             h = self.dec[lvl](torch.cat([self.ups[lvl](h), skips[lvl]], dim=1), emb)
+        return h, temb
+
+    def _output(self, h: torch.Tensor, temb: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """Decoder feature map -> 8 leads -> lead mixing -> deblur."""
         y: torch.Tensor = self.head(h)
         if cond.A is not None:
             y = GroupFinder.mix(y, cond.A)

@@ -10,7 +10,26 @@ averaged over samples, leads and time; t ~ U(0, 1) (stratified over the batch). 
 regression baseline (``diffusion == "none"``) uses the same loss without noise; the
 CardioGAN-style baseline (an adversarial variant) adds ``w_adv`` times the least-squares
 generator loss of engine.model.adversarial's time- and frequency-domain discriminators, which take
-one Adam step (``lr_disc``) after each generator step.  AdamW with
+one Adam step (``lr_disc``) after each generator step.
+
+Opt-in beat-timing terms (both 0 by default: the loss, the batches and the weights are then
+exactly what they were before these terms existed).  With ``m`` [B, T] the QRS mask (1 within
++-60 ms of an annotated R peak of the simulator, engine.model.data.qrs_mask) and ``h`` [B, T]
+the R-peak heatmap target (Gaussian bumps, std 20 ms, peak 1, engine.model.data.rpeak_heatmap)::
+
+    L += w_qrs   * sum_{b,l,i} m[b,i] (x0_hat - x0)[b,l,i]^2 / (8 * sum_{b,i} m[b,i])
+    L += w_rpeak * mean_{b,i} BCE(sigmoid(r[b,i]), h[b,i])
+
+i.e. ``w_qrs`` is the mean over the masked samples (all 8 leads) of the x0 MSE, an extra
+weight on the QRS complexes on top of the plain MSE (a window without annotated beats adds 0),
+and ``r`` are the logits of the auxiliary R-peak head (ModelConfig.rpeak_head, a 1x1 conv on
+the decoder's last feature map, read by P2ES.denoise_with_rpeak).  The heatmap loss is binary
+cross-entropy with logits rather than MSE: the target is a per-sample soft probability in
+[0, 1]; BCE's gradient w.r.t. the logit is sigmoid(r) - h, which does not vanish when the
+sigmoid saturates (MSE on sigmoid(r) has the extra factor sigmoid'(r) and stalls on the ~95 %
+of samples far from any peak), and the logit form is numerically stable.  Its minimum is the
+target's entropy, not 0.  The head's bias starts at logit(0.05), the share of samples near a
+peak.  AdamW with
 linear warm-up and cosine decay, gradient clipping, EMA of the weights (the checkpoint holds
 the EMA weights).  The group bank is re-fitted every ``group_refit_every`` steps from the
 embeddings of the last ``group_reservoir`` windows and copied into the EMA model.
@@ -75,7 +94,19 @@ def build(cfg: TrainConfig) -> tuple[P2ES, Schedule]:
     return P2ES(mc), make_schedule(sc, mc.T)
 
 
-def make_stream(cfg: TrainConfig, ecg_scale: float, start_batch: int) -> SimStream | ArrayStream:
+def make_stream(
+    cfg: TrainConfig, ecg_scale: float, start_batch: int, *, ppg_onset: bool = False
+) -> SimStream | ArrayStream:
+    """The training batches of ``cfg``; ``ppg_onset``: 4-channel PPG input (the model's
+    ``ppg_onset_channel``).  The beat-timing targets (``qrs_mask``, ``rpeak_heat``) are built
+    only when ``w_qrs`` / ``w_rpeak`` use them."""
+    prep: dict[str, bool] = {}
+    if ppg_onset:
+        prep["ppg_onset"] = True
+    if cfg.w_qrs > 0:
+        prep["qrs"] = True
+    if cfg.w_rpeak > 0:
+        prep["rpeak"] = True
     if cfg.data in ("sim", "fake"):
         sim_kwargs: dict[str, Any] = {"duration_s": cfg.duration_s, "fs": cfg.fs, "noise": cfg.noise}
         if cfg.data == "sim":
@@ -94,6 +125,7 @@ def make_stream(cfg: TrainConfig, ecg_scale: float, start_batch: int) -> SimStre
             start_batch=start_batch,
             sim_kwargs=sim_kwargs,
             rate_profile=cfg.sim_rate_profile,
+            prepare_kwargs=prep or None,
         )
     raw = load_npz(cfg.data)
     fs = float(raw.get("fs", cfg.fs))
@@ -102,7 +134,9 @@ def make_stream(cfg: TrainConfig, ecg_scale: float, start_batch: int) -> SimStre
             f"{cfg.data}: windows are {raw['ppg'].shape[-1]} samples at {fs} Hz, "
             f"training expects {cfg.duration_s} s at {cfg.fs} Hz"
         )
-    data = prepare(raw, ecg_scale)
+    if (cfg.w_qrs > 0 or cfg.w_rpeak > 0) and raw.get("r_peaks") is None:
+        raise P2esError(f"{cfg.data} has no 'r_peaks' array (needed by w-qrs / w-rpeak)")
+    data = prepare(raw, ecg_scale, **prep)
     if "x0" not in data:
         raise P2esError(f"{cfg.data} has no 'ecg' array to train on")
     return ArrayStream(data, cfg.batch_size, seed=cfg.seed, start_batch=start_batch)
@@ -142,9 +176,13 @@ def loss_terms(
         t = ((u + torch.arange(B, device=x0.device) / B) % 1.0).clamp(1e-4, 1.0)
         noise = torch.randn(x0.shape, generator=gen, device=gen.device)
         x_t = cast(FrequencySchedule, schedule).q_sample(x0, t, noise)  # diffusion: a frequency schedule
+    rpeak_logits: torch.Tensor | None = None
     with autocast():
         cond = model.encode(batch["ppg"], batch["demo"], batch["demo_mask"])
-        x0_hat = model.denoise(x_t, t, cond)
+        if cfg.w_rpeak > 0:
+            x0_hat, rpeak_logits = model.denoise_with_rpeak(x_t, t, cond)
+        else:
+            x0_hat = model.denoise(x_t, t, cond)
     x0_hat = x0_hat.float()
     mse = F.mse_loss(x0_hat, x0)
     spec = (x0_hat @ V.T - x0 @ V.T).abs().mean() if cfg.w_spec > 0 else x0.new_zeros(())
@@ -155,6 +193,16 @@ def loss_terms(
         con = supcon_loss(cond.z.float(), pos, cfg.contrast_temp)
         loss = loss + cfg.w_contrast * con
         terms["con"] = con.item()
+    if cfg.w_qrs > 0:  # mean x0 MSE over the samples within +-60 ms of an annotated R peak
+        m = batch["qrs_mask"].to(x0.dtype)[:, None, :]
+        qrs = ((x0_hat - x0) ** 2 * m).sum() / (m.sum() * x0.shape[1]).clamp_min(1.0)
+        loss = loss + cfg.w_qrs * qrs
+        terms["qrs"] = qrs.item()
+    if cfg.w_rpeak > 0:
+        assert rpeak_logits is not None  # denoise_with_rpeak ran above
+        rpk = F.binary_cross_entropy_with_logits(rpeak_logits.float(), batch["rpeak_heat"].float())
+        loss = loss + cfg.w_rpeak * rpk
+        terms["rpeak"] = rpk.item()
     terms["loss"] = loss.item()
     return loss, terms, cond, x0_hat
 
@@ -192,6 +240,8 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike[str], resume: bool = Fal
         raise P2esError("device 'cuda' requested but no CUDA GPU is available")
     torch.manual_seed(cfg.seed)
     model, schedule = build(cfg)
+    if cfg.w_rpeak > 0 and model.rpeak is None:
+        raise P2esError("w-rpeak > 0 needs the R-peak head: --model '{\"rpeak_head\": true}'")
     model.to(dev)
     if model.groups is not None:
         model.groups.reservoir = model.groups.reservoir.new_zeros(cfg.group_reservoir, model.cfg.group_dim)
@@ -230,7 +280,7 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike[str], resume: bool = Fal
     elif resume:
         print(f"p2es: no resume file {rpath}; starting from step 0", file=sys.stderr)
     V = dct_matrix(model.cfg.T).to(dev)
-    source = make_stream(cfg, model.cfg.ecg_scale, start_batch=step)
+    source = make_stream(cfg, model.cfg.ecg_scale, start_batch=step, ppg_onset=model.cfg.ppg_onset_channel)
     stream: Iterable[dict[str, torch.Tensor]] = source
     if cfg.workers > 0 and cfg.data in ("sim", "fake"):
         stream = torch.utils.data.DataLoader(

@@ -9,6 +9,8 @@ Data flow (one process; stage boundaries are plain dataclasses so they can cross
 * ``Backend`` is the interface the runtime needs: ``run(feats [B,3,T], demo [B,5], mask [B,5])``
   -> ``(mean [B,12,T], std [B,12,T])`` in mV.  ``TorchBackend`` runs the sampler (CPU, or CUDA
   with bf16 autocast); other backends (ONNX Runtime, TensorRT) plug in behind the same method.
+  For a model with ``ppg_onset_channel`` a backend appends the onset channel to 3-channel
+  features itself (and takes [B,4,T] as they are).
 * ``MicroBatcher`` is a dynamic batcher in the spirit of Triton's: a request waits at most
   ``max_wait_ms`` for others to join, a batch holds at most ``max_batch`` windows, and the
   backend runs in a worker thread so the event loop keeps ingesting.
@@ -32,7 +34,7 @@ import torch
 
 from engine.model import sampler
 from engine.model.data import demographics as demo_arrays
-from engine.model.preprocess import ppg_features
+from engine.model.preprocess import complete_features, ppg_features
 from engine.model.reconstruct import crossfade_weights
 from engine.serve.backends.torch_loop import CudaGraphRunner, GraphableLoop, default_buckets
 from p2es.contracts.ppg import Window
@@ -182,6 +184,8 @@ class TorchBackend:
         return f"torch-cuda-{self.precision}" + ("-graphs" if self.cuda_graphs else "")
 
     def run(self, feats: np.ndarray, demo: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.entry.model.cfg.ppg_onset_channel:  # default 3-channel features + the onset channel
+            feats = complete_features(feats, self.fs, onset=True)
         gen = torch.Generator(device=self.device.type).manual_seed(self.seed + self._calls)
         self._calls += 1
         f = torch.as_tensor(feats, dtype=torch.float32, device=self.device)
@@ -203,12 +207,17 @@ class TorchBackend:
         return res.mean.float().cpu().numpy(), res.std.float().cpu().numpy()
 
 
-def prepare_batch(reqs: list[WindowRequest]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Window requests -> (feats [B,3,T], demo [B,5], mask [B,5]) exactly as in training."""
+def prepare_batch(
+    reqs: list[WindowRequest], *, ppg_onset: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Window requests -> (feats [B,3,T], demo [B,5], mask [B,5]) exactly as in training
+    (``ppg_onset``: [B,4,T] with the onset channel, a model's ``ppg_onset_channel``; the backends
+    also complete 3-channel features for such a model themselves)."""
     fs = {float(r.fs) for r in reqs}
     if len(fs) != 1:
         raise ValueError(f"one batch must share one sampling rate, got {sorted(fs)}")
-    feats = ppg_features(np.stack([np.asarray(r.ppg, dtype=np.float64) for r in reqs]), fs.pop())
+    x = np.stack([np.asarray(r.ppg, dtype=np.float64) for r in reqs])
+    feats = ppg_features(x, fs.pop(), onset=ppg_onset)
     rows: list[tuple[Any, Any, Any, Any]] = []
     for r in reqs:
         d = r.demographics or {}

@@ -53,10 +53,14 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 def model_hash(entry: Entry, *, opset: int | None = None) -> str:
     """sha256 of the network weights + configs (+ export version and opset): the cache key."""
     h = hashlib.sha256()
+    mc = to_dict(entry.model_config)
+    for name in ("rpeak_head", "ppg_onset_channel"):  # opt-in switches added later: left out while
+        if not mc.get(name):  # off, so the models from before them keep their cache keys
+            mc.pop(name, None)
     h.update(
         json.dumps(
             {
-                "model": to_dict(entry.model_config),
+                "model": mc,
                 "schedule": to_dict(entry.schedule_config),
                 "export_version": EXPORT_VERSION,
                 "opset": opset,

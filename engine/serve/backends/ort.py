@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from engine.model.preprocess import complete_features
 from engine.serve.backends.common import (
     DEFAULT_CLIP_MV,
     StepPlan,
@@ -230,6 +231,8 @@ class OrtBackend:
         self._cpu = not self.device.startswith("cuda")
 
     def run(self, feats: np.ndarray, demo: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.cfg.ppg_onset_channel:  # default 3-channel features + the onset channel
+            feats = complete_features(feats, float(self.cfg.fs), onset=True)
         feats = np.ascontiguousarray(feats, dtype=np.float32)
         B = feats.shape[0]
         seed = self.seed + self._calls

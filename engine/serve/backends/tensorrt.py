@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from engine.model.network import Cond
+from engine.model.preprocess import complete_features
 from engine.serve.backends.common import cache_root, check_run_args, draw_noise, model_hash
 from engine.serve.backends.torch_loop import CudaGraphRunner, GraphableLoop, default_buckets
 from engine.serve.onnx_graphs import ensure_onnx, io_names
@@ -395,6 +396,8 @@ class TensorRTBackend:
         return b["x0"].clone()
 
     def run(self, feats: np.ndarray, demo: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.cfg.ppg_onset_channel:  # default 3-channel features + the onset channel
+            feats = complete_features(feats, float(self.cfg.fs), onset=True)
         B = feats.shape[0]
         seed = self.seed + self._calls
         self._calls += 1

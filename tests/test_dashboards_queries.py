@@ -89,27 +89,6 @@ def run(q: str, db: str) -> list[dict]:
 
 
 # ------------------------------------------------------------------------- the simulated run
-def _tiny_ckpt(path) -> str:
-    from engine.model.train import TrainConfig, train
-
-    train(
-        TrainConfig(
-            variant="p2es",
-            model=dict(widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8),
-            steps=2,
-            batch_size=4,
-            data="fake",
-            chunk_records=8,
-            ckpt_every=0,
-            group_refit_every=1,
-            group_reservoir=16,
-            progress=False,
-        ),
-        path,
-    )
-    return str(path)
-
-
 async def _wait_for(pred, timeout: float, step: float = 0.2) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -120,7 +99,7 @@ async def _wait_for(pred, timeout: float, step: float = 0.2) -> bool:
 
 
 @pytest.fixture(scope="module")
-def run_data(influxdb, mqtt_broker, tmp_path_factory):
+def run_data(influxdb, mqtt_broker, tmp_path_factory, tiny_ckpt):
     """3 simulated patients (24 s of signal, in the past) through the real Pipeline into a private
     database, health every second, then alert transitions written with ``alert_line``."""
     from engine.app.pipeline import Pipeline, PipelineConfig
@@ -131,7 +110,7 @@ def run_data(influxdb, mqtt_broker, tmp_path_factory):
     tag = uuid.uuid4().hex[:6]
     db = f"p2es_dash_{tag}"
     services.influx_query(f'CREATE DATABASE "{db}"', db="")
-    ckpt = _tiny_ckpt(tmp / "tiny.pt")
+    ckpt = tiny_ckpt
     t_start = float(int(time.time()) - 90)  # device clock 90 s in the past: a past time range
     client_id = f"p2es-dash-{tag}"
     n_win = int(np.ceil((DURATION * FS - T) / HOP))

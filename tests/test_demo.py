@@ -19,26 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def tiny_demo_ckpt(tmp_path_factory) -> Path:
-    from engine.model.train import TrainConfig, train
-
-    path = tmp_path_factory.mktemp("demo_ckpt") / "tiny.pt"
-    train(
-        TrainConfig(
-            variant="p2es",
-            model=dict(widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8),
-            steps=2,
-            batch_size=4,
-            data="fake",
-            chunk_records=8,
-            ckpt_every=0,
-            group_refit_every=1,
-            group_reservoir=16,
-            progress=False,
-        ),
-        path,
-    )
-    return path
+def tiny_demo_ckpt(tiny_ckpt: str) -> Path:
+    return Path(tiny_ckpt)
 
 
 # Alert rules for the tiny (untrained) model: its ECG is noise, so the rules look at what does not

@@ -26,29 +26,6 @@ STEP_NS = 7_812_500  # 1e9 / 128
 T, HOP = 1024, 512
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    from engine.model.train import TrainConfig, train
-
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    train(
-        TrainConfig(
-            variant="p2es",
-            model=dict(widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8),
-            steps=2,
-            batch_size=4,
-            data="fake",
-            chunk_records=8,
-            ckpt_every=0,
-            group_refit_every=1,
-            group_reservoir=16,
-            progress=False,
-        ),
-        path,
-    )
-    return str(path)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

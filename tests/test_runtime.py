@@ -110,28 +110,12 @@ def test_backend_failure_reaches_the_callers():
     asyncio.run(main())
 
 
-def test_torch_backend_and_vitals_on_a_tiny_model(tmp_path):
+def test_torch_backend_and_vitals_on_a_tiny_model(tiny_ckpt):
     from engine.model.checkpoint import load_model
-    from engine.model.train import TrainConfig, train
     from engine.serve.runtime import TorchBackend, WindowResult, window_vitals
     from wearable.sim import synthesize
 
-    path = tmp_path / "tiny.pt"
-    train(
-        TrainConfig(
-            variant="p2es",
-            model=dict(widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8),
-            steps=2,
-            batch_size=4,
-            data="fake",
-            chunk_records=8,
-            ckpt_every=0,
-            group_refit_every=1,
-            group_reservoir=16,
-            progress=False,
-        ),
-        path,
-    )
+    path = tiny_ckpt
     be = TorchBackend(load_model(path, "p2es"), steps=3, k=2, threads=1)
     d = synthesize(2, seed=5, noisy_ecg=False)
     reqs = [

@@ -98,9 +98,7 @@ def load_config(args: argparse.Namespace) -> PipelineConfig:
     from engine.app.pipeline import PipelineConfig  # lazy: CLI start-up time (only `p2es run` needs it)
 
     data = merge_flags(read_settings_file(getattr(args, "config", None)), args, _RUN_FLAGS)
-    if str(data.get("influx_url", "")).lower() == "none":
-        data["influx_url"] = None
-    return validate(PipelineConfig, data, "pipeline")
+    return validate(PipelineConfig, data, "pipeline")  # influx_url "none": ServiceSettings reads it
 
 
 def _install_stop(stop: asyncio.Event) -> None:

@@ -31,7 +31,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from p2es.errors import P2esError
-from p2es.transport.settings import SERVICE_FLAGS, add_broker_flags, add_service_flags
+from p2es.transport.settings import (
+    SERVICE_FLAGS,
+    TLS_FLAG_NAMES,
+    add_broker_flags,
+    add_service_flags,
+    mqtt_tls_context,
+)
+from p2es.transport.tls import redact_url
 
 if TYPE_CHECKING:
     from alerts.service import AlertServiceConfig
@@ -202,8 +209,8 @@ def run_main(args: argparse.Namespace) -> int:
         log.info(
             "p2es alerts: %d rule(s), broker %s, influx %s, %d webhook(s)",
             len(svc.rules.rules),
-            cfg.broker,
-            cfg.influx_url or "off",
+            redact_url(cfg.broker),
+            redact_url(cfg.influx_url) if cfg.influx_url else "off",
             len(cfg.webhooks),
         )
         every = float(args.stats_every or 0)
@@ -241,6 +248,13 @@ def _publish_command(args: argparse.Namespace, payload: dict[str, Any]) -> None:
             password=args.mqtt_password or os.environ.get("P2ES_MQTT_PASSWORD"),
             client_id=f"p2es-alerts-cli-{secrets.token_hex(4)}",
             version=args.mqtt_version,
+            tls_context=mqtt_tls_context(
+                args.broker,
+                args.mqtt_ca_file,
+                args.mqtt_cert_file,
+                args.mqtt_key_file,
+                options=TLS_FLAG_NAMES,
+            ),
         )
     except ValueError as e:
         raise P2esError(str(e)) from None
@@ -252,7 +266,7 @@ def _publish_command(args: argparse.Namespace, payload: dict[str, Any]) -> None:
     try:
         asyncio.run(go())
     except aiomqtt.MqttError as e:
-        raise P2esError(f"cannot publish to {args.broker}: {e}") from None
+        raise P2esError(f"cannot publish to {redact_url(args.broker)}: {e}") from None
 
 
 def _who(by: str | None) -> str:

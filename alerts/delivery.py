@@ -11,7 +11,12 @@ Data flow for every :class:`alerts.state.AlertEvent`::
 
 :class:`WebhookSender` runs one task per webhook: it takes the oldest pending row, signs it for
 this attempt (fresh ``webhook-timestamp``, same ``webhook-id``) and POSTs it in a worker thread
-(``urllib``), then applies the outbox rules (see :mod:`alerts.outbox`).
+(``urllib``), then applies the outbox rules (see :mod:`alerts.outbox`).  Every failure of an
+attempt, whatever its type, is a failed attempt (counted, backed off, given up at ``max_age_s``);
+nothing a receiver or a URL does can stall a worker.  At :meth:`WebhookSender.start` (a process
+start) the head row of every webhook is attempted at once, whatever retry time was saved for
+it, so a receiver that came back while the service was down gets it promptly; after that the
+backoff applies again.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,10 +45,14 @@ log = logging.getLogger("p2es.alerts.delivery")
 
 @dataclass(frozen=True)
 class WebhookTarget:
+    """One receiver, only ever from the operator's configuration (``AlertServiceConfig.webhooks``):
+    nothing that arrives over MQTT names a URL."""
+
     name: str
     url: str
     secret: str  # whsec_...
     timeout_s: float = 15.0
+    tls_context: ssl.SSLContext | None = None  # https://: verifying (p2es.transport.tls); None: default
 
 
 class WebhookSender:
@@ -68,6 +78,7 @@ class WebhookSender:
         self._post = poster
         self._wake: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._resume: set[str] = set()  # webhooks whose head row is tried at once (after start)
         self.last_error: dict[str, str | None] = {t.name: None for t in targets}
         self.attempts = 0
 
@@ -86,6 +97,7 @@ class WebhookSender:
     def start(self) -> None:
         for name in self.targets:
             self._wake[name] = asyncio.Event()
+            self._resume.add(name)
             self._tasks.append(asyncio.create_task(self._worker(name), name=f"webhook:{name}"))
 
     async def stop(self) -> None:
@@ -104,28 +116,48 @@ class WebhookSender:
 
     async def _worker(self, name: str) -> None:
         target = self.targets[name]
+        errors = 0  # consecutive unexpected errors (the outbox itself failing, e.g. disk full)
         while True:
             try:
                 row = self.outbox.head(name)
                 if row is None:
+                    self._resume.discard(name)
                     await self._sleep(name, 3600.0)
                     continue
                 now = time.time()
-                if row.next_attempt > now:
+                if row.next_attempt > now and name not in self._resume:
                     await self._sleep(name, row.next_attempt - now)
                     continue
+                self._resume.discard(name)
                 await self._attempt(target, row)
+                errors = 0
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the sender must never die
-                log.exception("webhook %s: unexpected error; retrying in 1 s", name)
-                await asyncio.sleep(1.0)
+            except Exception as e:  # noqa: BLE001 - the sender must never die
+                errors += 1
+                delay = min(30.0, 2.0 ** min(errors - 1, 5))
+                if errors == 1:
+                    log.exception("webhook %s: unexpected error; retrying in %.0f s", name, delay)
+                else:
+                    log.error(
+                        "webhook %s: unexpected error again (%d in a row): %s: %s; retrying in %.0f s",
+                        name,
+                        errors,
+                        type(e).__name__,
+                        e,
+                        delay,
+                    )
+                await asyncio.sleep(delay)
 
     async def _attempt(self, target: WebhookTarget, row: OutboxRow) -> None:
         self.attempts += 1
-        res = await asyncio.to_thread(
-            self._post, target.url, row.body, row.msg_id, target.secret, timeout=target.timeout_s
-        )
+        try:
+            tls = {"context": target.tls_context} if target.tls_context is not None else {}
+            res = await asyncio.to_thread(
+                self._post, target.url, row.body, row.msg_id, target.secret, timeout=target.timeout_s, **tls
+            )
+        except Exception as e:  # noqa: BLE001 - whatever the poster raises is a failed attempt
+            res = PostResult(None, f"{type(e).__name__}: {e}")
         now = time.time()
         if res.ok:
             self.outbox.delivered(row)

@@ -35,6 +35,7 @@ import contextlib
 import logging
 import os
 import secrets
+import ssl
 import time
 from collections import Counter, deque
 from pathlib import Path
@@ -48,7 +49,7 @@ from alerts.health import HealthServer
 from alerts.outbox import Outbox
 from alerts.rules import VITALS_METRICS, RuleFile, load_rules
 from alerts.state import AlertEngine, AlertEvent, Silence, load_state, save_state
-from alerts.webhook import MIN_KEY_BYTES, decode_secret
+from alerts.webhook import MIN_KEY_BYTES, SECRET_PREFIX, check_url, decode_secret
 from p2es.contracts.alerts import (
     AckCommand,
     SilenceCommand,
@@ -61,6 +62,7 @@ from p2es.contracts.vitals import parse_vitals
 from p2es.errors import P2esError
 from p2es.transport.mqtt import Backoff, payload_bytes, run_reconnecting
 from p2es.transport.settings import ServiceSettings
+from p2es.transport.tls import client_context, redact_url
 from sink.writer import Writer
 
 __all__ = ["WebhookConfig", "AlertServiceConfig", "AlertService"]
@@ -70,7 +72,8 @@ log = logging.getLogger("p2es.alerts")
 
 class WebhookConfig(BaseModel):
     """One webhook receiver.  The secret comes from ``secret``, else ``secret_file``, else the
-    environment variable ``secret_env``, else ``P2ES_WEBHOOK_SECRET``."""
+    environment variable ``secret_env``, else ``P2ES_WEBHOOK_SECRET``.  An ``https://`` URL is
+    verified (certificate and host name) against ``ca_file``, or the system trust store."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -80,13 +83,25 @@ class WebhookConfig(BaseModel):
     secret_file: str | None = None
     secret_env: str | None = None
     timeout_s: float = Field(15.0, gt=0, le=120)
+    ca_file: str | None = None  # https://: CA certificate(s) the receiver's must chain to
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not (v.startswith("http://") or v.startswith("https://")):
-            raise ValueError(f"webhook url must be http(s)://..., got {v!r}")
-        return v
+        return check_url(v)  # scheme, host and port parsed fully: a bad URL fails at start-up
+
+    @model_validator(mode="after")
+    def _tls(self) -> WebhookConfig:
+        self.tls_context()  # the CA file loads, and only with an https:// URL (ValueError)
+        return self
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The verifying TLS context of an ``https://`` URL (None for ``http://``)."""
+        if not self.url.startswith("https://"):
+            if self.ca_file:
+                raise ValueError(f"webhook {self.name}: ca_file needs an https:// url")
+            return None
+        return client_context(self.ca_file, options=(f"webhook {self.name}: ca_file", "", ""))
 
     def resolve_secret(self) -> str:
         if self.secret:
@@ -104,6 +119,11 @@ class WebhookConfig(BaseModel):
             raise P2esError(
                 f"webhook {self.name} has no secret (set secret, secret_file, secret_env "
                 "or env P2ES_WEBHOOK_SECRET; make one with 'p2es alerts new-secret')"
+            )
+        if not s.strip().startswith(SECRET_PREFIX):
+            raise P2esError(
+                f"webhook {self.name}: {src}: a webhook secret must start with {SECRET_PREFIX} "
+                "(make one with 'p2es alerts new-secret')"
             )
         try:
             key = decode_secret(s)
@@ -139,6 +159,12 @@ class AlertServiceConfig(ServiceSettings):
     health_port: int = Field(0, ge=0, le=65535)  # /healthz + /metrics over HTTP (0 = off)
     health_addr: str = "127.0.0.1"
 
+    @field_validator("influx_url")
+    @classmethod
+    def _influx_url_parsed(cls, v: str | None) -> str | None:
+        # runs after the base's check (which maps "none" to None): host and port parsed fully
+        return None if v is None else check_url(v, "influx_url")
+
     @model_validator(mode="after")
     def _alert_checks(self) -> AlertServiceConfig:
         if self.backoff_cap_s < self.backoff_base_s:
@@ -157,7 +183,8 @@ class AlertService:
         self.rules = rules if rules is not None else load_rules(config.rules)
         self.engine = AlertEngine(self.rules)
         self.targets = [
-            WebhookTarget(w.name, w.url, w.resolve_secret(), w.timeout_s) for w in config.webhooks
+            WebhookTarget(w.name, w.url, w.resolve_secret(), w.timeout_s, w.tls_context())
+            for w in config.webhooks
         ]
         self.ack_topic = ack_topic(config.prefix)
         self.deadletter_topic = deadletter_topic(config.prefix)
@@ -180,6 +207,7 @@ class AlertService:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         cfg = self.config
+        await cfg.check_tls()  # a certificate that does not verify: one line, before anything starts
         if load_state(self.engine, cfg.state_file, time.time()):
             log.info(
                 "alerts: restored %d alert(s), %d silence(s) from %s",
@@ -276,7 +304,7 @@ class AlertService:
                 self.connected.set()
                 self.c["connects"] += 1
                 self._backlog_wake.set()
-                log.info("alerts connected to %s as %s", cfg.broker, cfg.client_id)
+                log.info("alerts connected to %s as %s", redact_url(cfg.broker), cfg.client_id)
                 async for msg in client.messages:
                     await self._handle(str(msg.topic), msg.payload)
 

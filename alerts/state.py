@@ -90,6 +90,7 @@ class Alert:
     acked_at: float | None = None
     value: float | None = None
     gate: dict[str, float | None] | None = None
+    fired_value: float | None = None  # the value of the window that fired this episode
 
 
 @dataclass(frozen=True)
@@ -332,6 +333,7 @@ class AlertEngine:
         if a.state == "pending":
             if t - (a.pending_since if a.pending_since is not None else t) >= rule.for_:
                 a.state, a.fired_at, a.resolved_at, a.clear_since = "firing", t, None, None
+                a.fired_value = value
                 a.acked_by = a.acked_at = None
                 a.notified, a.last_notified = False, None
                 sil = self.silenced_by(patient, rule.name, now)
@@ -363,6 +365,9 @@ class AlertEngine:
     def _resolve(
         self, rule: Rule, a: Alert, t: float, value: float, now: float, *, forgotten: bool = False
     ) -> AlertEvent:
+        """The ``resolved`` event.  Its message and summary say that it resolved, with the value
+        that resolved it, and what had fired (the rule's summary rendered with the value of the
+        firing window) -- never the firing summary re-rendered with the resolving value."""
         sil = self.silenced_by(a.patient, rule.name, now)
         a.state, a.resolved_at, a.clear_since, a.pending_since = "resolved", t, None, None
         unit = UNITS.get(rule.metric, "")
@@ -373,9 +378,20 @@ class AlertEngine:
             else f"resolved: {rule.metric} {value:g}{(' ' + unit) if unit else ''} "
             f"({cleared} for {format_duration(rule.clear_for)})"
         )
+        if a.fired_value is not None:
+            msg += f"; had fired: {self._summary(rule, a, a.fired_value)}"
         notify = a.notified and sil is None
         ev = self._event(
-            "resolved", rule, a, t, value, notify=notify, message=msg, silenced_by=sil, ends_at=t
+            "resolved",
+            rule,
+            a,
+            t,
+            value,
+            notify=notify,
+            message=msg,
+            summary=msg,
+            silenced_by=sil,
+            ends_at=t,
         )
         a.notified = False
         a.acked_by = a.acked_at = None
@@ -434,10 +450,14 @@ class AlertEngine:
         *,
         notify: bool,
         message: str | None = None,
+        summary: str | None = None,
         silenced_by: str | None = None,
         ends_at: float | None = None,
     ) -> AlertEvent:
-        summary = self._summary(rule, a, value)
+        # a resolved event describes what had fired: its description renders the firing value
+        shown = a.fired_value if kind == "resolved" and a.fired_value is not None else value
+        if summary is None:
+            summary = self._summary(rule, a, value)
         if message is None:
             message = summary
             if a.gate:
@@ -446,7 +466,7 @@ class AlertEngine:
                 message = f"still firing since {format_duration(t - (a.fired_at or t))}: {message}"
         labels = {"alertname": rule.name, "patient": a.patient, "priority": rule.priority, **rule.labels}
         desc = (
-            rule.description.format_map(self._fields(rule, a, value, self.gate_text(a.gate)))
+            rule.description.format_map(self._fields(rule, a, shown, self.gate_text(a.gate)))
             if rule.description
             else ""
         )

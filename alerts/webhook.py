@@ -23,6 +23,11 @@ Body (Alertmanager webhook format, version "4", so existing Alertmanager receive
                  "endsAt": RFC 3339 | "0001-01-01T00:00:00Z" while firing,
                  "generatorURL": "<external_url>/alerts/<rule>", "fingerprint": "<16 hex>"}]}
 
+Delivery (:func:`post`) never follows a redirect (a 3xx is a failed attempt, retried like a 5xx)
+and never raises: whatever goes wrong -- building the request, the URL, the network, the
+response -- comes back as a :class:`PostResult` with an error, so the sender counts it as an
+attempt.  :func:`check_url` parses a configured URL fully (scheme, host, port) at start-up.
+
 One notification carries one alert (grouped by rule and patient); ``repeat`` notifications have
 status ``firing`` (as Alertmanager's repeat_interval re-sends do).  p2es additions live under
 the alert's annotations (``p2es_event``: firing | repeat | resolved, ``value``), which
@@ -35,10 +40,14 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import json
+import re
 import secrets
+import ssl
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -47,9 +56,11 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from alerts.state import AlertEvent
+from p2es.transport.tls import client_context, refusal
 
 __all__ = [
     "SECRET_PREFIX",
+    "check_url",
     "WebhookVerificationError",
     "decode_secret",
     "generate_secret",
@@ -64,6 +75,65 @@ __all__ = [
 SECRET_PREFIX = "whsec_"
 MIN_KEY_BYTES = 24
 ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def _shown(url: str) -> str:
+    """``url`` for an error message: scheme and host part, credentials and path left out."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url[:40] + ("…" if len(url) > 40 else "")
+    netloc, slash, _ = rest.partition("/")
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    return f"{scheme}://{netloc}" + ("/…" if slash else "")
+
+
+def check_url(url: str, what: str = "webhook url") -> str:
+    """Parse an HTTP(S) URL fully; ``url`` unchanged, or ``ValueError`` (naming ``what``) saying
+    what is wrong.
+
+    Checked: no whitespace or control character anywhere; scheme ``http``/``https``; a host that
+    is an IPv4 address, a bracketed IPv6 address or a DNS name (labels of letters, digits, ``-``,
+    ``_``; internationalised names through IDNA); a port, if given, that is a number in 1..65535;
+    no ``user:password@`` (the request would not carry it).  Messages show the URL without
+    credentials and without its path (a path or query may hold a token)."""
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"{what} is empty")
+    shown = _shown(url)
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        raise ValueError(f"{what} {shown!r} contains whitespace or a control character")
+    try:
+        u = urllib.parse.urlsplit(url)
+        port = u.port  # raises for a port that is not a number in 0..65535
+    except ValueError as e:
+        raise ValueError(f"{what} {shown!r}: {e}") from None
+    if u.scheme not in ("http", "https"):
+        raise ValueError(f"{what} must be http(s)://HOST[:PORT]/..., got {shown!r}")
+    host = u.hostname
+    if not host:
+        raise ValueError(f"{what} {shown!r} has no host")
+    if u.username is not None or u.password is not None:
+        raise ValueError(f"{what} {shown!r}: user:password@ in the URL is not supported")
+    if port == 0:
+        raise ValueError(f"{what} {shown!r}: port 0 is not a port to send to")
+    if "[" in u.netloc:
+        return url  # a bracketed IPv6 literal: urlsplit has validated it
+    try:
+        ipaddress.ip_address(host)
+        return url
+    except ValueError:
+        pass
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ValueError(f"{what} {shown!r}: {host!r} is not a valid host name") from None
+    labels = ascii_host.removesuffix(".").split(".")
+    if len(ascii_host) > 253 or not all(_DNS_LABEL.fullmatch(lb) for lb in labels):
+        raise ValueError(f"{what} {shown!r}: {host!r} is not a valid host name")
+    return url
 
 
 class WebhookVerificationError(ValueError):
@@ -200,6 +270,25 @@ class PostResult:
         return self.status is not None and 400 <= self.status < 500 and self.status not in (408, 429)
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: a webhook goes to the configured URL only.  urllib then raises
+    ``HTTPError`` with the 3xx status, a failed (retried) attempt."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(
+    _NoRedirect, urllib.request.HTTPSHandler(context=client_context())
+)  # https://: certificate and host name verified against the system trust store
+
+
+def _opener(context: ssl.SSLContext | None) -> urllib.request.OpenerDirector:
+    if context is None:
+        return _OPENER
+    return urllib.request.build_opener(_NoRedirect, urllib.request.HTTPSHandler(context=context))
+
+
 def post(
     url: str,
     body: bytes,
@@ -209,21 +298,26 @@ def post(
     timeout: float = 15.0,
     now: float | None = None,
     extra_headers: Mapping[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
 ) -> PostResult:
-    """One signed POST (blocking; run it in a thread).  Never raises for network errors."""
-    ts = int(time.time() if now is None else now)
-    headers = {
-        "content-type": "application/json",
-        "user-agent": "p2es-alerts",
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(ts),
-        "webhook-signature": sign(secret, msg_id, ts, body),
-    }
-    if extra_headers:
-        headers.update(extra_headers)
-    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    """One signed POST (blocking; run it in a thread).  Never raises: every failure -- signing,
+    building the request, a bad URL, the network, a redirect -- is a :class:`PostResult` with
+    an error (``status`` None unless the receiver answered).  ``https://`` is verified
+    (certificate and host name) with ``context`` (:func:`p2es.transport.tls.client_context`;
+    default: the system trust store); a certificate that does not verify is a failed attempt."""
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 - configured URL
+        ts = int(time.time() if now is None else now)
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "p2es-alerts",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(ts),
+            "webhook-signature": sign(secret, msg_id, ts, body),
+        }
+        if extra_headers:
+            headers.update(extra_headers)
+        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        with _opener(context).open(req, timeout=timeout) as r:
             r.read(65536)
             status = r.status
             if 200 <= status < 300:
@@ -231,15 +325,32 @@ def post(
             return PostResult(status, f"HTTP {status}")
     except urllib.error.HTTPError as e:
         ra = _retry_after(e.headers.get("Retry-After") if e.headers else None)
+        if 300 <= e.code < 400:
+            loc = e.headers.get("Location") if e.headers else None
+            return PostResult(
+                e.code, f"HTTP {e.code}: redirect{f' to {loc}' if loc else ''} not followed", ra
+            )
         try:
             detail = e.read(300).decode("utf-8", "replace").strip()
         except Exception:  # noqa: BLE001 - the error body is optional detail, never a second failure
             detail = ""
         msg = f"HTTP {e.code}" + (f": {' '.join(detail.split())[:200]}" if detail else "")
         return PostResult(e.code, msg, ra)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
-        return PostResult(None, f"{type(e).__name__}: {reason}")
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, ssl.SSLError):  # one line saying which check failed
+            u = urllib.parse.urlsplit(url)
+            line = refusal(
+                e.reason,
+                what="webhook receiver",
+                host=u.hostname or "",
+                port=u.port or 443,
+                ca_option="the webhook's ca_file",
+                ca_file=None if context is None else "",
+            )
+            return PostResult(None, line)
+        return PostResult(None, f"URLError: {e.reason}")
+    except Exception as e:  # noqa: BLE001 - any failure (InvalidURL, RemoteDisconnected, ...) is a failed attempt
+        return PostResult(None, f"{type(e).__name__}: {e}")
 
 
 def _retry_after(v: str | None) -> float | None:

@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO))
 
 from pydantic import BaseModel  # noqa: E402 - after the path setup
 
-from p2es.contracts import alerts, influx, ppg, topics, vitals  # noqa: E402 - after the path setup
+from p2es.contracts import alerts, influx, ppg, topics, validation, vitals  # noqa: E402 - after the path setup
 
 OUT = REPO / "docs" / "contracts.md"
 
@@ -115,6 +115,13 @@ def render() -> str:
         f"| `{topics.DEADLETTER_TOPIC}` | `deadletter_topic` |",
         "",
         "Dead-letter reason codes (ingest): " + ", ".join(f"`{c}`" for c in ppg.DEADLETTER_CODES) + ".",
+        "",
+        "Dead-letter reason codes (alert service): vitals "
+        + ", ".join(f"`{c}`" for c in validation.VITALS_REASON_CODES)
+        + "; commands "
+        + ", ".join(f"`{c}`" for c in validation.COMMAND_REASON_CODES)
+        + "; `internal_error` (a bug). Every parser of untrusted input returns one of these codes and "
+        "never raises (`tests/test_parsers_property.py`).",
         "",
         "## InfluxDB measurements",
         "",

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start/stop every service the p2es tests need (Mosquitto + InfluxDB).
+# Start/stop every service the p2es tests need (Mosquitto + InfluxDB + a 3-node NATS cluster).
 #
 #   scripts/services.sh start|stop|status|restart
 #
@@ -7,7 +7,7 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-SERVICES=(mosquitto influxdb)
+SERVICES=(mosquitto influxdb nats)
 
 case "${1:-}" in
     start | restart)

@@ -26,6 +26,17 @@ SIGMA_BLUR_MAX=${SIGMA_BLUR_MAX:-}
 # the committed set; train BLUR_POWER=4 into a new OUT (resume files must not mix the two).
 BLUR_POWER=${BLUR_POWER:-2}
 STOP_AT=${STOP_AT:-0}
+# Training seed (data stream, init, noise).  Seed 0 trains the model under its variant name;
+# another seed k trains a replica named <variant>_seed<k> into the same set, which `p2es eval`
+# reports inside the variant's row (mean and sd over the seeds, paired test over seed pairs).
+SEED=${SEED:-0}
+# Data and beat-timing options of the next legs (empty/v1 = what the committed set used); they
+# apply to every variant of the call, so the rows of one table stay comparable:
+RATE_PROFILE=${RATE_PROFILE:-v1} # simulator heart-rate profile: v1 | wide (sinus 35-180 bpm)
+RHYTHM_MIX=${RHYTHM_MIX:-}       # e.g. "sinus=0.3,af=0.2,pvc=0.2,sinus_tachy=0.15,..." (oversampling)
+MODEL_JSON=${MODEL_JSON:-}       # ModelConfig overrides, e.g. {"rpeak_head": true, "ppg_onset_channel": true}
+W_QRS=${W_QRS:-0}                # extra x0 MSE within +-60 ms of annotated R peaks
+W_RPEAK=${W_RPEAK:-0}            # R-peak heatmap loss of the auxiliary head (needs rpeak_head)
 OUT=${OUT:-engine/weights/p2es_set.pt}
 P2ES=${P2ES:-.venv/bin/p2es}
 LOG=${LOG:-out/train}
@@ -39,10 +50,15 @@ run() {
       [[ -n "$SIGMA_BLUR_MAX" ]] && s="$s, \"sigma_blur_max\": $SIGMA_BLUR_MAX"
       sched=(--schedule "{$s}") ;;
   esac
+  local name="$1"
+  (( SEED != 0 )) && name="$1_seed$SEED"
+  local extra=(--name "$name" --sim-rate-profile "$RATE_PROFILE" --w-qrs "$W_QRS" --w-rpeak "$W_RPEAK")
+  [[ -n "$RHYTHM_MIX" ]] && extra+=(--rhythm-mix "$RHYTHM_MIX")
+  [[ -n "$MODEL_JSON" ]] && extra+=(--model "$MODEL_JSON")
   "$P2ES" train --variant "$1" --steps "$STEPS" --batch-size "$BATCH" --lr 1e-3 --warmup 200 \
-    --seed 0 --device "$DEVICE" --num-threads "$THREADS" --ckpt-every 250 --half-weights true \
+    --seed "$SEED" --device "$DEVICE" --num-threads "$THREADS" --ckpt-every 250 --half-weights true \
     --ppg-frontend "$PPG_FRONTEND" --stop-at "$STOP_AT" --progress false --log-every 50 --out "$OUT" --resume \
-    "${sched[@]}" > "$LOG/$1.steps$STEPS.log" 2>&1
+    "${sched[@]}" "${extra[@]}" > "$LOG/$name.steps$STEPS.log" 2>&1
 }
 i=0
 for v in "${VARIANTS[@]}"; do

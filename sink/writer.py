@@ -48,6 +48,7 @@ import logging
 import math
 import os
 import random
+import ssl
 import threading
 import time
 import urllib.parse
@@ -59,6 +60,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from p2es.errors import P2esError
+from p2es.transport.tls import client_context
 
 from .lineprotocol import Point, to_lines
 from .spool import DEFAULT_MAX_BYTES, Spool, SpoolPos
@@ -172,6 +174,8 @@ class V1Transport:
     Keeps one keep-alive connection; a connection that went stale (server restarted) is
     replaced and the request sent once more at once.  ``username``/``password`` go as HTTP Basic
     auth (never in the URL).  ``url`` may carry a path prefix (``http://proxy/influx``).
+    ``https://`` verifies the server's certificate and host name with ``ssl_context`` (default:
+    :func:`p2es.transport.tls.client_context`, the system trust store).
     """
 
     def __init__(
@@ -181,6 +185,7 @@ class V1Transport:
         username: str | None = None,
         password: str | None = None,
         timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         u = urllib.parse.urlsplit(url)
         if u.scheme not in ("http", "https") or not u.hostname:
@@ -191,6 +196,7 @@ class V1Transport:
         self.db = db
         self.timeout = float(timeout)
         self._https = u.scheme == "https"
+        self._ssl = (ssl_context or client_context()) if self._https else None
         self._host = u.hostname
         self._port = u.port or (443 if self._https else 80)
         self._path = u.path.rstrip("/") + "/write?" + urllib.parse.urlencode({"db": db, "precision": "ns"})
@@ -202,8 +208,11 @@ class V1Transport:
         self._lock = threading.Lock()
 
     def _new_conn(self) -> http.client.HTTPConnection:
-        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        return cls(self._host, self._port, timeout=self.timeout)
+        if self._https:
+            return http.client.HTTPSConnection(
+                self._host, self._port, timeout=self.timeout, context=self._ssl
+            )
+        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
 
     def _drop_conn(self) -> None:
         if self._conn is not None:
@@ -268,7 +277,13 @@ class V2Transport:
     """
 
     def __init__(
-        self, url: str, org: str, bucket: str = DEFAULT_DATABASE, token: str = "", timeout: float = 10.0
+        self,
+        url: str,
+        org: str,
+        bucket: str = DEFAULT_DATABASE,
+        token: str = "",
+        timeout: float = 10.0,
+        ca_file: str | None = None,
     ) -> None:
         from influxdb_client.client.influxdb_client import InfluxDBClient  # lazy: heavy, only for 2.x/3.x
         from influxdb_client.client.write_api import SYNCHRONOUS  # lazy: heavy, only for 2.x/3.x
@@ -280,7 +295,13 @@ class V2Transport:
         self.bucket = bucket
         self.timeout = float(timeout)
         self._client = InfluxDBClient(
-            url=url, token=token, org=org, timeout=int(self.timeout * 1000), retries=False
+            url=url,
+            token=token,
+            org=org,
+            timeout=int(self.timeout * 1000),
+            retries=False,
+            verify_ssl=True,  # certificate and host name; https:// only
+            ssl_ca_cert=ca_file,  # None: the system trust store
         )
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
 
@@ -332,17 +353,24 @@ def make_transport(
     username: str | None = None,
     password: str | None = None,
     timeout: float = 10.0,
+    ca_file: str | None = None,
 ) -> Transport:
     """V2Transport when ``version == 2`` (or a token/org is given), else V1Transport.
 
-    ``bucket`` defaults to ``database`` (both ``p2es``).
+    ``bucket`` defaults to ``database`` (both ``p2es``).  ``ca_file``: for ``https://``, the CA
+    certificate(s) InfluxDB's certificate must chain to (None: the system trust store); a bad
+    file -> ``ValueError`` naming ``influx_ca_file``.
     """
     if version is None:
         version = 2 if (token or org) else 1
+    https = url.startswith("https://")
     if version == 1:
-        return V1Transport(url, database, username, password, timeout)
+        ctx = client_context(ca_file, options=("influx_ca_file", "", "")) if https else None
+        return V1Transport(url, database, username, password, timeout, ssl_context=ctx)
     if version in (2, 3):
-        return V2Transport(url, org or "", bucket or database, token or "", timeout)
+        if ca_file is not None:
+            client_context(ca_file, options=("influx_ca_file", "", ""))  # the file loads (ValueError)
+        return V2Transport(url, org or "", bucket or database, token or "", timeout, ca_file=ca_file)
     raise ValueError(f"unknown InfluxDB version {version!r} (1, 2 or 3)")
 
 

@@ -1,7 +1,7 @@
-"""Helpers for tests that use the real Mosquitto/InfluxDB of scripts/services.sh.
+"""Helpers for tests that use the real Mosquitto/InfluxDB/NATS of scripts/services.sh.
 
 Ports come from the same environment variables as the scripts
-(P2ES_TEST_MQTT_PORT, P2ES_TEST_INFLUX_PORT, P2ES_TEST_INFLUX_DB), so a test and
+(P2ES_TEST_MQTT_PORT, P2ES_TEST_INFLUX_PORT, P2ES_TEST_INFLUX_DB, P2ES_TEST_NATS_*), so a test and
 the scripts always agree. Standard library only.
 """
 
@@ -33,6 +33,57 @@ def influx_port() -> int:
 
 def influx_db() -> str:
     return os.environ.get("P2ES_TEST_INFLUX_DB", "p2es")
+
+
+def nats_nodes() -> int:
+    return int(os.environ.get("P2ES_TEST_NATS_NODES", "3"))
+
+
+def nats_port(node: int = 1) -> int:
+    """Client port of NATS node ``node`` (1-based) of scripts/nats.sh."""
+    return int(os.environ.get("P2ES_TEST_NATS_PORT", "14222")) + node - 1
+
+
+def nats_mqtt_port(node: int = 1) -> int:
+    """MQTT listener of NATS node ``node``."""
+    return int(os.environ.get("P2ES_TEST_NATS_MQTT_PORT", "11883")) + node - 1
+
+
+def nats_http_port(node: int = 1) -> int:
+    return int(os.environ.get("P2ES_TEST_NATS_HTTP_PORT", "18222")) + node - 1
+
+
+def nats_bus_url() -> str:
+    """``nats://h1:p1,h2:p2,h3:p3`` of the whole test cluster (``p2es run --bus``)."""
+    return "nats://" + ",".join(f"{HOST}:{nats_port(i)}" for i in range(1, nats_nodes() + 1))
+
+
+def nats_password(user: str) -> str:
+    """Password of a user of the test cluster's account P2ES (scripts/nats.sh makes p2es-engine,
+    p2es-alerts, p2es-operator, p2es-admin and the wearables acl-bed1 and acl.bed2)."""
+    return f"test-pw-{user}"
+
+
+def nats_healthy(node: int, timeout: float = 1.0) -> bool:
+    """True when node's monitoring endpoint answers GET /healthz with 200 (JetStream current)."""
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{nats_http_port(node)}/healthz", timeout=timeout) as r:
+            return r.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def nats_pid(node: int) -> int | None:
+    run_dir = Path(os.environ.get("P2ES_RUN_DIR", str(REPO_ROOT / ".run")))
+    try:
+        return int((run_dir / "nats" / f"n{node}" / "nats-server.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def start_nats() -> None:
+    """Start the NATS nodes that are down; returns once every node is healthy."""
+    _script("nats", "start")
 
 
 def mqtt_url() -> str:

@@ -480,6 +480,11 @@ def test_restart_keeps_state_and_redelivers_from_the_outbox_with_the_same_id(tmp
     assert rx2.accepted[0].id in ids1 and rx2.accepted[0].verified
     assert [r.json()["status"] for r in rx2.accepted] == ["firing", "resolved"]
     assert [a.state for a in bus2.of(pid)] == ["resolved"]  # no second firing after the restart
+    # the resolved notification says it resolved, with the resolving value, and what had fired
+    # (the firing value came through the state file)
+    summary = rx2.accepted[1].json()["alerts"][0]["annotations"]["summary"]
+    assert summary.startswith("resolved: hr_bpm 7") and "; had fired: Tachycardia: HR 14" in summary
+    assert bus2.of(pid)[0].message == summary
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import socket
 import time
 
@@ -22,6 +23,7 @@ from alerts.state import AlertEngine
 from alerts.webhook import (
     WebhookVerificationError,
     alertmanager_body,
+    check_url,
     decode_secret,
     generate_secret,
     post,
@@ -115,6 +117,22 @@ def test_alertmanager_body_shape():
     r = json.loads(alertmanager_body(resolved, receiver="ward", external_url=""))
     assert r["status"] == "resolved" and r["alerts"][0]["endsAt"] != "0001-01-01T00:00:00Z"
     assert r["alerts"][0]["fingerprint"] == a["fingerprint"]
+
+
+def test_a_resolved_notification_says_it_resolved_with_the_resolving_value():
+    """Regression: the resolved webhook re-rendered the firing summary with the resolving value
+    ("HR 90 bpm" under status resolved, as if 90 bpm were the alarm).  Now the summary and the
+    message say it resolved and with which value; the description shows what had fired."""
+    firing, *_, resolved = events()
+    assert resolved.kind == "resolved" and resolved.value == 90
+    want = "resolved: hr_bpm 90 bpm (<= 110 bpm for 0s); had fired: HR 140 bpm"
+    assert resolved.message == want
+    ann = json.loads(alertmanager_body(resolved, receiver="ward", external_url=""))["alerts"][0][
+        "annotations"
+    ]
+    assert ann["summary"] == want and ann["message"] == want and ann["value"] == "90"
+    assert ann["p2es_event"] == "resolved" and "HR 90 bpm" not in json.dumps(ann)
+    assert firing.annotations["summary"] == "HR 140 bpm"  # the firing one is unchanged
 
 
 def test_backoff_is_full_jitter_capped():
@@ -235,41 +253,182 @@ def test_gives_up_after_max_age(tmp_path):
     assert dl["reason"].startswith("gave up after") and dl["attempts"] >= 2 and ob.pending() == 0
 
 
-def test_outbox_survives_a_restart_with_the_same_webhook_id(tmp_path):
+def test_outbox_survives_a_restart_with_the_same_webhook_id_and_is_retried_at_once(tmp_path):
+    """The notification keeps its webhook-id across a restart, and the restarted sender tries it
+    at once although the receiver had asked for 300 s (Retry-After) before the restart.
+    Regression: it waited out the saved retry time (up to 300 s) with the receiver back."""
     secret = generate_secret()
     ev = events()[0]
 
     async def first():
-        with WebhookReceiver(secret, respond=lambda n, req: 503) as rx:
+        with WebhookReceiver(secret, respond=lambda n, req: (503, {"Retry-After": "300"})) as rx:
             ob = Outbox(tmp_path / "ob")
             snd = WebhookSender(
-                ob, [WebhookTarget("w", rx.url, secret)], backoff_base_s=0.05, backoff_cap_s=0.1
+                ob, [WebhookTarget("w", rx.url, secret)], backoff_base_s=0.05, backoff_cap_s=300
             )
             snd.start()
             (mid,) = snd.enqueue(ev)
-            await _wait(lambda: len(rx.received) >= 2)
+            await _wait(lambda: ob.counters()["failed_attempts"] == 1)
+            await asyncio.sleep(0.3)  # no second attempt: the receiver asked for 300 s
             await snd.stop()
+            row = ob.head("w")
             ob.close()
-            return mid, rx
+            return mid, rx, row
 
-    mid, rx1 = asyncio.run(first())
-    assert {r.id for r in rx1.received} == {mid}
+    mid, rx1, row = asyncio.run(first())
+    assert [r.id for r in rx1.received] == [mid]
+    assert row is not None and row.attempts == 1 and row.next_attempt - time.time() > 250
 
     async def second():
         with WebhookReceiver(secret) as rx:
             ob = Outbox(tmp_path / "ob")  # a new process would open the same file
             assert ob.pending() == 1
             snd = WebhookSender(ob, [WebhookTarget("w", rx.url, secret)], backoff_base_s=0.05)
+            t0 = time.monotonic()
             snd.start()
-            await _wait(lambda: len(rx.accepted) == 1)
+            await _wait(lambda: len(rx.accepted) == 1, timeout=5)
+            took = time.monotonic() - t0
             await snd.stop()
-            return rx
+            return rx, took
 
-    rx2 = asyncio.run(second())
-    assert rx2.accepted[0].id == mid and rx2.accepted[0].verified
+    rx2, took = asyncio.run(second())
+    assert rx2.accepted[0].id == mid and rx2.accepted[0].verified and took < 3
 
 
 def test_post_reports_network_errors_instead_of_raising():
     res = post(f"http://127.0.0.1:{_free_port()}/", b"{}", "msg_x", generate_secret(), timeout=2)
     assert res.status is None and not res.ok and not res.permanent and res.error
     assert base64.b64decode(sign(generate_secret(), "m", 1, b"").split(",")[1])  # valid base64
+
+
+# ------------------------------------------------------------------ webhook defects (issue #15)
+BAD_URLS = [
+    "http://host:notaport/x",  # port not a number
+    "http://ho st/x",  # a space in the host
+    "http://[::1/x",  # IPv6 literal not closed
+    "http://[fe80::zz]/x",  # not an IPv6 address
+    "http://",  # no host
+    "http://:8080/x",  # no host, a port
+    "http://host:70000/x",  # port out of range
+    "ftp://host/x",
+]
+
+
+@pytest.mark.parametrize("url", BAD_URLS)
+def test_check_url_refuses_malformed_urls(url):
+    with pytest.raises(ValueError, match="webhook url"):
+        check_url(url)
+
+
+def test_check_url_accepts_real_ones():
+    for url in (
+        "https://pager.example/hook",
+        "http://127.0.0.1:18000/hook?x=1",
+        "http://[::1]:8080/am",
+        "https://hooks.ward-3.example.org./p2es",
+    ):
+        assert check_url(url) == url
+
+
+def test_malformed_webhook_url_or_unprefixed_secret_is_refused_at_start_up_in_one_line(capsys, monkeypatch):
+    """`p2es alerts run` refuses each malformed URL and a secret without whsec_ with one
+    `p2es: error:` line and exit 2, before anything starts; the secret is never echoed."""
+    from p2es.cli import main
+
+    secret = generate_secret()
+    monkeypatch.setenv("P2ES_WEBHOOK_SECRET", secret)
+    for url in BAD_URLS:
+        capsys.readouterr()
+        assert main(["alerts", "run", "--webhook", url, "--influx-url", "none"]) == 2, url
+        err = capsys.readouterr().err
+        assert err.startswith("p2es: error: bad alerts setting webhooks.0.url: ") and err.count("\n") == 1, (
+            url,
+            err,
+        )
+        assert "Traceback" not in err
+    bare = secret.removeprefix("whsec_")  # valid base64 of 32 bytes, but no prefix
+    monkeypatch.setenv("P2ES_WEBHOOK_SECRET", bare)
+    capsys.readouterr()
+    assert main(["alerts", "run", "--webhook", "http://127.0.0.1:9/x", "--influx-url", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "p2es: error: webhook cli-0: env P2ES_WEBHOOK_SECRET: a webhook secret must start with "
+        "whsec_ (make one with 'p2es alerts new-secret')\n"
+    )
+    assert bare not in err
+    # a malformed InfluxDB URL of the alert service is refused the same way
+    monkeypatch.setenv("P2ES_WEBHOOK_SECRET", secret)
+    assert main(["alerts", "run", "--influx-url", "http://influx:eighty/"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("p2es: error: bad alerts setting influx_url: ") and err.count("\n") == 1
+
+
+def test_every_delivery_error_is_a_counted_attempt_that_backs_off_expires_and_blocks_nothing(
+    tmp_path, caplog
+):
+    """Regression: a URL that passed the old prefix check but made urllib raise
+    (http.client.InvalidURL, "no host given", a space in the host) was never counted as an
+    attempt, never backed off, never expired, logged a traceback every second and blocked every
+    later notification to that receiver.  Now each error is a failed attempt: backed off,
+    dead-lettered at max_age, the next notification proceeds; a good receiver next to them gets
+    everything; no traceback is logged."""
+    secret = generate_secret()
+    evs = [e for e in events() if e.notify][:2]
+    bad = {"notaport": "http://host:notaport/x", "nohost": "http://", "space": "http://ho st/x"}
+    assert [post(u, b"{}", "msg_x", secret, timeout=1).error is not None for u in bad.values()] == [True] * 3
+
+    async def main():
+        with WebhookReceiver(secret) as rx:
+            ob = Outbox(tmp_path / "ob")
+            targets = [WebhookTarget(n, u, secret) for n, u in bad.items()]
+            targets.append(WebhookTarget("good", rx.url, secret))
+            # a webhook whose secret cannot sign (built around the config's check): also an attempt
+            targets.append(WebhookTarget("badsecret", rx.url, "whsec_not base64!"))
+            snd = WebhookSender(ob, targets, backoff_base_s=0.05, backoff_cap_s=0.1, max_age_s=0.6)
+            snd.start()
+            for e in evs:
+                snd.enqueue(e)
+            await _wait(lambda: ob.counters()["dead_letters"] == 8 and len(rx.accepted) == 2)
+            await snd.stop()
+            return rx, ob
+
+    with caplog.at_level(logging.WARNING, logger="p2es.alerts.delivery"):
+        rx, ob = asyncio.run(main())
+    assert [r.json()["alerts"][0]["annotations"]["p2es_event"] for r in rx.accepted] == ["firing", "repeat"]
+    dls = ob.dead_letters()
+    assert sorted({d["webhook"] for d in dls}) == ["badsecret", "nohost", "notaport", "space"]
+    for name in ("badsecret", "nohost", "notaport", "space"):
+        mine = [d for d in dls if d["webhook"] == name]
+        assert len(mine) == 2, name  # the second notification was not blocked by the first
+        assert all(d["reason"].startswith("gave up after") and d["attempts"] >= 2 for d in mine), mine
+    assert "InvalidURL" in next(d["reason"] for d in dls if d["webhook"] == "notaport")
+    assert ob.pending() == 0 and ob.counters()["failed_attempts"] >= 8
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    assert not any("unexpected error" in r.getMessage() for r in caplog.records)
+
+
+def test_redirects_are_not_followed(tmp_path):
+    """A receiver answering 302 (urllib would re-send it as a GET to the new location and count
+    that 200 as delivered) or 307: the redirect is not followed, the attempt failed and is
+    retried; the redirect target sees nothing."""
+    secret = generate_secret()
+    ev = events()[0]
+
+    async def main(code: int):
+        with WebhookReceiver(secret) as elsewhere:
+            with WebhookReceiver(secret, respond=lambda n, r: (code, {"Location": elsewhere.url})) as rx:
+                ob = Outbox(tmp_path / f"ob{code}")
+                snd = WebhookSender(
+                    ob, [WebhookTarget("w", rx.url, secret)], backoff_base_s=0.05, backoff_cap_s=0.1
+                )
+                snd.start()
+                snd.enqueue(ev)
+                await _wait(lambda: ob.counters()["failed_attempts"] >= 2)
+                await snd.stop()
+                return rx, elsewhere, ob, snd.last_error["w"]
+
+    for code in (302, 307):
+        rx, elsewhere, ob, err = asyncio.run(main(code))
+        assert elsewhere.received == [] and ob.pending() == 1 and ob.counters()["delivered"] == 0
+        assert all(r.status == code and r.verified for r in rx.received)
+        assert err == f"HTTP {code}: redirect to {elsewhere.url} not followed"

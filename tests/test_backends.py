@@ -198,6 +198,44 @@ def test_graphable_loop_equals_sampler_on_cpu(tiny_ckpt):
     assert rel(mean.numpy(), ref.mean.numpy()) < 1e-6 and rel(std.numpy(), ref.std.numpy()) < 1e-6
 
 
+def _keyed(be, reqs):
+    from engine.serve.runtime import prepare_batch
+
+    feats, demo, mask = prepare_batch(reqs)
+    return be.run(feats, demo, mask, [(r.patient, r.t0) for r in reqs])
+
+
+def _reqs(n, seed=3):
+    from engine.serve.runtime import WindowRequest
+    from wearable.sim import synthesize
+
+    d = synthesize(n, seed=seed)
+    return [WindowRequest(f"bed-{i}", 1.7e9 + 4.0 * i, 128.0, d["ppg"][i], None, 0.9) for i in range(n)]
+
+
+@pytest.mark.parametrize("name", ["p2es", "ddpm"])
+def test_onnxruntime_per_window_noise_matches_torch_and_ignores_the_batch(tiny_ckpt, name):
+    """Issue #15 item 1 on ONNX Runtime (the CPU default): with window keys both backends draw
+    the same per-window x_T, so they agree, and a window's ORT output is the same alone and in a
+    batch with other windows (and does not depend on the backends' call counters)."""
+    from engine.model.checkpoint import load_model
+    from engine.serve.backends.ort import OrtBackend
+    from engine.serve.runtime import TorchBackend
+
+    e = load_model(tiny_ckpt, name)
+    tb = TorchBackend(e, steps=4, k=2, seed=5, threads=1)
+    ob = OrtBackend(e, steps=4, k=2, seed=5, threads=1)
+    assert ob.model_key == tb.model_key and len(tb.model_key) == 16
+    w = _reqs(4)
+    batch_o, batch_t = _keyed(ob, [w[3], w[1], w[0]]), _keyed(tb, [w[3], w[1], w[0]])
+    alone_o = _keyed(ob, [w[1]])
+    pair_o = _keyed(ob, [w[1], w[2]])
+    assert rel(batch_o[0], batch_t[0]) < 1e-4 and rel(batch_o[1], batch_t[1]) < 1e-4
+    for got in (batch_o[0][1], pair_o[0][0]):
+        assert np.max(np.abs(got - alone_o[0][0])) <= 1e-5
+    assert np.max(np.abs(batch_o[1][1] - alone_o[1][0])) <= 1e-5
+
+
 def test_buckets():
     from engine.serve.backends.torch_loop import bucket_for, default_buckets
 
@@ -236,6 +274,31 @@ def test_torch_cuda_graphs_match_eager(tiny_ckpt):
         assert rel(b[0], a[0]) < 1e-4
 
 
+def test_torch_cuda_per_window_noise_matches_cpu_and_ignores_the_batch(tiny_ckpt):
+    """The per-window x_T is drawn on the CPU for every device: CUDA (eager and CUDA graphs,
+    whose buckets pad a batch) gives a window the same output as the CPU, alone or in a batch."""
+    _cuda()
+    from engine.model.checkpoint import load_model
+    from engine.serve.runtime import TorchBackend
+
+    w = _reqs(3)
+    cpu = TorchBackend(load_model(tiny_ckpt, "p2es"), device="cpu", steps=4, k=2, threads=1)
+    ref = _keyed(cpu, [w[1]])[0][0]
+    for graphs in (False, True):
+        gpu = TorchBackend(
+            load_model(tiny_ckpt, "p2es"),
+            device="cuda",
+            steps=4,
+            k=2,
+            precision="fp32",
+            cuda_graphs=graphs,
+            max_batch=4,
+        )
+        alone, crowd = _keyed(gpu, [w[1]])[0][0], _keyed(gpu, [w[0], w[1], w[2]])[0][1]
+        assert rel(alone, ref) < 1e-3 and rel(crowd, ref) < 1e-3, graphs
+        assert np.max(np.abs(crowd - alone)) <= 1e-3, graphs
+
+
 def test_tensorrt_backend_matches_torch(tiny_ckpt):
     _cuda()
     pytest.importorskip("tensorrt")
@@ -248,6 +311,12 @@ def test_tensorrt_backend_matches_torch(tiny_ckpt):
     m_t, _ = TorchBackend(load_model(tiny_ckpt, "p2es"), device="cpu", steps=4, k=2).run(feats, demo, mask)
     m_r, _ = rt.run(feats, demo, mask)  # TensorRT draws x_T like the CPU backends
     assert rel(m_r, m_t) < 1e-3
+    # per-window noise: the same x_T as the CPU torch backend, whatever the batch
+    w = _reqs(3)
+    cpu = TorchBackend(load_model(tiny_ckpt, "p2es"), device="cpu", steps=4, k=2)
+    ref = _keyed(cpu, [w[1]])[0][0]
+    assert rel(_keyed(rt, [w[1]])[0][0], ref) < 1e-3
+    assert rel(_keyed(rt, [w[2], w[1], w[0]])[0][1], ref) < 1e-3
 
 
 # ------------------------------------------------------------------------------ live pipeline

@@ -355,3 +355,157 @@ def test_onset_model_exports_to_onnx_and_matches_torch(onset_set, tmp_path):
     finally:
         torch.set_num_threads(n)
     assert np.max(np.abs(m - m_ref)) / np.max(np.abs(m_ref)) < 1e-4
+
+
+# -- beat map as conditioning (rpeak_cond), window-conditioned frequency stage (deblur_cond) ---
+
+
+def test_new_switches_start_as_the_plain_model_and_add_only_their_own_parameters():
+    plain_cfg = ModelConfig(**TINY)
+    torch.manual_seed(0)
+    plain = P2ES(plain_cfg).eval()
+    torch.manual_seed(0)
+    new = P2ES(ModelConfig(**TINY, rpeak_cond=True, deblur_cond=True)).eval()
+    old_names = dict(plain.named_parameters())
+    extra = [n for n, _ in new.named_parameters() if n not in old_names]
+    assert extra and all(n.startswith("beat.") for n in extra), extra
+    for n, p in plain.named_parameters():  # built last: every older parameter is drawn the same
+        assert torch.equal(p, dict(new.named_parameters())[n]), n
+    g = torch.Generator().manual_seed(1)
+    ppg, demo = torch.randn(3, 3, 256, generator=g), torch.randn(3, 5, generator=g)
+    x, t = torch.randn(3, 8, 256, generator=g), torch.tensor([0.2, 0.5, 0.9])
+    with torch.no_grad():
+        c = new.encode(ppg, demo)
+        assert c.rpeak is not None and c.rpeak.shape == (3, 256)
+        # zero-initialised injection and log-gain: a fresh model computes what the plain one does
+        torch.testing.assert_close(new.denoise(x, t, c), plain.denoise(x, t, plain.encode(ppg, demo)))
+        assert c.repeat_interleave(2).rpeak.shape == (6, 256)
+    with pytest.raises(P2esError, match="exclusive"):
+        ModelConfig(rpeak_head=True, rpeak_cond=True)
+
+
+def test_beat_map_steers_the_denoiser_and_its_loss_trains(raw):
+    cfg = _train_cfg(w_rpeak=1.0, w_mse=0.0, w_spec=0.0, w_contrast=0.0, model={"rpeak_cond": True})
+    torch.manual_seed(0)
+    model, schedule = build(cfg)
+    model.train()
+    batch = prepare(raw, rpeak=True)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    V = dct_matrix(256)
+    seen = []
+    for _ in range(20):
+        gen = torch.Generator().manual_seed(100)
+        loss, terms, cond, _ = loss_terms(model, schedule, batch, cfg, gen, V, contextlib.nullcontext)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        seen.append(terms["rpeak"])
+    assert cond.rpeak is not None
+    assert np.mean(seen[-5:]) < 0.6 * np.mean(seen[:5]), seen
+    _perturbed(model, seed=4)  # once inject is non-zero the beat map changes the x0 prediction
+    with torch.no_grad():
+        c = model.encode(batch["ppg"], batch["demo"], batch["demo_mask"])
+        assert model.beat is not None
+        c2 = model.encode(batch["ppg"], batch["demo"], batch["demo_mask"])
+        c2.ppg[0] = c2.ppg[0] - model.beat.inject(torch.sigmoid(c2.rpeak)[:, None, :])
+        x, t = torch.randn(6, 8, 256), torch.full((6,), 0.3)
+        assert not torch.allclose(model.denoise(x, t, c), model.denoise(x, t, c2))
+
+
+def test_rpeak_cond_set_trains_saves_and_exports(tmp_path):
+    from engine.serve.export import check_passes, ensure_onnx
+
+    path = tmp_path / "set.pt"
+    res = train(_train_cfg(steps=2, w_rpeak=0.5, model={"rpeak_cond": True, "deblur_cond": True}), path)
+    assert all(np.isfinite(h["rpeak"]) for h in res["history"])
+    e = ckpt.load_model(path)
+    assert e.model_config.rpeak_cond and e.model_config.deblur_cond and e.model.beat is not None
+    _perturbed(e.model, seed=5)
+    d = ensure_onnx(e, tmp_path / "cache")
+    errs = check_passes(e, d, batch=2)
+    assert errs and max(errs.values()) < 1e-4, errs
+
+
+def test_timestep_spacing_concentrates_steps_at_low_t():
+    s = make_schedule(variant("p2es")[1], 256)
+    u = s.timesteps(10).numpy()
+    q = s.timesteps(10, 2.0).numpy()
+    np.testing.assert_allclose(u, np.linspace(1, 0, 11), atol=1e-7)
+    assert q[0] == 1.0 and q[-1] == 0.0 and np.all(np.diff(q) < 0)
+    assert (q < 0.15).sum() == 4 and (u < 0.15).sum() == 2  # 0.09, 0.04, 0.01, 0 vs 0.1, 0
+    with pytest.raises(P2esError, match="spacing"):
+        s.timesteps(10, 0.0)
+
+
+# -- demographic alignment (pat_align) -----------------------------------------------------------
+
+
+def test_shift_earlier_matches_a_float64_reference():
+    from engine.model.network import shift_earlier
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 2, 50))
+    shift = np.array([0.0, 7.0, 12.25])
+
+    def reference(row: np.ndarray, s: float) -> np.ndarray:  # y[i] = x[i + s] of the zero-padded x
+        padded = np.concatenate([[0.0], row, [0.0]])
+        return np.interp(np.arange(row.size) + s, np.arange(-1, row.size + 1), padded, left=0.0, right=0.0)
+
+    want = np.stack([[reference(x[b, c], shift[b]) for c in range(2)] for b in range(3)])
+    got = shift_earlier(torch.from_numpy(x), torch.from_numpy(shift)).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    np.testing.assert_array_equal(got[0], x[0])
+    s = torch.tensor([3.3], dtype=torch.float64, requires_grad=True)
+    shift_earlier(torch.from_numpy(x[:1]), s).sum().backward()
+    assert s.grad is not None and torch.isfinite(s.grad).all()
+
+
+def test_pat_align_starts_as_the_plain_model_then_learns_pat_from_demographics(raw):
+    torch.manual_seed(0)
+    plain = P2ES(ModelConfig(**TINY)).eval()
+    torch.manual_seed(0)
+    new = P2ES(ModelConfig(**TINY, pat_align=True)).eval()
+    g = torch.Generator().manual_seed(1)
+    ppg, demo = torch.randn(3, 3, 256, generator=g), torch.randn(3, 5, generator=g)
+    x, t = torch.randn(3, 8, 256, generator=g), torch.tensor([0.2, 0.5, 0.9])
+    with torch.no_grad():
+        c = new.encode(ppg, demo)
+        assert c.pat is not None and torch.allclose(c.pat, torch.full((3,), 0.2))
+        torch.testing.assert_close(new.denoise(x, t, c), plain.denoise(x, t, plain.encode(ppg, demo)))
+    cfg = _train_cfg(w_pat=1.0, w_mse=0.0, w_spec=0.0, w_contrast=0.0, model={"pat_align": True})
+    torch.manual_seed(0)
+    model, schedule = build(cfg)
+    batch = prepare(raw, pat=True)
+    assert batch["pat"].shape == (6,) and torch.isfinite(batch["pat"]).all()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    seen = []
+    for _ in range(60):
+        loss, terms, _, _ = loss_terms(
+            model,
+            schedule,
+            batch,
+            cfg,
+            torch.Generator().manual_seed(100),
+            dct_matrix(256),
+            contextlib.nullcontext,
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        seen.append(terms["pat"])
+    assert seen[-1] < 0.05 * seen[0], seen  # the stand-in's PAT (0.18 + 0.002 age) is learned
+    with pytest.raises(P2esError, match="pat_align"):
+        train(_train_cfg(w_pat=1.0), "/nonexistent/never-written.pt")
+
+
+def test_pat_align_set_trains_and_exports(tmp_path):
+    from engine.serve.export import check_passes, ensure_onnx
+
+    path = tmp_path / "set.pt"
+    res = train(_train_cfg(steps=2, w_pat=0.5, model={"pat_align": True}), path)
+    assert all(np.isfinite(h["pat"]) for h in res["history"])
+    e = ckpt.load_model(path)
+    assert e.model_config.pat_align and e.model.pat is not None
+    _perturbed(e.model, seed=6)
+    errs = check_passes(e, ensure_onnx(e, tmp_path / "cache"), batch=2)
+    assert errs and max(errs.values()) < 1e-4, errs

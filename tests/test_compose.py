@@ -67,7 +67,9 @@ def _services(compose):
 
 
 def test_every_service_has_healthcheck_restart_and_image(compose):
-    assert set(compose["services"]) == {"mosquitto", "influxdb", "grafana", "engine", "alerts"}
+    default = {n for n, s in _services(compose) if not s.get("profiles")}
+    assert default == {"mosquitto", "influxdb", "grafana", "engine", "alerts"}  # the stack unchanged
+    assert set(compose["services"]) - default == SCALEOUT
     for name, s in _services(compose):
         hc = s.get("healthcheck") or {}
         assert hc.get("test") and not hc.get("disable"), name
@@ -85,6 +87,9 @@ def test_volumes_are_named_or_existing_repo_files(compose):
     used = set()
     for name, s in _services(compose):
         for v in s.get("volumes", []):
+            if isinstance(v, dict) and v.get("type") == "volume" and "source" not in v:
+                assert name == "engine-bus", f"{name}: anonymous volume"  # one spool per replica
+                continue
             src = v.split(":")[0] if isinstance(v, str) else v["source"]
             if src.startswith(("./", "../", "/")):
                 assert src.startswith("./"), f"{name}: absolute or outside bind mount {src}"
@@ -95,7 +100,7 @@ def test_volumes_are_named_or_existing_repo_files(compose):
     assert used == declared  # no stray declarations
     # data directories are volumes, not bind mounts
     mounts = {
-        (n, (v if isinstance(v, str) else v["target"]).split(":")[1])
+        (n, v.split(":")[1] if isinstance(v, str) else v["target"])
         for n, s in _services(compose)
         for v in s.get("volumes", [])
     }
@@ -105,8 +110,16 @@ def test_volumes_are_named_or_existing_repo_files(compose):
         ("mosquitto", "/mosquitto/data"),
         ("engine", "/var/lib/p2es/spool"),
         ("alerts", "/var/lib/p2es/alerts"),
+        ("nats-1", "/data"),
+        ("nats-2", "/data"),
+        ("nats-3", "/data"),
+        ("engine-bus", "/var/lib/p2es/spool"),
+        ("alerts-bus", "/var/lib/p2es/alerts"),
     ):
         assert need in mounts, need
+
+
+SCALEOUT = {"nats-1", "nats-2", "nats-3", "engine-bus", "alerts-bus"}
 
 
 SECRET_WORDS = re.compile(r"(PASSWORD|TOKEN|SECRET|PASSWD|KEY)", re.I)
@@ -125,6 +138,7 @@ def test_no_secret_literal_in_compose(compose):
                 )
                 assert ok, f"{name}: {k}={v!r} looks like a secret literal"
         for sec in s.get("secrets", []):
+            sec = sec if isinstance(sec, str) else sec["source"]
             assert sec in compose["secrets"], (name, sec)
     text = (REPO / "compose.yaml").read_text()
     assert not re.search(
@@ -213,6 +227,7 @@ def test_shell_scripts_parse():
         "deploy/mosquitto/add-device.sh",
         "deploy/influxdb/init/10-p2es-dbrp.sh",
         "deploy/p2es/entrypoint.sh",
+        "deploy/nats/add-user.sh",
     ):
         shell = "sh" if script.endswith("entrypoint.sh") else "bash"
         r = subprocess.run([shell, "-n", str(REPO / script)], capture_output=True, text=True)
@@ -291,3 +306,63 @@ def test_docker_image_sources_are_complete(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "usage: p2es" in r.stdout
     assert str(REPO) not in r.stdout + r.stderr
+
+
+# ------------------------------------------------------------------ the scale-out profile
+def test_scaleout_profile_structure(compose, monkeypatch):
+    """3 NATS nodes (JetStream, MQTT listener, one cluster, the ACL file), N engine workers on the
+    bus and the alert service on a NATS MQTT listener, all only in profile `scaleout`; the
+    configs parse as the services' own models and agree with the nodes."""
+    from alerts.service import AlertServiceConfig
+    from engine.app.pipeline import PipelineConfig
+    from p2es.transport.nats import parse_bus_url
+
+    svc = compose["services"]
+    for name in SCALEOUT:
+        assert svc[name]["profiles"] == ["scaleout"], name
+    conf = (REPO / "deploy/nats/nats.conf").read_text()
+    routes = set(re.findall(r"nats-route://([a-z0-9-]+):6222", conf))
+    assert routes == {"nats-1", "nats-2", "nats-3"}
+    assert re.search(r"(?m)^jetstream \{", conf) and re.search(
+        r"(?m)^mqtt \{\s*\n\s*listen: 0\.0\.0\.0:1883", conf
+    )
+    assert re.search(r'accounts \{\s*P2ES \{\s*jetstream: enabled\s*include "users.conf"', conf)
+    assert "no_auth_user" not in conf and "authorization" not in conf  # no anonymous access
+    for i in (1, 2, 3):
+        n = svc[f"nats-{i}"]
+        assert n["command"][-2:] == ["--name", f"nats-{i}"] and "/etc/nats/nats.conf" in n["command"]
+        assert "./deploy/nats/nats.conf:/etc/nats/nats.conf:ro" in n["volumes"]
+        assert f"nats-{i}-data:/data" in n["volumes"]
+        assert {"source": "nats_users", "target": "/etc/nats/users.conf"} in n["secrets"]
+        assert any(p.endswith(":1883") for p in n["ports"])
+        assert "8222/healthz" in " ".join(n["healthcheck"]["test"])
+    assert compose["secrets"]["nats_users"]["file"] == "./deploy/secrets/nats_users.conf"
+
+    monkeypatch.setenv("P2ES_INFLUX_TOKEN", "t")
+    eng = svc["engine-bus"]
+    assert eng["deploy"]["replicas"] >= 2 and "ports" not in eng  # replicas: no host port
+    assert set(eng["depends_on"]) == {"nats-1", "nats-2", "nats-3", "influxdb"}
+    assert eng["environment"]["P2ES_MQTT_USERNAME"] == "p2es-engine"
+    cfg = PipelineConfig(**yaml.safe_load((REPO / "deploy/p2es/engine-bus.yaml").read_text()))
+    assert cfg.bus and [u.split("//")[1] for u in parse_bus_url(cfg.bus)] == [
+        "nats-1:4222",
+        "nats-2:4222",
+        "nats-3:4222",
+    ]
+    assert cfg.client_id == "p2es-engine"  # the default: every replica picks its own worker id
+    assert cfg.bus_replicas == 3 and cfg.shards >= 64 and cfg.publish_vitals
+    assert f":{cfg.metrics_port}/metrics" in " ".join(eng["healthcheck"]["test"])
+    al = svc["alerts-bus"]
+    acfg = AlertServiceConfig(**yaml.safe_load((REPO / "deploy/p2es/alerts-bus.yaml").read_text()))
+    assert acfg.mqtt_version == "3.1.1" and acfg.broker.startswith("mqtt://nats-")  # NATS: MQTT 3.1.1 only
+    assert "." not in acfg.client_id  # NATS refuses MQTT client ids with a dot
+    assert al["environment"]["P2ES_MQTT_USERNAME"] == "p2es-alerts"
+    assert f":{acfg.health_port}/healthz" in " ".join(al["healthcheck"]["test"])
+    # the users the services log in as get their permissions from deploy/nats/add-user.sh
+    script = (REPO / "deploy/nats/add-user.sh").read_text()
+    for user in ("p2es-engine", "p2es-alerts"):
+        assert f"  {user})" in script, user
+    # the default stack does not depend on the profile
+    for name, s in _services(compose):
+        if name not in SCALEOUT:
+            assert not set(s.get("depends_on") or {}) & SCALEOUT, name

@@ -476,3 +476,60 @@ def test_floor_rows_and_new_report_keys(tiny_set):
     # floor rows alone still run (the window size comes from the set)
     only = evaluate(tiny_set, records=2, seed=3, models="zero", progress=False, threads=1)
     assert list(only["models"]) == ["zero"] and "train_seeds" not in only
+
+
+def test_seed_replicas_make_one_row_with_mean_sd_and_seed_pair_paired_test(tiny_set, tmp_path):
+    import shutil
+
+    from engine.model.evaluate import seed_replicas
+
+    path = tmp_path / "seeds.pt"
+    shutil.copy(tiny_set, path)
+    for name, s in (("p2es_seed1", 1), ("p2es_seed2", 2), ("ddpm_seed1", 1)):
+        torch.manual_seed(10 + s)
+        mc, sc = variant(name.split("_seed")[0], **TINY)
+        ckpt.add_to_set(path, name, ckpt.pack(P2ES(mc).eval(), make_schedule(sc, mc.T), meta={"seed": s}))
+    names = ckpt.list_models(path)
+    assert seed_replicas(names) == {
+        "p2es": ["p2es", "p2es_seed1", "p2es_seed2"],
+        "ddpm": ["ddpm", "ddpm_seed1"],
+    }
+    assert seed_replicas(["x_seed1"]) == {}  # no base model: not a replica
+    kw = dict(records=8, seed=3, steps=1, k=1, batch=8, progress=False, threads=1)
+    res = evaluate(path, models="p2es,ddpm", **kw)
+    assert list(res["models"]) == ["p2es", "ddpm"]  # replicas report inside their model's row
+    p = res["models"]["p2es"]
+    assert set(p["seeds"]) == {"p2es", "p2es_seed1", "p2es_seed2"}
+    assert res["train_seeds"]["p2es"] == [0, 1, 2]
+    alone = evaluate(path, models="p2es_seed2", **kw)["models"]["p2es_seed2"]  # a replica as its own row
+    for m in ("rmse", "fd", "beat_f1"):
+        vals = [p["seeds"][n][m] for n in ("p2es", "p2es_seed1", "p2es_seed2")]
+        assert len(set(vals)) == 3, (m, vals)  # three different models
+        assert p[m] == pytest.approx(np.mean(vals), rel=1e-9), m
+        assert p[f"{m}_sd"] == pytest.approx(np.std(vals, ddof=1), rel=1e-9), m
+        assert p["seeds"]["p2es_seed2"][m] == pytest.approx(alone[m], rel=1e-12)
+    assert p["per_rhythm"]  # nested values are averaged too
+    # the paired difference is the mean over every (ddpm seed, p2es seed) pair on the same windows
+    pv = res["models"]["ddpm"]["paired_vs_p2es"]["qt_ms_mae"]
+    assert "clusters" in pv  # (untrained tiny models measure no QT: the values are exercised below)
+    table = markdown_table(res)
+    assert "| p2es (0, 1, 2) |" in table and "| ddpm (None, 1) |" in table  # the fresh ddpm has no seed
+
+
+def test_seed_pair_difference_is_the_difference_of_seed_means():
+    from engine.model.evaluate import _nanmean_rows, paired_vs
+
+    rng = np.random.default_rng(0)
+    p = [rng.gamma(2.0, 1.0, 40) for _ in range(3)]
+    d = [rng.gamma(2.0, 1.3, 40) for _ in range(3)]
+    d[1][5] = np.nan  # one replica failed on a window: the others still count there
+    pairs = np.nanmean([di - pj for di in d for pj in p], axis=0)
+    pairs[5] = np.mean([d[i][5] - p[j][5] for i in (0, 2) for j in range(3)])
+    werr = {
+        "p2es": {m: _nanmean_rows(p) for m in M.WINDOW_METRICS},
+        "ddpm": {m: _nanmean_rows(d) for m in M.WINDOW_METRICS},
+    }
+    subj = np.repeat(np.arange(10), 4)
+    out = paired_vs("p2es", werr, clusters=subj)["ddpm"]["hr_mae_bpm"]
+    assert out["diff"] == pytest.approx(pairs.mean(), rel=1e-12) and out["clusters"] == 10
+    assert np.isnan(_nanmean_rows([np.array([np.nan, 1.0]), np.array([np.nan, 3.0])])[0])

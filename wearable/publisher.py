@@ -23,6 +23,7 @@ import json
 import logging
 import random
 import signal
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from scipy.signal import resample_poly
 from p2es.contracts.ppg import encode_binary_chunk
 from p2es.contracts.topics import ppg_topic, profile_topic
 from p2es.transport.mqtt import Backoff, MqttEndpoint
+from p2es.transport.tls import check_server
 from wearable.sim import synthesize
 
 log = logging.getLogger("p2es.publisher")
@@ -108,13 +110,33 @@ async def simulate_async(
     loop_s: float = 600.0,
     stop: asyncio.Event | None = None,
     mqtt_version: str = "5",
+    tls_context: ssl.SSLContext | None = None,
+    ca_file: str | None = None,
 ) -> dict[str, int]:
-    """Publish until ``duration_s`` of signal is sent (or ``stop`` is set); returns counters."""
+    """Publish until ``duration_s`` of signal is sent (or ``stop`` is set); returns counters.
+
+    ``mqtts://``: verified with ``tls_context`` (:func:`p2es.transport.settings.mqtt_tls_context`;
+    ``ca_file`` only names the CA file in messages).  A broker certificate that does not verify,
+    or a client certificate the broker refuses -> :class:`p2es.errors.P2esError` (one line)
+    before anything is published; a broker that does not answer is retried."""
     if speed <= 0 or chunk_s <= 0:
         raise ValueError("speed and chunk_s must be positive")
     endpoint = MqttEndpoint.from_url(
-        broker_url, username=username or None, password=password or None, version=mqtt_version
+        broker_url,
+        username=username or None,
+        password=password or None,
+        version=mqtt_version,
+        tls_context=tls_context,
     )
+    if endpoint.tls_context is not None:
+        await check_server(
+            endpoint.host,
+            endpoint.port,
+            endpoint.tls_context,
+            what="MQTT broker",
+            ca_option="--mqtt-ca-file",
+            ca_file=ca_file,
+        )
     if isinstance(patients, int):
         pats = make_patients(
             patients,

@@ -63,6 +63,12 @@ def register_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     e.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     e.add_argument("--data", default="sim", help="sim (default), fake, or a .npz with the simulator's keys")
     e.add_argument(
+        "--rate-profile",
+        default="v1",
+        choices=("v1", "wide"),
+        help="simulator heart-rate profile of the test records (default v1; wide: sinus 35-180 bpm)",
+    )
+    e.add_argument(
         "--figure",
         default=None,
         metavar="OUT.png",
@@ -113,6 +119,7 @@ def eval_main(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         data=args.data,
         uncertainty=not args.no_uncertainty,
+        rate_profile=args.rate_profile,
     )
     print(markdown_table(res))
     if args.json:

@@ -26,10 +26,11 @@ from p2es.transport.settings import (
     read_settings_file,
     validate,
 )
+from p2es.transport.tls import redact_url
 
 if TYPE_CHECKING:
     from alerts.service import AlertServiceConfig
-    from engine.app.pipeline import PipelineConfig
+    from engine.app.pipeline import Pipeline, PipelineConfig
 
 __all__ = ["register_live", "load_config", "run_main"]
 
@@ -47,6 +48,10 @@ _RUN_FLAGS = (
     "metrics_port",
     "checkpoint",
     "spool_dir",
+    "bus",
+    "shards",
+    "bus_replicas",
+    "replay_s",
 )
 
 
@@ -74,6 +79,18 @@ def register_live(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     r.add_argument("--metrics-port", type=int, help="Prometheus /metrics on 127.0.0.1 (0 = off)")
     r.add_argument("--checkpoint", help="checkpoint set (default: the shipped one)")
     r.add_argument("--spool-dir")
+    r.add_argument(
+        "--bus",
+        help="scale-out mode: nats://HOST:PORT[,HOST:PORT...] of a NATS JetStream cluster; this "
+        "process is one of N workers sharing the patients (docs/scaling.md); default: the MQTT --broker",
+    )
+    r.add_argument(
+        "--shards", type=int, help="with --bus: patient partitions, fixed per deployment (default 128)"
+    )
+    r.add_argument("--bus-replicas", type=int, help="with --bus: replicas of the streams (default 3)")
+    r.add_argument(
+        "--replay-s", type=float, help="with --bus: seconds replayed on takeover (default window + 2 hops)"
+    )
     r.add_argument(
         "--alerts",
         metavar="RULES",
@@ -124,6 +141,18 @@ def alerts_config(cfg: PipelineConfig, rules: str, state_dir: str) -> AlertServi
     )
 
 
+async def _wait_bus(pipe: Pipeline, stop: asyncio.Event, timeout_s: float = 60.0) -> None:
+    """Until the worker is set up on the bus; a setup failure or no bus -> one-line P2esError."""
+    ing = pipe.ingest
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not ing.connected.is_set() and not stop.is_set():
+        failed = getattr(ing, "failed", None)
+        if failed or asyncio.get_running_loop().time() > deadline:
+            await pipe.stop()
+            raise P2esError(failed or f"no NATS JetStream reachable at {pipe.config.bus} ({ing.last_error})")
+        await asyncio.sleep(0.1)
+
+
 def run_main(args: argparse.Namespace) -> int:
     from engine.app.pipeline import Pipeline  # lazy: CLI start-up time (only `p2es run` needs it)
 
@@ -144,6 +173,8 @@ def run_main(args: argparse.Namespace) -> int:
             await pipe.start()
         except ValueError as e:  # bad URL etc. from a component
             raise P2esError(str(e)) from None
+        if cfg.bus:  # scale-out: the streams and consumers must exist before this worker counts
+            await _wait_bus(pipe, stop)
         if svc is not None:
             try:
                 await svc.start()
@@ -151,9 +182,11 @@ def run_main(args: argparse.Namespace) -> int:
                 await pipe.stop()
                 raise
         log.info(
-            "p2es run: broker %s, influx %s, metrics port %s, alerts %s",
-            cfg.broker,
-            cfg.influx_url or "off",
+            "p2es run: %s, influx %s, metrics port %s, alerts %s",
+            f"bus {cfg.bus} ({cfg.shards} shards, worker {pipe.ingest.client_id})"
+            if cfg.bus
+            else f"broker {redact_url(cfg.broker)}",
+            redact_url(cfg.influx_url) if cfg.influx_url else "off",
             cfg.metrics_port or "off",
             args.alerts or "off",
         )

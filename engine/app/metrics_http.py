@@ -19,6 +19,12 @@ p2es_spool_bytes / p2es_spool_batches  gauge      writer spool size (InfluxDB un
 p2es_points_written_total              counter    points written to InfluxDB
 p2es_influx_down                       gauge      1 while the writer considers InfluxDB down
 p2es_mqtt_connected                    gauge      1 while the ingest is connected
+p2es_bus_shards_owned                  gauge      scale-out mode: shards this worker holds (pinned)
+p2es_bus_shard_owned{shard}            gauge      1 for each shard this worker holds
+p2es_bus_workers_live                  gauge      workers in the membership bucket
+p2es_bus_shards_acquired_total         counter    shards taken over (failover, rebalance, start)
+p2es_bus_shards_released_total         counter    shards handed over
+p2es_bus_replayed_messages_total       counter    PPG chunks replayed on takeover
 =====================================  =========  =============================================
 """
 
@@ -79,6 +85,22 @@ class _Collector:
         yield gauge(
             "p2es_mqtt_connected", "1 while connected to the broker", 1 if ing.get("connected") else 0
         )
+        bus = ing.get("bus")
+        if bus:
+            yield gauge("p2es_bus_shards_owned", "shards this worker holds", bus["shards_owned"])
+            yield labelled(
+                GaugeMetricFamily,
+                "p2es_bus_shard_owned",
+                "1 for each shard this worker holds",
+                "shard",
+                [(str(s), 1) for s in bus["shards"]],
+            )
+            yield gauge("p2es_bus_workers_live", "workers in the membership bucket", bus["workers_live"])
+            yield counter("p2es_bus_shards_acquired", "shards taken over", bus["shards_acquired"])
+            yield counter("p2es_bus_shards_released", "shards handed over", bus["shards_released"])
+            yield counter(
+                "p2es_bus_replayed_messages", "PPG chunks replayed on takeover", bus["replayed_messages"]
+            )
         if p.writer is not None:
             w = p.writer.counters
             yield gauge("p2es_spool_bytes", "bytes in the writer spool", w.get("spool_bytes", 0))

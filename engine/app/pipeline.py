@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -42,10 +43,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from engine.app.metrics_http import PipelineMetrics
 from engine.model.checkpoint import DEFAULT_CHECKPOINT, load_model
@@ -69,6 +70,9 @@ from p2es.errors import P2esError
 from p2es.transport.settings import ServiceSettings
 from sink.lineprotocol import ecg_lines, line, ppg_lines, sample_times_ns, vitals_line
 from sink.writer import Writer
+
+if TYPE_CHECKING:
+    from ingest.bus import BusIngestService
 
 log = logging.getLogger("p2es.pipeline")
 
@@ -104,12 +108,38 @@ class PipelineConfig(ServiceSettings):
     idle_flush_s: float = Field(20.0, gt=0)  # flush a patient's stitcher after this long silent
     publish_vitals: bool = True  # vitals JSON on p2es/v1/patients/{id}/vitals (alerts consume it)
     health_interval_s: float = Field(10.0, ge=0)  # `pipeline` measurement every N s (0 = off)
+    # scale-out mode (docs/scaling.md): PPG from NATS JetStream, patients partitioned across workers
+    bus: str | None = None  # nats://h1:4222,h2:4222,... (None: the single MQTT broker of `broker`)
+    shards: int = Field(128, ge=1, le=4096)  # fixed for a deployment: changing it moves every patient
+    bus_replicas: int = Field(3, ge=1, le=5)  # replicas of the streams and the membership bucket
+    bus_max_age_s: float = Field(120.0, gt=0)  # how long the stream keeps PPG (>= replay + failover)
+    replay_s: float | None = Field(None, gt=0)  # replayed on takeover (None: window_s + 2 * hop_s)
+    member_ttl_s: float = Field(3.0, gt=0)  # a worker silent this long is dead (membership TTL)
+
+    @field_validator("bus")
+    @classmethod
+    def _bus_url(cls, v: str | None) -> str | None:
+        if v is None or v.lower() == "none":
+            return None
+        from p2es.transport.nats import parse_bus_url  # lazy: optional dependency nats-py (only --bus)
+
+        parse_bus_url(v)  # ValueError -> one line
+        return v
 
     @model_validator(mode="after")
     def _window_checks(self) -> PipelineConfig:
         if self.hop_s > self.window_s:
             raise ValueError("hop_s must be <= window_s")
+        if self.bus and self.bus_max_age_s < self.effective_replay_s + 2 * self.member_ttl_s:
+            raise ValueError("bus_max_age_s must be >= replay_s + 2 * member_ttl_s")
         return self
+
+    @property
+    def effective_replay_s(self) -> float:
+        """Seconds of a patient's PPG a new shard owner replays before its handover point: the
+        previous owner's last written ECG lags its acknowledged chunks by up to a window and a
+        hop plus latency."""
+        return self.replay_s if self.replay_s is not None else self.window_s + 2 * self.hop_s
 
 
 #: what a patient's task takes from its queue: (window, its result to come, whether it holds an
@@ -155,11 +185,12 @@ class Pipeline:
         self.config = config
         self.on_ecg, self.on_vitals = on_ecg, on_vitals
         self._backend = backend
-        self.ingest: IngestService = None  # type: ignore[assignment]  # set by start(); stats() copes before
+        self.ingest: IngestService | BusIngestService = None  # type: ignore[assignment]  # set by start(); stats() copes before
         self.batcher: MicroBatcher = None  # type: ignore[assignment]  # set by start(); stats() copes before
         self.writer: Writer | None = None
         self.metrics: PipelineMetrics | None = None
         self._patients: dict[str, _PatientState] = {}
+        self._released: set[asyncio.Task[None]] = set()  # tasks of patients handed to another worker
         self._tasks: list[asyncio.Task[None]] = []
         self._started_mono: float | None = None
         self._running = False
@@ -212,6 +243,7 @@ class Pipeline:
 
     async def start(self) -> None:
         cfg = self.config
+        await cfg.check_tls()  # a certificate that does not verify: one line, before anything starts
         if self._backend is None:
             self._backend = self._make_backend()
         self.fs = float(getattr(self._backend, "fs", 128.0))
@@ -222,19 +254,16 @@ class Pipeline:
                 f"at {self.fs:g} Hz but the model takes T={self.T}"
             )
         self.hop = int(round(cfg.hop_s * self.fs))
-        self.ingest = IngestService(
-            cfg.broker,
-            username=cfg.mqtt_username,
-            password=cfg.mqtt_password,
-            client_id=cfg.client_id,
-            mqtt_version=cfg.mqtt_version,
-            stream_config=StreamConfig(
-                fs_model=self.fs,
-                window_s=cfg.window_s,
-                hop_s=cfg.hop_s,
-                reorder_wait_s=cfg.stream_reorder_wait_s,
-            ),
+        stream_config = StreamConfig(
+            fs_model=self.fs,
+            window_s=cfg.window_s,
+            hop_s=cfg.hop_s,
+            reorder_wait_s=cfg.stream_reorder_wait_s,
         )
+        if cfg.bus:
+            self.ingest = self._bus_ingest(stream_config)
+        else:
+            self.ingest = self._mqtt_ingest(stream_config)
         self.batcher = MicroBatcher(self._backend, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms)
         if cfg.metrics_port:
             self.metrics = PipelineMetrics(self)
@@ -262,6 +291,57 @@ class Pipeline:
         if cfg.publish_vitals:
             self._tasks.append(asyncio.create_task(self._publish_vitals(), name="p2es-vitals-publisher"))
         self.ingest.start()
+
+    def _mqtt_ingest(self, stream_config: StreamConfig) -> IngestService:
+        cfg = self.config
+        return IngestService(
+            cfg.broker,
+            username=cfg.mqtt_username,
+            password=cfg.mqtt_password,
+            client_id=cfg.client_id,
+            mqtt_version=cfg.mqtt_version,
+            stream_config=stream_config,
+            tls_context=cfg.mqtt_tls_context(),  # mqtts://: verifying (p2es.transport.tls)
+        )
+
+    def _bus_ingest(self, stream_config: StreamConfig) -> BusIngestService:
+        """Scale-out mode: this worker's share of the patients, from NATS JetStream."""
+        from ingest.bus import BusIngestService  # lazy: optional dependency nats-py (only p2es run --bus)
+        from p2es.transport.nats import BusLayout, parse_bus_url  # lazy: optional dependency nats-py
+
+        cfg = self.config
+        assert cfg.bus is not None
+        layout = BusLayout(shards=cfg.shards, replicas=cfg.bus_replicas, max_age_s=cfg.bus_max_age_s)
+        # a chunk whose delivery was lost with a NATS node comes again after the consumer's ack
+        # wait: the per-patient re-order window must outwait it, or the chunk arrives "late"
+        stream_config = dataclasses.replace(
+            stream_config, reorder_wait_s=max(stream_config.reorder_wait_s, 2 * layout.ack_wait_s + 0.5)
+        )
+        worker = cfg.client_id if cfg.client_id != "p2es-engine" else new_client_id()
+        svc = BusIngestService(
+            parse_bus_url(cfg.bus),
+            layout,
+            worker_id=worker,
+            username=cfg.mqtt_username,
+            password=cfg.mqtt_password,
+            stream_config=stream_config,
+            member_ttl_s=cfg.member_ttl_s,
+            heartbeat_s=min(0.5, cfg.member_ttl_s / 4),
+            replay_s=cfg.effective_replay_s,
+        )
+        svc.on_release = self._release_patients
+        return svc
+
+    def _release_patients(self, patients: list[str]) -> None:
+        """Patients handed over to another worker (scale-out mode): finish their windows in
+        flight, flush their stitchers and forget them (their new owner replays their recent
+        signal, and any overlap is re-written at the same timestamps)."""
+        for pid in patients:
+            st = self._patients.pop(pid, None)
+            if st is not None and st.task is not None:
+                st.queue.put_nowait(None)
+                self._released.add(st.task)
+                st.task.add_done_callback(self._released.discard)
 
     async def __aenter__(self) -> Pipeline:
         await self.start()
@@ -302,7 +382,7 @@ class Pipeline:
                 break
         for st in self._patients.values():
             st.queue.put_nowait(None)  # end marker: the consumer flushes and exits
-        pts = [st.task for st in self._patients.values() if st.task is not None]
+        pts = [st.task for st in self._patients.values() if st.task is not None] + list(self._released)
         if pts:
             done, pending = await asyncio.wait(pts, timeout=timeout)
             for t in pending:

@@ -49,8 +49,20 @@ class ModelConfig:
     # configs stored without these fields load with them off).
     rpeak_head: bool = False  # auxiliary 1x1-conv R-peak heatmap head (training only; see P2ES)
     ppg_onset_channel: bool = False  # 4th PPG channel: bumps at the pulse feet (ppg_channels -> 4)
+    # Beat map as conditioning (see engine.model.network.BeatHead): an R-peak heatmap predicted
+    # from the PPG encoder (+ demographic embedding) once per window, trained with w_rpeak, and
+    # fed to the denoiser with the level-0 PPG features.  Exclusive with rpeak_head.
+    rpeak_cond: bool = False
+    # Demographic alignment (engine.model.network.PatHead): predict the window's pulse arrival
+    # time from the demographics, shift a copy of the PPG features earlier by it, so the encoder
+    # sees the pulses where the R peaks are; trained with w_pat against the simulator's pat_ms.
+    pat_align: bool = False
+    # Frequency stage conditioned on the window (t + demographic/PPG group embedding), not on t only.
+    deblur_cond: bool = False
 
     def __post_init__(self) -> None:
+        if self.rpeak_head and self.rpeak_cond:
+            raise P2esError("rpeak_head and rpeak_cond are exclusive (one R-peak head per model)")
         if self.ppg_onset_channel:
             if self.ppg_channels == 3:  # the default 3 channels + the onset channel
                 self.ppg_channels = 4
@@ -192,6 +204,7 @@ class TrainConfig:
     w_contrast: float = 0.05
     w_qrs: float = 0.0  # extra MSE on the +-60 ms around the annotated R peaks (engine.model.train)
     w_rpeak: float = 0.0  # R-peak heatmap BCE of the auxiliary head (needs model rpeak_head)
+    w_pat: float = 0.0  # squared PAT error in units of 20 ms (needs model pat_align)
     w_adv: float = 0.05  # adversarial weight (adversarial variants: cardiogan)
     lr_disc: float = 2e-4  # discriminator Adam lr (betas 0.5, 0.999 as in pix2pix)
     contrast_temp: float = 0.1
@@ -229,7 +242,7 @@ class TrainConfig:
         for name in ("warmup", "ckpt_every", "workers", "num_threads", "group_refit_every", "stop_at"):
             if int(getattr(self, name)) < 0:
                 raise P2esError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        for name in ("w_qrs", "w_rpeak"):
+        for name in ("w_qrs", "w_rpeak", "w_pat"):
             if not float(getattr(self, name)) >= 0.0:
                 raise P2esError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.sim_rate_profile not in ("v1", "wide"):  # wearable.sim.rates.RATE_PROFILES (a test checks)

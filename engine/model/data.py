@@ -135,13 +135,16 @@ def prepare(
     ppg_onset: bool = False,
     qrs: bool = False,
     rpeak: bool = False,
+    pat: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Raw record dict (simulator / .npz keys) -> dict of tensors the engine consumes.
 
     Returns ``ppg`` [N,3,T], ``demo``/``demo_mask`` [N,5], and if the raw dict holds an ECG,
     ``x0`` [N,8,T] (scaled target) and ``ecg12`` [N,12,T] (mV); ``subject`` [N] if present.
     Opt-in (all off by default): ``ppg_onset`` -> ``ppg`` [N,4,T] with the pulse-onset channel;
-    ``qrs`` -> ``qrs_mask`` [N,T], ``rpeak`` -> ``rpeak_heat`` [N,T] from ``raw["r_peaks"]``.
+    ``qrs`` -> ``qrs_mask`` [N,T], ``rpeak`` -> ``rpeak_heat`` [N,T] from ``raw["r_peaks"]``;
+    ``pat`` -> ``pat`` [N] seconds from ``raw["pat_ms"]`` (the window's mean pulse arrival time
+    of its normal beats; NaN where it has none).
     """
     if "ppg" not in raw:
         raise InputError("records have no 'ppg'")
@@ -161,6 +164,10 @@ def prepare(
         out["ecg12"] = torch.from_numpy(ecg)
     if raw.get("subject") is not None:
         out["subject"] = torch.as_tensor(np.asarray(raw["subject"]).astype(np.int64))
+    if pat:
+        if raw.get("pat_ms") is None:
+            raise InputError("records have no 'pat_ms' (needed for the PAT target)")
+        out["pat"] = torch.from_numpy(np.asarray(raw["pat_ms"], dtype=np.float32).reshape(n) / 1000.0)
     if qrs or rpeak:
         if raw.get("r_peaks") is None:
             raise InputError("records have no 'r_peaks' (needed for the QRS / R-peak targets)")
@@ -400,4 +407,5 @@ def fake_synthesize(
         "weight_kg": s_w[subject],
         "rhythm": np.array(["sinus"] * n_records),
         "r_peaks": r_peaks,
+        "pat_ms": (1000.0 * (0.18 + 0.002 * s_age[subject])).astype(np.float32),  # R -> pulse centre
     }

@@ -45,7 +45,17 @@ with every model of the set and scores them with :mod:`engine.model.metrics`:
   if independent; same point estimates).  FD is a
   distribution distance with no per-window value, so it has no such interval.
 * ``train_seeds``: {model: training seed} for the models whose checkpoint meta records one
-  (absent when none does).
+  (absent when none does); a model with seed replicas lists all their seeds.
+* seed replicas: a model ``M`` with siblings ``M_seed1``, ``M_seed2``, ... in the set (the same
+  recipe trained with other ``--seed``s, :func:`seed_replicas`) is one row: every replica samples
+  the same windows from the same initial noise, the row holds the mean over the replicas of
+  every number (nested per-rhythm / per-lead values too), ``<metric>_sd`` (sample sd over the
+  replicas) for the top-level ones, and ``"seeds": {replica: its own headline metrics}``.  Its
+  per-window errors for the paired comparison are the replicas' mean, so ``paired_vs_p2es``
+  pairs every seed of a row with every seed of ``p2es`` on the same windows (the mean of the
+  seed-pair differences equals the difference of the seed means) and resamples subjects.
+  The derived rows (shuffled demographics, mean of k) and the k-sample uncertainty use the
+  first replica (``M`` itself).  A replica can still be asked for by name as its own row.
 * ``ms_per_window``: wall time of the sampling calls of that row (after one untimed warm-up
   call per model) divided by the windows, in this process with ``threads`` torch threads
   (recorded at the top level); ``p2es_mean_of_k`` times its k samples per window; floor rows
@@ -60,6 +70,7 @@ import inspect
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,6 +90,7 @@ from engine.model.data import fixed_set, get_synthesize, load_npz, prepare, spli
 from engine.model.sampler import sample
 from p2es.errors import P2esError
 from p2es.files import atomic_write_text
+from wearable.sim.rates import DEFAULT_RATE_PROFILE
 
 SHUFFLED = "p2es_shuffled_demographics"
 MEAN_OF_K = "p2es_mean_of_k"
@@ -167,6 +179,51 @@ def derangement(n: int, seed: int) -> np.ndarray:
     return src
 
 
+SEED_SUFFIX = re.compile(r"^(?P<base>.+)_seed(?P<k>[0-9]+)$")
+
+
+def seed_replicas(available: Sequence[str]) -> dict[str, list[str]]:
+    """``{M: [M, M_seed1, M_seed2, ...]}`` for every model ``M`` of ``available`` that has seed
+    replicas (names ``M_seed<k>``, in the order of ``k``); models without replicas are absent."""
+    names = set(available)
+    out: dict[str, list[tuple[int, str]]] = {}
+    for n in available:
+        m = SEED_SUFFIX.match(n)
+        if m and m["base"] in names:
+            out.setdefault(m["base"], []).append((int(m["k"]), n))
+    return {b: [b] + [n for _, n in sorted(v)] for b, v in out.items()}
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _mean_tree(rows: Sequence[Any]) -> Any:
+    """Element-wise mean of same-shaped nested dicts of numbers (NaN-aware: a value that is NaN
+    in some replicas is the mean of the others); non-numbers come from the first."""
+    first = rows[0]
+    if isinstance(first, dict):
+        return {k: _mean_tree([r.get(k) if isinstance(r, dict) else None for r in rows]) for k in first}
+    if _is_num(first) and all(_is_num(r) for r in rows):
+        a = np.asarray(rows, dtype=np.float64)
+        return float(np.nanmean(a)) if np.isfinite(a).any() else math.nan
+    return first
+
+
+def seed_aggregate(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One row from replicas' rows: the mean of everything, ``<metric>_sd`` for the top-level
+    numbers, ``"seeds"`` = each replica's top-level numbers."""
+    vals = list(rows.values())
+    agg: dict[str, Any] = _mean_tree(vals)
+    for k in list(vals[0]):
+        if all(_is_num(r.get(k)) for r in vals):
+            a = np.asarray([r[k] for r in vals], dtype=np.float64)
+            a = a[np.isfinite(a)]
+            agg[f"{k}_sd"] = float(a.std(ddof=1)) if a.size > 1 else math.nan
+    agg["seeds"] = {n: {k: v for k, v in r.items() if _is_num(v)} for n, r in rows.items()}
+    return agg
+
+
 def _parse_models(models: str | Sequence[str] | None) -> list[str] | None:
     if models is None:
         return None
@@ -183,7 +240,9 @@ def plan_rows(available: Sequence[str], models: str | Sequence[str] | None = Non
     ``template`` (:mod:`engine.model.baselines`) come last by default and can always be asked
     for (a model of the set with either name is ignored)."""
     avail = [n for n in available if n not in FLOORS]
-    order = [n for n in VARIANTS if n in avail] + [n for n in avail if n not in VARIANTS]
+    replicas = {r for v in seed_replicas(avail).values() for r in v[1:]}
+    listed = [n for n in avail if n not in replicas]  # replicas report inside their model's row
+    order = [n for n in VARIANTS if n in listed] + [n for n in listed if n not in VARIANTS]
     derived_ok = "p2es" in avail
     want = _parse_models(models)
     if want is None:
@@ -206,16 +265,23 @@ def plan_rows(available: Sequence[str], models: str | Sequence[str] | None = Non
     return want
 
 
-def load_test_data(data: str, records: int, seed: int, T: int, fs: float) -> dict[str, Any]:
-    """Raw test records (simulator / stand-in / .npz) with windows of ``T`` samples at ``fs``."""
+def load_test_data(
+    data: str, records: int, seed: int, T: int, fs: float, rate_profile: str = DEFAULT_RATE_PROFILE
+) -> dict[str, Any]:
+    """Raw test records (simulator / stand-in / .npz) with windows of ``T`` samples at ``fs``;
+    ``rate_profile``: the simulator's heart-rate profile (``"v1"`` or ``"wide"``)."""
     if data in ("sim", "fake"):
         kw: dict[str, Any] = {"duration_s": T / fs, "fs": fs}
         if data == "sim":
             if "noisy_ecg" in inspect.signature(get_synthesize("sim")).parameters:
                 kw["noisy_ecg"] = False
-        raw = fixed_set("test", records, seed, source=data, **kw)
+        raw = fixed_set("test", records, seed, source=data, rate_profile=rate_profile, **kw)
         desc = {"source": data, "split": "test", "sim_seed": split_seed("test", seed, 0)}
+        if rate_profile != DEFAULT_RATE_PROFILE:
+            desc["rate_profile"] = rate_profile
     else:
+        if rate_profile != DEFAULT_RATE_PROFILE:
+            raise P2esError(f"--rate-profile applies to simulated test data, not to {data!r}")
         raw = load_npz(data)
         n = raw["ppg"].shape[0]
         if n < records:
@@ -248,8 +314,12 @@ def sample_windows(
     seed: int,
     desc: str,
     progress: bool,
+    eta: float = 0.0,
+    spacing: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Sample every window in batches: (mean [N,12,T], std [N,12,T], seconds)."""
+    """Sample every window in batches: (mean [N,12,T], std [N,12,T], seconds).  ``eta`` and
+    ``spacing``: the sampler's (:func:`engine.model.sampler.sample`; defaults = DDIM on the
+    uniform grid, what ``p2es eval`` uses)."""
     n = ppg.shape[0]
     gen = torch.Generator().manual_seed(int(seed))
     means, stds, secs = [], [], 0.0
@@ -265,6 +335,8 @@ def sample_windows(
                 (demo[sl], mask[sl]),
                 steps=steps,
                 k=k,
+                eta=eta,
+                spacing=spacing,
                 generator=gen,
                 keep_samples=False,
             )
@@ -275,6 +347,15 @@ def sample_windows(
     finally:
         bar.close()
     return np.concatenate(means), np.concatenate(stds), secs
+
+
+def _nanmean_rows(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """Mean over replicas of per-window errors; NaN only where every replica is NaN."""
+    a = np.stack([np.asarray(x, dtype=np.float64) for x in arrays])
+    cnt = np.isfinite(a).sum(0)
+    tot = np.where(np.isfinite(a), a, 0.0).sum(0)
+    out: np.ndarray = np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
+    return out
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -396,6 +477,7 @@ def evaluate(
     progress: bool = True,
     data: str = "sim",
     uncertainty: bool = True,
+    rate_profile: str = DEFAULT_RATE_PROFILE,
 ) -> dict[str, Any]:
     """Score every model of a checkpoint set on ``records`` held-out test windows.
 
@@ -404,6 +486,8 @@ def evaluate(
     "checkpoint", "data", "seconds"}`` (JSON-safe: NaN -> None).
     ``models``: names (list or comma string) to evaluate, default all + derived rows.
     ``uncertainty=False`` skips the extra k-sample runs of the non-p2es diffusion models.
+    ``rate_profile``: the simulator's heart-rate profile of the test records (``"wide"``: the
+    data of models trained with ``--sim-rate-profile wide``).
     """
     checkpoint = DEFAULT_CHECKPOINT if checkpoint is None else checkpoint
     for name, v, lo in (("records", records, 1), ("steps", steps, 1), ("k", k, 1), ("batch", batch, 1)):
@@ -417,8 +501,10 @@ def evaluate(
     available = list(ckpt.list_models(checkpoint))  # missing / corrupt -> P2esError
     rows = plan_rows(available, models)
     bases = list(dict.fromkeys("p2es" if r in DERIVED else r for r in rows if r not in FLOORS))
+    reps = {b: v for b, v in seed_replicas(available).items() if b in rows}
+    to_load = list(dict.fromkeys(bases + [r for v in reps.values() for r in v[1:]]))
     # floor rows alone still take the window size from the set (its first model)
-    entries = ckpt.load_set(checkpoint, bases or available[:1])
+    entries = ckpt.load_set(checkpoint, to_load or available[:1])
     cfgs = {(e.model_config.T, e.model_config.fs) for e in entries.values()}
     if len(cfgs) != 1:
         raise P2esError(f"models of the set use different window sizes {sorted(cfgs)}")
@@ -428,7 +514,7 @@ def evaluate(
     if threads is not None:
         torch.set_num_threads(int(threads))
     try:
-        raw = load_test_data(data, int(records), int(seed), T, fs)
+        raw = load_test_data(data, int(records), int(seed), T, fs, rate_profile)
         n = raw["ppg"].shape[0]
         prep = prepare(raw)
         ppg, demo, mask = prep["ppg"], prep["demo"], prep["demo_mask"]
@@ -549,6 +635,28 @@ def evaluate(
                 mk, sk, _ = krun(base)
                 unc = uncertainty_stats(true, recon, mk, sk)
             finish(name, base, recon, secs, 1, dv, unc)
+            if name in reps:  # the same recipe, other training seeds: one row, mean and sd
+                seed_rows = {name: out_models[name]}
+                seed_werr = [werr[name]]
+                for rep in reps[name][1:]:
+                    r_recon, _, r_secs = sample_windows(
+                        entries[rep],
+                        ppg,
+                        demo,
+                        mask,
+                        steps=steps,
+                        k=1,
+                        batch=batch,
+                        seed=seed,
+                        desc=rep,
+                        progress=progress,
+                    )
+                    r_row, r_werr = score(true, r_recon, fs, true_cache, groups, ann=ann)
+                    r_row["ms_per_window"] = 1000.0 * r_secs / n
+                    seed_rows[rep] = {**{m: r_row.pop(m) for m in HEADLINE}, **r_row}
+                    seed_werr.append(r_werr)
+                out_models[name] = seed_aggregate(seed_rows)
+                werr[name] = {m: _nanmean_rows([w[m] for w in seed_werr]) for m in seed_werr[0]}
         if "p2es" in werr:
             for name, diffs in paired_vs("p2es", werr, groups, clusters).items():
                 out_models[name]["paired_vs_p2es"] = diffs
@@ -599,7 +707,11 @@ def evaluate(
         **extra,
         "seconds": time.perf_counter() - t_start,
     }
-    seeds = {b: entries[b].meta["seed"] for b in bases if isinstance(entries[b].meta.get("seed"), int)}
+    seeds: dict[str, Any] = {
+        b: entries[b].meta["seed"] for b in bases if isinstance(entries[b].meta.get("seed"), int)
+    }
+    for b, members in reps.items():
+        seeds[b] = [entries[r].meta.get("seed") for r in members]
     if seeds:
         result["train_seeds"] = seeds
     cleaned: dict[str, Any] = _clean(result)
@@ -644,13 +756,30 @@ def markdown_table(result: dict[str, Any]) -> str:
             s = f"{v:.{nd}f}"
             cells.append(f"**{s}**" if best[key] is not None and f"{best[key]:.{nd}f}" == s else s)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    seeded = [(n, r) for n, r in models.items() if r.get("seeds")]
+    if seeded:
+        lines += [
+            "",
+            "Rows trained with several seeds show the mean over the seeds above; their sd over the "
+            "seeds (the JSON has every seed's numbers under `seeds`, the seeds under `train_seeds`):",
+            "",
+            "| model (seeds) | " + " | ".join(c[1] for c in _COLS) + " |",
+            "|---|" + "|".join("---:" for _ in _COLS) + "|",
+        ]
+        tseeds = result.get("train_seeds") or {}
+        for n, r in seeded:
+            got = tseeds.get(n)
+            ids = got if isinstance(got, list) else list(r["seeds"])
+            cells = [_fmt(r.get(f"{key}_sd"), nd + 1) for key, _, _, nd in _COLS]
+            lines.append(f"| {n} ({', '.join(str(i) for i in ids)}) | " + " | ".join(cells) + " |")
     paired = [(n, r["paired_vs_p2es"]) for n, r in models.items() if r.get("paired_vs_p2es")]
     if paired:
         lines += [
             "",
             "Paired vs p2es on the same windows: mean (model - p2es) of the per-window absolute "
             "error, [95 % subject-clustered bootstrap interval: subjects resampled with all their "
-            "windows]; > 0 means p2es is better, an interval without 0 a difference beyond chance.",
+            "windows; rows with seed replicas: every seed pair on the same windows]; > 0 means p2es "
+            "is better, an interval without 0 a difference beyond chance.",
             "",
             "| model | HR bpm | QRS ms | QT ms |",
             "|---|---:|---:|---:|",

@@ -30,6 +30,21 @@ outputs are exactly those of models trained before the switches existed):
                           [B, T].  Training only: :meth:`P2ES.denoise_with_rpeak` returns them
                           next to the x_0 prediction; ``denoise`` / ``forward`` (the sampler,
                           the ONNX graphs) never run the head and are unchanged by it.
+* ``rpeak_cond``        - :class:`BeatHead`: an R-peak heatmap predicted once per window from
+                          all PPG-encoder levels (FiLM by the group embedding, so pulse arrival
+                          time can follow age and height), trained with ``w_rpeak`` against the
+                          annotated R peaks; its sigmoid enters the denoiser through a conv added
+                          to the level-0 PPG features, so beat timing is an explicit input of
+                          every reverse step.  The logits ride on ``Cond.rpeak`` (training).
+* ``pat_align``         - :class:`PatHead`: the window's pulse arrival time predicted from the
+                          demographics (field embeddings -> MLP, 0.05-0.35 s); a copy of the PPG
+                          features shifted earlier by it (:func:`shift_earlier`, linear
+                          interpolation, zeros past the end) enters the encoder through a second
+                          stem (zero-initialised), so the pulses line up with the R peaks they
+                          follow.  Trained with ``w_pat`` against the simulator's ``pat_ms``;
+                          the prediction rides on ``Cond.pat``.
+* ``deblur_cond``       - the frequency stage's gain depends on the window's embedding (t +
+                          group embedding), not on t alone.
 * ``ppg_onset_channel`` - ppg [B, 4, T]: the default 3 channels + the pulse-onset channel
                           (:func:`engine.model.preprocess.onset_channel`).  ``encode`` also takes
                           the default 3-channel features and appends the onset channel itself
@@ -138,9 +153,14 @@ class PPGEncoder(nn.Module):
         self.downs = nn.ModuleList(_down(w[lvl], w[lvl + 1]) for lvl in range(len(w) - 1))
         self.summary_dim = 2 * w[-1]
 
-    def forward(self, ppg: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def forward(
+        self, ppg: torch.Tensor, extra: torch.Tensor | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``extra`` [B, widths[0], T] is added after the stem (the aligned copy's own stem)."""
         feats: list[torch.Tensor] = []
         h: torch.Tensor = self.stem(ppg)
+        if extra is not None:
+            h = h + extra
         for lvl, blk in enumerate(self.blocks):
             h = blk(h)
             feats.append(h)
@@ -190,6 +210,88 @@ class FrequencyDeblur(nn.Module):
         return u @ self.V
 
 
+PAT_PRIOR_S = 0.2  # centre of PatHead's output range (adult finger PAT at rest ~0.15-0.35 s)
+
+
+class PatHead(nn.Module):
+    """Pulse arrival time [B] (s) from the demographics (``ModelConfig.pat_align``).
+
+    Each field f contributes ``v_f W_f + b_f`` if known, a learned vector ``M_f`` if not; the sum
+    goes through LayerNorm -> SiLU -> Linear -> SiLU -> Linear(1) (zero-initialised) and
+    ``PAT_PRIOR_S + 0.15 tanh(.)``: a fresh head predicts 0.2 s for everyone."""
+
+    def __init__(self, cfg: ModelConfig, hidden: int = 32):
+        super().__init__()
+        g = torch.Generator().manual_seed(7)
+        self.w = nn.Parameter(torch.randn(cfg.n_demo, hidden, generator=g) * 0.5)
+        self.b = nn.Parameter(torch.zeros(cfg.n_demo, hidden))
+        self.missing = nn.Parameter(torch.randn(cfg.n_demo, hidden, generator=g) * 0.1)
+        last = nn.Linear(hidden, 1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.mlp = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), last)
+
+    def forward(self, demo: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        m = mask[..., None]
+        e = (m * (demo[..., None] * self.w + self.b) + (1.0 - m) * self.missing).sum(1)
+        return PAT_PRIOR_S + 0.15 * torch.tanh(self.mlp(e)[:, 0])
+
+
+def shift_earlier(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``y[b, c, i] = x[b, c, i + shift[b]]`` (samples, fractional: linear interpolation; zeros
+    past either end).  Differentiable in ``x`` and ``shift``."""
+    B, C, T = x.shape
+    pos = torch.arange(T, device=x.device, dtype=x.dtype)[None, :] + shift.to(x.dtype)[:, None]
+    i0 = torch.floor(pos)
+    frac = (pos - i0)[:, None, :]
+    i0l = i0.long()
+    out = x.new_zeros(B, C, T)
+    for off, wgt in ((0, 1.0 - frac), (1, frac)):
+        idx = i0l + off
+        ok = ((idx >= 0) & (idx < T)).to(x.dtype)[:, None, :]
+        g = torch.gather(x, 2, idx.clamp(0, T - 1)[:, None, :].expand(B, C, T))
+        out = out + g * ok * wgt
+    return out
+
+
+class BeatHead(nn.Module):
+    """R-peak heatmap logits [B, T] from every PPG-encoder level (``ModelConfig.rpeak_cond``).
+
+    Deeper levels are projected to ``widths[0]`` and upsampled (nearest) to the full rate, summed
+    with level 0, modulated by the group embedding (FiLM, zero-initialised) when there is one,
+    then GN -> SiLU -> conv (9 taps, ~70 ms).  ``inject`` maps the heatmap (sigmoid) back to a
+    level-0 feature map (zero-initialised, so a fresh model starts as the plain one)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        w = cfg.widths
+        self.lift = nn.ModuleList(nn.Conv1d(w[lvl], w[0], 1) for lvl in range(len(w)))
+        self.film = nn.Linear(cfg.emb_dim, 2 * w[0]) if cfg.use_groups else None
+        if self.film is not None:
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
+        self.norm = _gn(w[0])
+        self.out = nn.Conv1d(w[0], 1, 9, padding=4)
+        assert self.out.bias is not None  # Conv1d is built with bias=True
+        nn.init.constant_(self.out.bias, math.log(0.05 / 0.95))  # prior: ~5 % of samples near a peak
+        self.inject = nn.Conv1d(1, w[0], 9, padding=4)
+        nn.init.zeros_(self.inject.weight)
+        assert self.inject.bias is not None
+        nn.init.zeros_(self.inject.bias)
+
+    def forward(self, feats: Sequence[torch.Tensor], gemb: torch.Tensor | None) -> torch.Tensor:
+        T = feats[0].shape[-1]
+        h = self.lift[0](feats[0])
+        for lvl in range(1, len(feats)):
+            h = h + F.interpolate(self.lift[lvl](feats[lvl]), size=T, mode="nearest")
+        h = self.norm(h)
+        if self.film is not None and gemb is not None:
+            scale, shift = self.film(F.silu(gemb)).chunk(2, dim=-1)
+            h = h * (1.0 + scale[..., None]) + shift[..., None]
+        logits: torch.Tensor = self.out(F.silu(h))[:, 0]
+        return logits
+
+
 @dataclass
 class Cond:
     """Everything the denoiser needs that does not depend on (x_t, t)."""
@@ -199,13 +301,21 @@ class Cond:
     A: torch.Tensor | None  # lead affinity [B, 8, 8] (None: single LeadMixer)
     z: torch.Tensor | None  # group embedding [B, group_dim] (contrastive loss)
     w: torch.Tensor | None  # soft group assignment [B, G]
+    rpeak: torch.Tensor | None = None  # BeatHead logits [B, T] (rpeak_cond; training loss only)
+    pat: torch.Tensor | None = None  # PatHead prediction [B] s (pat_align)
 
     def repeat_interleave(self, k: int) -> Cond:
         def r(x: torch.Tensor | None) -> torch.Tensor | None:
             return None if x is None else x.repeat_interleave(k, dim=0)
 
         return Cond(
-            [p.repeat_interleave(k, dim=0) for p in self.ppg], r(self.gemb), r(self.A), r(self.z), r(self.w)
+            [p.repeat_interleave(k, dim=0) for p in self.ppg],
+            r(self.gemb),
+            r(self.A),
+            r(self.z),
+            r(self.w),
+            r(self.rpeak),
+            r(self.pat),
         )
 
 
@@ -215,6 +325,9 @@ class P2ES(nn.Module):
     mixer: LeadMixer | None
     deblur: FrequencyDeblur | None
     rpeak: nn.Conv1d | None  # R-peak heatmap head (ModelConfig.rpeak_head), else None
+    beat: BeatHead | None  # beat map as conditioning (ModelConfig.rpeak_cond), else None
+    pat: PatHead | None  # demographic alignment (ModelConfig.pat_align), else None
+    pat_stem: nn.Conv1d | None  # stem of the aligned PPG copy (pat_align)
     derive: torch.Tensor  # buffer: DERIVE [12, 8]
 
     def __init__(self, cfg: ModelConfig):
@@ -257,6 +370,14 @@ class P2ES(nn.Module):
             self.rpeak = nn.Conv1d(w[0], 1, 1)
             assert self.rpeak.bias is not None  # Conv1d is built with bias=True
             nn.init.constant_(self.rpeak.bias, math.log(0.05 / 0.95))  # prior: ~5 % of samples near a peak
+        self.beat = BeatHead(cfg) if cfg.rpeak_cond else None  # also built after every older part
+        self.pat, self.pat_stem = None, None
+        if cfg.pat_align:
+            self.pat = PatHead(cfg)
+            self.pat_stem = nn.Conv1d(cfg.ppg_channels, w[0], 7, padding=3)
+            nn.init.zeros_(self.pat_stem.weight)
+            assert self.pat_stem.bias is not None  # Conv1d is built with bias=True
+            nn.init.zeros_(self.pat_stem.bias)
 
     # -- conditioning (once per window) --------------------------------------------------
     def encode(
@@ -264,9 +385,6 @@ class P2ES(nn.Module):
     ) -> Cond:
         if self.cfg.ppg_onset_channel and ppg.shape[1] == self.cfg.ppg_channels - 1:
             ppg = self._with_onset(ppg)
-        feats, summary = self.ppg_enc(ppg)
-        if self.groups is None:
-            return Cond(feats, None, None, None, None)
         B = ppg.shape[0]
         if demo is None:
             demo = ppg.new_zeros(B, self.cfg.n_demo)
@@ -274,10 +392,28 @@ class P2ES(nn.Module):
         elif demo_mask is None:
             demo_mask = torch.isfinite(demo).float()
         demo = torch.where(demo_mask > 0, demo, torch.zeros_like(demo))  # drops NaN of unknowns
+        pat: torch.Tensor | None = None
+        extra: torch.Tensor | None = None
+        if self.pat is not None:
+            assert self.pat_stem is not None  # built together with self.pat
+            pat = self.pat(demo, demo_mask)
+            extra = self.pat_stem(shift_earlier(ppg, pat * self.cfg.fs))
+        feats, summary = self.ppg_enc(ppg, extra)
+        if self.groups is None:
+            return self._with_beats(Cond(feats, None, None, None, None, pat=pat))
         z, wgt, A = self.groups(demo, demo_mask, summary)
         assert self.group_mlp is not None  # built together with self.groups
         gemb = self.group_mlp(torch.cat([z, wgt], dim=-1))
-        return Cond(feats, gemb, A, z, wgt)
+        return self._with_beats(Cond(feats, gemb, A, z, wgt, pat=pat))
+
+    def _with_beats(self, cond: Cond) -> Cond:
+        """``rpeak_cond``: predict the beat map and add it to the level-0 PPG features."""
+        if self.beat is None:
+            return cond
+        logits = self.beat(cond.ppg, cond.gemb)
+        feats = list(cond.ppg)
+        feats[0] = feats[0] + self.beat.inject(torch.sigmoid(logits)[:, None, :])
+        return Cond(feats, cond.gemb, cond.A, cond.z, cond.w, logits, cond.pat)
 
     def _with_onset(self, ppg: torch.Tensor) -> torch.Tensor:
         """Default features [B, 3, T] -> [B, 4, T] with the pulse-onset channel (host numpy)."""
@@ -336,7 +472,8 @@ class P2ES(nn.Module):
             assert self.mixer is not None  # no groups (then encode() leaves A None): one LeadMixer
             y = self.mixer(y)
         if self.deblur is not None:
-            y = self.deblur(y, temb)
+            demb = temb + cond.gemb if self.cfg.deblur_cond and cond.gemb is not None else temb
+            y = self.deblur(y, demb)
         return y
 
     def forward(

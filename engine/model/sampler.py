@@ -50,18 +50,25 @@ def sample(
     steps: int = 10,
     k: int = 1,
     eta: float = 0.0,
+    spacing: float = 1.0,
     generator: torch.Generator | None = None,
     keep_samples: bool = True,
     clip: float | None = 10.0,
+    noise: torch.Tensor | None = None,
 ) -> SampleResult:
     """Reconstruct 12-lead ECGs (mV) for a batch of PPG windows.
 
     ``ppg_feats`` [B, 3, T] from :func:`engine.model.data.ppg_features`; ``demo`` see
     :func:`split_demo` (normalised values from :func:`engine.model.data.demographics`).
     ``steps`` reverse steps from t = 1 to 0 (the last one returns the x0 prediction);
-    ``eta`` 0 = deterministic DDIM, 1 = ancestral.  All ``k`` samples of a window run in one
+    ``eta`` 0 = deterministic DDIM, 1 = ancestral; ``spacing`` the time grid
+    (:meth:`engine.model.schedule.FrequencySchedule.timesteps`: 1 uniform, > 1 denser at low t).  All ``k`` samples of a window run in one
     batch (repeat-interleave).  With a fixed ``generator`` the output is reproducible.
     ``clip``: the x0 prediction is clamped to +-clip mV (None: no clamp).
+    ``noise``: the initial x_T [B*k, n_leads, T] (window i's samples at rows i*k .. i*k+k-1)
+    instead of drawing it from ``generator``: the live runtime seeds each window's noise on its
+    own, so a window's output does not depend on the rest of the batch (with ``eta`` > 0 the
+    per-step noise still comes from ``generator``).
     """
     if k < 1:
         raise P2esError(f"need at least one sample per window, got k={k}")
@@ -86,10 +93,15 @@ def sample(
             )
         if k > 1:
             cond = cond.repeat_interleave(k)
-        ts = schedule.timesteps(steps).tolist()
-        x = torch.randn(
-            (B * k, cfg.n_leads, T), generator=generator, device=ppg_feats.device, dtype=ppg_feats.dtype
-        )
+        ts = schedule.timesteps(steps, spacing).tolist()
+        if noise is not None:
+            if tuple(noise.shape) != (B * k, cfg.n_leads, T):
+                raise P2esError(f"noise must be [{B * k}, {cfg.n_leads}, {T}], got {list(noise.shape)}")
+            x = noise.to(device=ppg_feats.device, dtype=ppg_feats.dtype)
+        else:
+            x = torch.randn(
+                (B * k, cfg.n_leads, T), generator=generator, device=ppg_feats.device, dtype=ppg_feats.dtype
+            )
         x0 = x
         for i in range(steps):
             t, s = ts[i], ts[i + 1]

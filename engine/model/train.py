@@ -107,6 +107,8 @@ def make_stream(
         prep["qrs"] = True
     if cfg.w_rpeak > 0:
         prep["rpeak"] = True
+    if cfg.w_pat > 0:
+        prep["pat"] = True
     if cfg.data in ("sim", "fake"):
         sim_kwargs: dict[str, Any] = {"duration_s": cfg.duration_s, "fs": cfg.fs, "noise": cfg.noise}
         if cfg.data == "sim":
@@ -179,7 +181,10 @@ def loss_terms(
     rpeak_logits: torch.Tensor | None = None
     with autocast():
         cond = model.encode(batch["ppg"], batch["demo"], batch["demo_mask"])
-        if cfg.w_rpeak > 0:
+        if cfg.w_rpeak > 0 and cond.rpeak is not None:  # rpeak_cond: the encoder's beat map
+            rpeak_logits = cond.rpeak
+            x0_hat = model.denoise(x_t, t, cond)
+        elif cfg.w_rpeak > 0:
             x0_hat, rpeak_logits = model.denoise_with_rpeak(x_t, t, cond)
         else:
             x0_hat = model.denoise(x_t, t, cond)
@@ -198,6 +203,14 @@ def loss_terms(
         qrs = ((x0_hat - x0) ** 2 * m).sum() / (m.sum() * x0.shape[1]).clamp_min(1.0)
         loss = loss + cfg.w_qrs * qrs
         terms["qrs"] = qrs.item()
+    if cfg.w_pat > 0:  # PAT of the demographic alignment, in units of 20 ms, windows that have one
+        assert cond.pat is not None  # pat_align is checked before training starts
+        target = batch["pat"].to(cond.pat.dtype)
+        ok = torch.isfinite(target)
+        err = torch.where(ok, (cond.pat.float() - torch.nan_to_num(target)) / 0.02, torch.zeros_like(target))
+        pat_loss = (err**2).sum() / ok.sum().clamp_min(1)
+        loss = loss + cfg.w_pat * pat_loss
+        terms["pat"] = pat_loss.item()
     if cfg.w_rpeak > 0:
         assert rpeak_logits is not None  # denoise_with_rpeak ran above
         rpk = F.binary_cross_entropy_with_logits(rpeak_logits.float(), batch["rpeak_heat"].float())
@@ -240,8 +253,12 @@ def train(cfg: TrainConfig, out_path: str | os.PathLike[str], resume: bool = Fal
         raise P2esError("device 'cuda' requested but no CUDA GPU is available")
     torch.manual_seed(cfg.seed)
     model, schedule = build(cfg)
-    if cfg.w_rpeak > 0 and model.rpeak is None:
-        raise P2esError("w-rpeak > 0 needs the R-peak head: --model '{\"rpeak_head\": true}'")
+    if cfg.w_pat > 0 and model.pat is None:
+        raise P2esError("w-pat > 0 needs the demographic alignment: --model '{\"pat_align\": true}'")
+    if cfg.w_rpeak > 0 and model.rpeak is None and model.beat is None:
+        raise P2esError(
+            "w-rpeak > 0 needs an R-peak head: --model '{\"rpeak_head\": true}' or '{\"rpeak_cond\": true}'"
+        )
     model.to(dev)
     if model.groups is not None:
         model.groups.reservoir = model.groups.reservoir.new_zeros(cfg.group_reservoir, model.cfg.group_dim)

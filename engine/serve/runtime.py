@@ -6,8 +6,12 @@ Data flow (one process; stage boundaries are plain dataclasses so they can cross
         -> PatientStitcher (overlap-add, cross-fade, emit each sample once) -> EcgChunk
         -> window_vitals(...) -> Vitals
 
-* ``Backend`` is the interface the runtime needs: ``run(feats [B,3,T], demo [B,5], mask [B,5])``
-  -> ``(mean [B,12,T], std [B,12,T])`` in mV.  ``TorchBackend`` runs the sampler (CPU, or CUDA
+* ``Backend`` is the interface the runtime needs: ``run(feats [B,3,T], demo [B,5], mask [B,5],
+  keys)`` -> ``(mean [B,12,T], std [B,12,T])`` in mV.  ``keys`` = ``[(patient, t0), ...]``, one
+  per window: each window's noise is seeded from (backend seed, model, patient, window start)
+  alone (:func:`engine.serve.backends.common.window_seed`), so a patient's ECG is the same
+  whoever else shares the batch; without ``keys`` (offline benchmarks) a batch draws its noise
+  from ``seed + call`` as before.  ``TorchBackend`` runs the sampler (CPU, or CUDA
   with bf16 autocast); other backends (ONNX Runtime, TensorRT) plug in behind the same method.
   For a model with ``ppg_onset_channel`` a backend appends the onset channel to 3-channel
   features itself (and takes [B,4,T] as they are).
@@ -26,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -36,6 +41,7 @@ from engine.model import sampler
 from engine.model.data import demographics as demo_arrays
 from engine.model.preprocess import complete_features, ppg_features
 from engine.model.reconstruct import crossfade_weights
+from engine.serve.backends.common import WindowKey, keyed_noise, model_key
 from engine.serve.backends.torch_loop import CudaGraphRunner, GraphableLoop, default_buckets
 from p2es.contracts.ppg import Window
 from p2es.contracts.vitals import Vitals
@@ -103,8 +109,11 @@ class EcgChunk:
 class Backend(Protocol):
     name: str
 
-    def run(self, feats: np.ndarray, demo: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """feats [B,3,T], demo/mask [B,5] -> (mean, std) [B,12,T] mV."""
+    def run(
+        self, feats: np.ndarray, demo: np.ndarray, mask: np.ndarray, keys: Sequence[WindowKey] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """feats [B,3,T], demo/mask [B,5], keys [(patient, t0)] * B or None -> (mean, std)
+        [B,12,T] mV."""
         ...
 
 
@@ -159,6 +168,7 @@ class TorchBackend:
         self.T = int(entry.model.cfg.T)
         self.fs = float(entry.model.cfg.fs)
         self._calls = 0
+        self._model_key: str | None = None  # model_key(entry), on the first keyed run
         self._loop: GraphableLoop | None = None
         self._graphs: CudaGraphRunner | None = None
         if on_cuda:
@@ -183,26 +193,52 @@ class TorchBackend:
             return "torch"
         return f"torch-cuda-{self.precision}" + ("-graphs" if self.cuda_graphs else "")
 
-    def run(self, feats: np.ndarray, demo: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def model_key(self) -> str:
+        if self._model_key is None:
+            self._model_key = model_key(self.entry)
+        return self._model_key
+
+    def run(
+        self, feats: np.ndarray, demo: np.ndarray, mask: np.ndarray, keys: Sequence[WindowKey] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         if self.entry.model.cfg.ppg_onset_channel:  # default 3-channel features + the onset channel
             feats = complete_features(feats, self.fs, onset=True)
         gen = torch.Generator(device=self.device.type).manual_seed(self.seed + self._calls)
         self._calls += 1
+        cfg = self.entry.model.cfg
         f = torch.as_tensor(feats, dtype=torch.float32, device=self.device)
         d = (
             torch.as_tensor(demo, dtype=torch.float32, device=self.device),
             torch.as_tensor(mask, dtype=torch.float32, device=self.device),
         )
+        noise = None
+        if keys is not None:  # per-window noise (CPU-drawn, the same on every backend and device)
+            shape = (cfg.n_leads, cfg.T)
+            x_t = keyed_noise(
+                keys, seed=self.seed, model=self.model_key, k=self.k, shape=shape, batch=f.shape[0]
+            )
+            noise = torch.as_tensor(x_t, dtype=torch.float32, device=self.device)
         if self._loop is not None:  # CUDA
-            cfg = self.entry.model.cfg
-            noise = torch.randn((f.shape[0] * self.k, cfg.n_leads, cfg.T), generator=gen, device=self.device)
+            if noise is None:
+                noise = torch.randn(
+                    (f.shape[0] * self.k, cfg.n_leads, cfg.T), generator=gen, device=self.device
+                )
             with torch.no_grad():
                 fn = self._graphs if self._graphs is not None else self._loop
                 mean, std = fn(f, d[0], d[1], noise)
             return mean.float().cpu().numpy(), std.float().cpu().numpy()
         with torch.no_grad():
             res = sampler.sample(
-                self.model, self.schedule, f, d, steps=self.steps, k=self.k, generator=gen, keep_samples=False
+                self.model,
+                self.schedule,
+                f,
+                d,
+                steps=self.steps,
+                k=self.k,
+                generator=gen,
+                keep_samples=False,
+                noise=noise,
             )
         return res.mean.float().cpu().numpy(), res.std.float().cpu().numpy()
 
@@ -275,7 +311,8 @@ class MicroBatcher:
         t_start = time.monotonic()
         try:
             feats, demo, mask = prepare_batch(reqs)
-            mean, std = await asyncio.to_thread(self.backend.run, feats, demo, mask)
+            keys = [(r.patient, float(r.t0)) for r in reqs]  # per-window noise: batch-independent
+            mean, std = await asyncio.to_thread(self.backend.run, feats, demo, mask, keys)
         except Exception as exc:  # noqa: BLE001 - hand the failure to every waiter
             for _, fut in batch:
                 if not fut.done():

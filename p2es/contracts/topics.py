@@ -43,6 +43,9 @@ __all__ = [
     "match_input_topic",
     "is_output_topic",
     "patient_from_vitals_topic",
+    "nats_subject",
+    "patient_from_nats_token",
+    "nats_patient_inputs",
 ]
 
 TOPIC_PREFIX = "p2es/v1"
@@ -134,3 +137,24 @@ def is_output_topic(topic: str, prefix: str = TOPIC_PREFIX) -> bool:
 def patient_from_vitals_topic(topic: str) -> str | None:
     m = _VITALS_RE.match(topic)
     return m["pid"] if m else None
+
+
+# ------------------------------------------------------------------------------ NATS
+# NATS's MQTT listener maps an MQTT topic to a NATS subject: ``/`` -> ``.``, a ``.`` inside a
+# level -> ``//``; filters: ``+`` -> ``*``, ``#`` -> ``>``.  The scale-out mode (p2es run --bus)
+# reads the wearables' MQTT publishes under these subjects (docs/scaling.md).
+
+
+def nats_subject(topic: str) -> str:
+    """The NATS subject of an MQTT topic (or filter) of p2es (no empty levels)."""
+    return ".".join({"+": "*", "#": ">"}.get(level, level.replace(".", "//")) for level in topic.split("/"))
+
+
+def patient_from_nats_token(token: str) -> str:
+    """A patient id from its NATS subject token (``//`` stands for a ``.`` of the id)."""
+    return token.replace("//", ".")
+
+
+def nats_patient_inputs(prefix: str = TOPIC_PREFIX) -> str:
+    """Every subject under one patient on NATS: ``p2es.v1.patients.*.>``."""
+    return nats_subject(f"{prefix}/patients/+/#")

@@ -7,10 +7,32 @@ from typing import Any
 
 from pydantic import ValidationError
 
-__all__ = ["MAX_COMMAND_PAYLOAD", "PayloadError", "decode_json", "first_error"]
+__all__ = [
+    "MAX_COMMAND_PAYLOAD",
+    "VITALS_REASON_CODES",
+    "COMMAND_REASON_CODES",
+    "PayloadError",
+    "decode_json",
+    "first_error",
+]
 
 #: vitals and operator commands are small; anything larger is rejected unread
 MAX_COMMAND_PAYLOAD = 64 * 1024
+
+#: Stable reason codes of rejected vitals (``parse_vitals``; the alert service dead-letters them).
+VITALS_REASON_CODES = (
+    "oversized",  # payload > 64 KiB
+    "bad_json",  # not UTF-8, or not parseable JSON
+    "invalid_vitals",  # not an object, schema/range violation, patient differs from the topic
+)
+#: Stable reason codes of rejected operator commands on ``p2es/v1/alerts/ack``.
+COMMAND_REASON_CODES = (
+    "oversized",  # payload > 64 KiB
+    "bad_json",  # not UTF-8, or not parseable JSON
+    "invalid_ack",  # not an object, unknown action or key, schema violation (``parse_command``)
+    "unknown_rule",  # names a rule the running rules file does not have (the alert service)
+    "unknown_silence",  # unsilence of an id that is not an active silence (the alert service)
+)
 
 
 class PayloadError(Exception):
@@ -30,8 +52,10 @@ def decode_json(payload: bytes, max_bytes: int) -> Any:
         raise PayloadError("bad_json", "payload is not UTF-8") from None
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise PayloadError("bad_json", str(e)) from None
+    except (ValueError, RecursionError) as e:
+        # ValueError, not only JSONDecodeError: an integer of more than 4,300 digits raises a
+        # plain ValueError (Python's int-conversion limit); found by tests/test_parsers_property.py
+        raise PayloadError("bad_json", str(e)[:200]) from None
 
 
 def first_error(e: ValidationError, skip: int = 0) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Self, TypeVar
@@ -20,6 +22,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from p2es.errors import P2esError
 from p2es.transport.mqtt import MQTT_VERSIONS, MqttEndpoint, parse_url
+from p2es.transport.tls import check_server, client_context
 from sink.writer import Writer, make_transport
 
 M = TypeVar("M", bound=BaseModel)
@@ -57,7 +60,15 @@ def merge_flags(data: dict[str, Any], args: argparse.Namespace, fields: Iterable
 
 
 #: the flags of the broker connection (also used by one-shot commands such as ``p2es alerts ack``)
-BROKER_FLAGS: tuple[str, ...] = ("broker", "mqtt_username", "mqtt_password", "mqtt_version")
+BROKER_FLAGS: tuple[str, ...] = (
+    "broker",
+    "mqtt_username",
+    "mqtt_password",
+    "mqtt_version",
+    "mqtt_ca_file",
+    "mqtt_cert_file",
+    "mqtt_key_file",
+)
 #: the flags every long-running service takes (fields of :class:`ServiceSettings`)
 SERVICE_FLAGS: tuple[str, ...] = (
     *BROKER_FLAGS,
@@ -68,6 +79,7 @@ SERVICE_FLAGS: tuple[str, ...] = (
     "influx_org",
     "influx_bucket",
     "influx_token",
+    "influx_ca_file",
 )
 
 
@@ -89,6 +101,13 @@ def add_broker_flags(
         default=version_default,
         help="MQTT protocol (default 5; 3.1.1 for brokers without MQTT 5)",
     )
+    p.add_argument(
+        "--mqtt-ca-file",
+        metavar="PEM",
+        help="mqtts://: CA certificate(s) the broker's certificate must chain to (default: system trust store)",
+    )
+    p.add_argument("--mqtt-cert-file", metavar="PEM", help="mqtts://: client certificate (device login)")
+    p.add_argument("--mqtt-key-file", metavar="PEM", help="mqtts://: the client certificate's private key")
 
 
 def add_service_flags(p: argparse.ArgumentParser) -> None:
@@ -101,6 +120,11 @@ def add_service_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--influx-org")
     p.add_argument("--influx-bucket")
     p.add_argument("--influx-token", help="(better: env P2ES_INFLUX_TOKEN)")
+    p.add_argument(
+        "--influx-ca-file",
+        metavar="PEM",
+        help="https:// InfluxDB: CA certificate(s) its certificate must chain to (default: system trust store)",
+    )
 
 
 def validate(model: type[M], data: Mapping[str, Any], what: str) -> M:
@@ -112,6 +136,41 @@ def validate(model: type[M], data: Mapping[str, Any], what: str) -> M:
         loc = ".".join(str(x) for x in err.get("loc", ()))
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         raise P2esError(f"bad {what} setting {loc + ': ' if loc else ''}{msg}") from None
+
+
+#: the MQTT TLS settings, and the flags of one-shot commands that set them (for messages)
+TLS_SETTING_NAMES: tuple[str, str, str] = ("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")
+TLS_FLAG_NAMES: tuple[str, str, str] = ("--mqtt-ca-file", "--mqtt-cert-file", "--mqtt-key-file")
+
+
+def mqtt_tls_context(
+    broker: str,
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+    *,
+    options: tuple[str, str, str] = TLS_SETTING_NAMES,
+) -> ssl.SSLContext | None:
+    """The verifying TLS context of an ``mqtts://`` broker (:func:`p2es.transport.tls.client_context`),
+    None for ``mqtt://``.  TLS files given for a plain ``mqtt://`` broker, or files that cannot
+    be loaded -> ``ValueError`` (one line naming the setting, as ``options`` spells it)."""
+    _, _, tls, _, _ = parse_url(broker)
+    if not tls:
+        given = [n for n, v in zip(options, (ca_file, cert_file, key_file)) if v]
+        if given:
+            raise ValueError(f"{given[0]} needs an mqtts:// broker (the broker URL is plain mqtt://)")
+        return None
+    return client_context(ca_file, cert_file, key_file, options=options)
+
+
+def influx_tls_context(url: str, ca_file: str | None = None) -> ssl.SSLContext | None:
+    """The verifying TLS context of an ``https://`` InfluxDB URL, None for ``http://`` (a CA
+    file with ``http://`` -> ``ValueError``)."""
+    if not url.startswith("https://"):
+        if ca_file:
+            raise ValueError("influx_ca_file needs an https:// influx_url")
+        return None
+    return client_context(ca_file, options=("influx_ca_file", "", ""))
 
 
 # ------------------------------------------------------------------------------ service base
@@ -133,6 +192,11 @@ class ServiceSettings(BaseSettings):
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     mqtt_version: Literal["5", "3.1.1"] = "5"
+    # mqtts:// (p2es.transport.tls; verification is always on): the CA the broker's certificate
+    # must chain to (None: the system trust store), and a client certificate + key (devices)
+    mqtt_ca_file: str | None = None
+    mqtt_cert_file: str | None = None
+    mqtt_key_file: str | None = None
     client_id: str = "p2es"
     session_expiry_s: int = Field(3600, ge=0)
     influx_url: str | None = "http://127.0.0.1:8086"  # None (or "none") = no InfluxDB
@@ -141,6 +205,7 @@ class ServiceSettings(BaseSettings):
     influx_org: str | None = None
     influx_bucket: str | None = None
     influx_token: str | None = None
+    influx_ca_file: str | None = None  # https:// InfluxDB: its CA (None: the system trust store)
     writer_flush_interval_s: float = Field(1.0, gt=0)
     reconnect_min_s: float = Field(0.2, gt=0)
     reconnect_max_s: float = Field(10.0, gt=0)
@@ -180,7 +245,44 @@ class ServiceSettings(BaseSettings):
             )
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        self.mqtt_tls_context()  # TLS files load, and only with mqtts:// / https:// (ValueError)
+        if self.influx_url:
+            influx_tls_context(self.influx_url, self.influx_ca_file)
+        elif self.influx_ca_file:
+            raise ValueError("influx_ca_file needs an https:// influx_url")
         return self
+
+    def mqtt_tls_context(self) -> ssl.SSLContext | None:
+        """The broker's verifying TLS context (None for ``mqtt://``)."""
+        return mqtt_tls_context(self.broker, self.mqtt_ca_file, self.mqtt_cert_file, self.mqtt_key_file)
+
+    async def check_tls(self) -> None:
+        """At start-up, before anything connects: one TLS handshake with the ``mqtts://`` broker
+        and the ``https://`` InfluxDB (:func:`p2es.transport.tls.check_server`).  A certificate
+        that does not verify (wrong CA, wrong host name, expired) or a refused client
+        certificate -> :class:`P2esError`, one line; an endpoint that does not answer is left
+        to the reconnect loops (it may be starting)."""
+        ep = self.mqtt_endpoint()
+        if ep.tls_context is not None:
+            await check_server(
+                ep.host,
+                ep.port,
+                ep.tls_context,
+                what="MQTT broker",
+                ca_option="mqtt_ca_file",
+                ca_file=self.mqtt_ca_file,
+            )
+        ctx = influx_tls_context(self.influx_url, self.influx_ca_file) if self.influx_url else None
+        if ctx is not None and self.influx_url:
+            u = urllib.parse.urlsplit(self.influx_url)
+            await check_server(
+                u.hostname or "",
+                u.port or 443,
+                ctx,
+                what="InfluxDB",
+                ca_option="influx_ca_file",
+                ca_file=self.influx_ca_file,
+            )
 
     def mqtt_endpoint(self, client_id: str | None = None) -> MqttEndpoint:
         """Where this service's MQTT client connects (``client_id`` defaults to the setting)."""
@@ -191,6 +293,7 @@ class ServiceSettings(BaseSettings):
             version=self.mqtt_version,
             client_id=client_id or self.client_id,
             session_expiry_s=self.session_expiry_s,
+            tls_context=self.mqtt_tls_context(),
         )
 
     def influx_writer(self, spool_dir: str, *, batch_lines: int, backoff_cap_s: float) -> Writer:
@@ -204,6 +307,7 @@ class ServiceSettings(BaseSettings):
             org=self.influx_org,
             bucket=self.influx_bucket,
             token=self.influx_token,
+            ca_file=self.influx_ca_file,
         )
         return Writer(
             transport,

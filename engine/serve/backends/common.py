@@ -14,6 +14,12 @@ The sampling loop of the non-torch backends is the loop of :func:`engine.model.s
 * the initial noise is drawn exactly as the torch backend draws it on the CPU
   (``torch.randn`` with a generator seeded ``seed + call``), so torch and ONNX Runtime produce
   the same reconstruction for the same seed, and the parity check covers the whole loop.
+* **per-window noise** (the live path: ``run(..., keys=[(patient, t0), ...])``): each window's
+  x_T comes from its own generator, seeded by :func:`window_seed` from (backend seed, model,
+  patient, window start), and is drawn on the CPU by :func:`window_noise` for every backend and
+  device.  A window's reconstruction then depends on its own input only -- not on the other
+  windows of its batch, the batch size, the order or the number of calls before it -- and every
+  backend draws the same x_T for it.
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import numpy as np
 import torch
@@ -38,6 +45,9 @@ if TYPE_CHECKING:
 
 EXPORT_VERSION = 1  # bump when the exported graphs' interface changes (part of the model hash)
 DEFAULT_CLIP_MV = 10.0  # engine.model.sampler.sample's default x0 clamp (+-clip mV)
+
+#: what identifies one window for its noise: (patient id, window start in Unix seconds)
+WindowKey: TypeAlias = tuple[str, float]
 
 
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -80,6 +90,49 @@ def draw_noise(seed: int, shape: tuple[int, ...]) -> np.ndarray:
     """x_T exactly as :func:`engine.model.sampler.sample` draws it on the CPU for this seed."""
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     return torch.randn(shape, generator=gen, dtype=torch.float32).numpy()
+
+
+def model_key(entry: Entry) -> str:
+    """16 hex digits identifying a model for its noise seeds: sha256 of the model and schedule
+    configs and the weights (not the export version or opset: every backend of one checkpoint
+    entry gets the same key)."""
+    h = hashlib.sha256(
+        json.dumps(
+            {"model": to_dict(entry.model_config), "schedule": to_dict(entry.schedule_config)},
+            sort_keys=True,
+        ).encode()
+    )
+    for name, v in sorted(entry.model.state_dict().items()):
+        a = v.detach().cpu().contiguous()
+        h.update(name.encode() + str(a.dtype).encode() + str(tuple(a.shape)).encode())
+        h.update(a.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def window_seed(seed: int, model: str, patient: str, t0: float) -> int:
+    """The noise seed (63 bits) of one window: sha256 of (backend seed, :func:`model_key`,
+    patient, window start rounded to the microsecond).  Stable across processes, batches and
+    platforms (no Python ``hash``)."""
+    t_us = int(round(float(t0) * 1e6))
+    msg = f"p2es-window-noise-v1\x00{int(seed)}\x00{model}\x00{patient}\x00{t_us}".encode()
+    return int.from_bytes(hashlib.sha256(msg).digest()[:8], "little") >> 1
+
+
+def window_noise(seeds: Sequence[int], k: int, shape: tuple[int, int]) -> np.ndarray:
+    """x_T [len(seeds) * k, *shape] float32: window i's ``k`` samples (rows i*k .. i*k+k-1, the
+    sampler's repeat-interleave order) from a CPU generator seeded ``seeds[i]`` alone."""
+    if not seeds:
+        return np.zeros((0, *shape), np.float32)
+    return np.concatenate([draw_noise(s, (int(k), *shape)) for s in seeds])
+
+
+def keyed_noise(
+    keys: Sequence[WindowKey], *, seed: int, model: str, k: int, shape: tuple[int, int], batch: int
+) -> np.ndarray:
+    """:func:`window_noise` of the windows ``keys`` (one per batch row; ``batch`` is checked)."""
+    if len(keys) != batch:
+        raise ValueError(f"{len(keys)} window keys for a batch of {batch}")
+    return window_noise([window_seed(seed, model, p, t0) for p, t0 in keys], k, shape)
 
 
 @dataclass

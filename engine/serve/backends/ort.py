@@ -22,6 +22,7 @@ and outputs cross the bus each step; the step math stays on the host) - not run 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,10 +32,13 @@ from engine.model.preprocess import complete_features
 from engine.serve.backends.common import (
     DEFAULT_CLIP_MV,
     StepPlan,
+    WindowKey,
     check_run_args,
     derive_matrix,
     draw_noise,
     finish,
+    keyed_noise,
+    model_key,
 )
 from engine.serve.onnx_graphs import ensure_onnx, io_names
 from p2es.errors import P2esError
@@ -228,9 +232,20 @@ class OrtBackend:
         ]
         self.derive = derive_matrix()
         self._calls = 0
+        self._model_key: str | None = None  # model_key(entry), on the first keyed run
         self._cpu = not self.device.startswith("cuda")
 
-    def run(self, feats: np.ndarray, demo: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def model_key(self) -> str:
+        if self._model_key is None:
+            self._model_key = model_key(self.entry)
+        return self._model_key
+
+    def run(
+        self, feats: np.ndarray, demo: np.ndarray, mask: np.ndarray, keys: Sequence[WindowKey] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """See :class:`engine.serve.runtime.Backend`; ``keys``: per-window noise (module
+        :mod:`engine.serve.backends.common`)."""
         if self.cfg.ppg_onset_channel:  # default 3-channel features + the onset channel
             feats = complete_features(feats, float(self.cfg.fs), onset=True)
         feats = np.ascontiguousarray(feats, dtype=np.float32)
@@ -255,7 +270,11 @@ class OrtBackend:
         if k > 1:
             cond = [np.repeat(c, k, axis=0) for c in cond]
         n = B * k
-        x = draw_noise(seed, (n, self.cfg.n_leads, self.T))
+        if keys is not None:
+            shape = (self.cfg.n_leads, self.T)
+            x = keyed_noise(keys, seed=self.seed, model=self.model_key, k=k, shape=shape, batch=B)
+        else:
+            x = draw_noise(seed, (n, self.cfg.n_leads, self.T))
         x_next = np.empty_like(x)
         x0 = np.empty_like(x)
         t_buf = np.empty((n,), np.float32)

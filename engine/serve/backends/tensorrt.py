@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -40,7 +41,15 @@ import torch
 
 from engine.model.network import Cond
 from engine.model.preprocess import complete_features
-from engine.serve.backends.common import cache_root, check_run_args, draw_noise, model_hash
+from engine.serve.backends.common import (
+    WindowKey,
+    cache_root,
+    check_run_args,
+    draw_noise,
+    keyed_noise,
+    model_hash,
+    model_key,
+)
 from engine.serve.backends.torch_loop import CudaGraphRunner, GraphableLoop, default_buckets
 from engine.serve.onnx_graphs import ensure_onnx, io_names
 from p2es.errors import P2esError
@@ -347,6 +356,7 @@ class TensorRTBackend:
             else None
         )
         self._calls = 0
+        self._model_key: str | None = None  # model_key(entry), on the first keyed run
 
     # Engine I/O lives in fixed buffers per batch size (CUDA graphs need stable addresses).
     def _buffers(self, graph: str, n: int) -> dict[str, torch.Tensor]:
@@ -395,13 +405,29 @@ class TensorRTBackend:
         ctx.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream)
         return b["x0"].clone()
 
-    def run(self, feats: np.ndarray, demo: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def model_key(self) -> str:
+        if self._model_key is None:
+            self._model_key = model_key(self.entry)
+        return self._model_key
+
+    def run(
+        self, feats: np.ndarray, demo: np.ndarray, mask: np.ndarray, keys: Sequence[WindowKey] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """See :class:`engine.serve.runtime.Backend`; ``keys``: per-window noise (module
+        :mod:`engine.serve.backends.common`)."""
         if self.cfg.ppg_onset_channel:  # default 3-channel features + the onset channel
             feats = complete_features(feats, float(self.cfg.fs), onset=True)
         B = feats.shape[0]
         seed = self.seed + self._calls
         self._calls += 1
-        noise = torch.as_tensor(draw_noise(seed, (B * self.k, self.cfg.n_leads, self.T)), device=self.device)
+        shape = (self.cfg.n_leads, self.T)
+        x_t = (
+            keyed_noise(keys, seed=self.seed, model=self.model_key, k=self.k, shape=shape, batch=B)
+            if keys is not None
+            else draw_noise(seed, (B * self.k, *shape))
+        )
+        noise = torch.as_tensor(x_t, device=self.device)
         f = torch.as_tensor(feats, dtype=torch.float32, device=self.device)
         d = torch.as_tensor(demo, dtype=torch.float32, device=self.device)
         m = torch.as_tensor(mask, dtype=torch.float32, device=self.device)

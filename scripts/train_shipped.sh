@@ -37,6 +37,7 @@ RHYTHM_MIX=${RHYTHM_MIX:-}       # e.g. "sinus=0.3,af=0.2,pvc=0.2,sinus_tachy=0.
 MODEL_JSON=${MODEL_JSON:-}       # ModelConfig overrides, e.g. {"rpeak_head": true, "ppg_onset_channel": true}
 W_QRS=${W_QRS:-0}                # extra x0 MSE within +-60 ms of annotated R peaks
 W_RPEAK=${W_RPEAK:-0}            # R-peak heatmap loss of the auxiliary head (needs rpeak_head)
+W_PAT=${W_PAT:-0}                # PAT loss of the demographic alignment (needs pat_align)
 OUT=${OUT:-engine/weights/p2es_set.pt}
 P2ES=${P2ES:-.venv/bin/p2es}
 LOG=${LOG:-out/train}
@@ -52,7 +53,7 @@ run() {
   esac
   local name="$1"
   (( SEED != 0 )) && name="$1_seed$SEED"
-  local extra=(--name "$name" --sim-rate-profile "$RATE_PROFILE" --w-qrs "$W_QRS" --w-rpeak "$W_RPEAK")
+  local extra=(--name "$name" --sim-rate-profile "$RATE_PROFILE" --w-qrs "$W_QRS" --w-rpeak "$W_RPEAK" --w-pat "$W_PAT")
   [[ -n "$RHYTHM_MIX" ]] && extra+=(--rhythm-mix "$RHYTHM_MIX")
   [[ -n "$MODEL_JSON" ]] && extra+=(--model "$MODEL_JSON")
   "$P2ES" train --variant "$1" --steps "$STEPS" --batch-size "$BATCH" --lr 1e-3 --warmup 200 \

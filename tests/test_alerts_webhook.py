@@ -400,7 +400,10 @@ def test_every_delivery_error_is_a_counted_attempt_that_backs_off_expires_and_bl
     for name in ("badsecret", "nohost", "notaport", "space"):
         mine = [d for d in dls if d["webhook"] == name]
         assert len(mine) == 2, name  # the second notification was not blocked by the first
-        assert all(d["reason"].startswith("gave up after") and d["attempts"] >= 2 for d in mine), mine
+        assert all(d["reason"].startswith("gave up after") and d["attempts"] >= 1 for d in mine), mine
+        # the first was retried (counted, backed off) until max_age; the second, queued behind
+        # it for those 0.6 s, may reach max_age after its first attempt -- but it gets one
+        assert max(d["attempts"] for d in mine) >= 2, mine
     assert "InvalidURL" in next(d["reason"] for d in dls if d["webhook"] == "notaport")
     assert ob.pending() == 0 and ob.counters()["failed_attempts"] >= 8
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"

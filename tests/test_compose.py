@@ -182,13 +182,28 @@ def test_grafana_mounts_the_provisioning_the_dashboards_expect(compose):
     assert (REPO / "dashboards/json" / Path(home).name).exists()
 
 
-def test_p2es_service_configs_parse(compose, monkeypatch):
+def _with_local_ca(cfg: dict, ca: Path) -> dict:
+    """A deploy config whose TLS files are the compose secrets, pointed at a local CA file (the
+    models load the files: /run/secrets/ exists only in the containers)."""
+    for k in ("mqtt_ca_file", "influx_ca_file"):
+        if cfg.get(k):
+            assert cfg[k] in ("/run/secrets/tls_ca",), (k, cfg[k])  # the compose secret tls_ca
+            cfg[k] = str(ca)
+    return cfg
+
+
+def test_p2es_service_configs_parse(compose, monkeypatch, tmp_path):
     """engine.yaml / alerts.yaml are valid for the services' own config models."""
+    from tls_services import make_ca
+
     from engine.app.pipeline import PipelineConfig
 
+    ca = make_ca(tmp_path, "ca").path
     monkeypatch.setenv("P2ES_INFLUX_TOKEN", "t")
-    eng = PipelineConfig(**yaml.safe_load((REPO / "deploy/p2es/engine.yaml").read_text()))
-    assert eng.broker == "mqtt://mosquitto:1883" and eng.influx_api == "v2" and eng.metrics_port == 9464
+    eng = PipelineConfig(**_with_local_ca(yaml.safe_load((REPO / "deploy/p2es/engine.yaml").read_text()), ca))
+    assert eng.broker == "mqtts://mosquitto:8883" and eng.influx_api == "v2" and eng.metrics_port == 9464
+    assert "tls_ca" in compose["services"]["engine"]["secrets"]
+    assert "tls_ca" in compose["services"]["alerts"]["secrets"]
     hc = " ".join(compose["services"]["engine"]["healthcheck"]["test"])
     assert f":{eng.metrics_port}/metrics" in hc and eng.metrics_addr == "0.0.0.0"
     infl = compose["services"]["influxdb"]["environment"]
@@ -201,7 +216,10 @@ def test_p2es_service_configs_parse(compose, monkeypatch):
         from alerts.service import AlertServiceConfig
     except ImportError as e:  # pragma: no cover - the alerts package is built in parallel
         pytest.fail(f"alerts.service.AlertServiceConfig not importable: {e}")
-    al = AlertServiceConfig(**yaml.safe_load((REPO / "deploy/p2es/alerts.yaml").read_text()))
+    al = AlertServiceConfig(
+        **_with_local_ca(yaml.safe_load((REPO / "deploy/p2es/alerts.yaml").read_text()), ca)
+    )
+    assert al.broker == eng.broker and al.mqtt_ca_file == eng.mqtt_ca_file
     assert (al.influx_org, al.influx_bucket) == (eng.influx_org, eng.influx_bucket)
     cmd = compose["services"]["alerts"]["command"]
     assert cmd[:3] == ["p2es", "alerts", "run"]

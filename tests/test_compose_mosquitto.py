@@ -4,7 +4,10 @@ broker runs with the directives of deploy/mosquitto/mosquitto.conf (paths and po
 deploy/mosquitto/acl as it is.
 
 A device may publish to its own patient's topics; what it publishes to another patient's topic
-is not delivered; anonymous and wrong-password clients are refused.
+is not delivered; anonymous and wrong-password clients are refused.  The TLS listeners run with
+a CA, broker and device certificates made by deploy/tls/pki.sh: password login over TLS, a
+device certificate as the login, and a rotated-out certificate refused once revoked and the
+broker sent SIGHUP (deploy/tls.md).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -52,12 +56,25 @@ def broker(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mosq")
     passwd = tmp / "passwd"
     accounts = {name: add_account(passwd, name) for name in ("ward7-bed1", "ward7-bed2", "p2es-engine")}
-    port = _free_port()
+    port, tls_port, cert_port = _free_port(), _free_port(), _free_port()
+    pki = tmp / "pki"
+    pki_env = {"PATH": "/usr/bin:/bin:/usr/sbin", "P2ES_PKI_DIR": str(pki)}
+    for args in (["init", "localhost"], ["device", "ward7-bed1"]):
+        r = subprocess.run(
+            ["bash", str(REPO / "deploy/tls/pki.sh"), *args], capture_output=True, text=True, env=pki_env
+        )
+        assert r.returncode == 0, r.stderr
+    # the deploy listeners, in order: plain (health check), TLS + password, TLS + certificate
+    ports = iter([port, tls_port, cert_port])
+    secret_files = {"tls_ca": "tls_ca.pem", "mosquitto_cert": "mosquitto_cert.pem"}
+    secret_files |= {"mosquitto_key": "mosquitto_key.pem", "tls_crl": "tls_crl.pem"}
     conf = []
     for ln in (REPO / "deploy/mosquitto/mosquitto.conf").read_text().splitlines():
         key = ln.split(" ", 1)[0]
         if key == "listener":
-            ln = f"listener {port} 127.0.0.1"
+            ln = f"listener {next(ports)} 127.0.0.1"
+        elif key in ("cafile", "certfile", "keyfile", "crlfile"):
+            ln = f"{key} {pki / secret_files[ln.rsplit('/', 1)[1]]}"
         elif key == "password_file":
             ln = f"password_file {passwd}"
         elif key == "acl_file":
@@ -86,7 +103,16 @@ def broker(tmp_path_factory):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"private mosquitto did not start: {(tmp / 'log').read_text()}")
                 time.sleep(0.05)
-        yield {"port": port, "accounts": accounts, "passwd": passwd}
+        yield {
+            "port": port,
+            "tls_port": tls_port,
+            "cert_port": cert_port,
+            "accounts": accounts,
+            "passwd": passwd,
+            "pki": pki,
+            "pki_env": pki_env,
+            "proc": proc,
+        }
     finally:
         proc.terminate()
         proc.wait(10)
@@ -177,3 +203,85 @@ def test_anonymous_and_wrong_password_are_refused(broker):
     asyncio.run(
         connect(username="ward7-bed1", password=broker["accounts"]["ward7-bed1"])
     )  # the right one works
+
+
+def test_deploy_conf_plain_listener_is_container_local_and_tls_is_published():
+    conf = (REPO / "deploy/mosquitto/mosquitto.conf").read_text()
+    listeners = re.findall(r"^listener (.*)$", conf, re.M)
+    assert listeners == ["1883 127.0.0.1", "8883", "8884"], listeners
+    text = (REPO / "compose.yaml").read_text()
+    import yaml
+
+    ports = yaml.safe_load(text)["services"]["mosquitto"]["ports"]
+    assert all(":1883" not in p for p in ports) and any(p.endswith(":8883") for p in ports), ports
+
+
+def _tls(pki: Path, cert: str | None = None, key: str | None = None):
+    from p2es.transport.tls import client_context
+
+    return client_context(str(pki / "tls_ca.pem"), cert, key)
+
+
+def test_password_login_over_tls(broker):
+    """The engine's account over the TLS password listener: verified against tls_ca.pem."""
+    import aiomqtt
+
+    async def main():
+        async with aiomqtt.Client(
+            "localhost",
+            broker["tls_port"],
+            username="p2es-engine",
+            password=broker["accounts"]["p2es-engine"],
+            tls_context=_tls(broker["pki"]),
+            timeout=5,
+        ) as c:
+            await c.publish("p2es/v1/patients/ward7-bed1/vitals", b"{}", qos=1, timeout=5)
+
+    asyncio.run(main())
+
+
+def test_device_certificate_login_rotation_and_revocation(broker):
+    """A certificate from pki.sh is the device's login (CN = patient id, the ACL applies); after
+    a rotation the old certificate still works until it is revoked and the broker gets SIGHUP."""
+    import aiomqtt
+
+    from p2es.errors import P2esError
+    from p2es.transport.tls import check_server
+
+    pki, dev = broker["pki"], broker["pki"] / "devices"
+    old_cert, old_key = dev / "ward7-bed1.rotated.pem", dev / "ward7-bed1.rotated.key"
+    shutil.copy(dev / "ward7-bed1.pem", old_cert)
+    shutil.copy(dev / "ward7-bed1.key", old_key)
+
+    def pki_sh(*args: str) -> None:
+        r = subprocess.run(
+            ["bash", str(REPO / "deploy/tls/pki.sh"), *args],
+            capture_output=True,
+            text=True,
+            env=broker["pki_env"],
+        )
+        assert r.returncode == 0, r.stderr
+
+    async def publish(cert: Path, key: Path) -> None:
+        ctx = _tls(pki, str(cert), str(key))
+        await check_server("localhost", broker["cert_port"], ctx, what="MQTT broker")
+        async with aiomqtt.Client("localhost", broker["cert_port"], tls_context=ctx, timeout=5) as c:
+            await c.publish("p2es/v1/patients/ward7-bed1/ppg", b"x", qos=1, timeout=5)
+
+    asyncio.run(publish(old_cert, old_key))
+    pki_sh("device", "ward7-bed1")  # rotation: a new certificate and key for the device
+    new_cert, new_key = dev / "ward7-bed1.pem", dev / "ward7-bed1.key"
+    asyncio.run(publish(new_cert, new_key))
+    asyncio.run(publish(old_cert, old_key))  # still valid: not revoked yet
+    pki_sh("revoke", str(old_cert))
+    broker["proc"].send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while True:  # the reload is asynchronous
+        try:
+            asyncio.run(publish(old_cert, old_key))
+        except P2esError as e:
+            assert "TLS handshake failed" in str(e) and "revoked" in str(e), e
+            break
+        assert time.monotonic() < deadline, "revoked certificate still accepted after SIGHUP"
+        time.sleep(0.2)
+    asyncio.run(publish(new_cert, new_key))  # the new one is unaffected

@@ -8,8 +8,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 OUT ?= out
 PYTEST_ARGS ?=
+CHAOS_ARGS ?=
 
-.PHONY: install demo test lint services services-stop bench clean
+.PHONY: install demo test lint services services-stop bench chaos clean hostile
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,5 +39,15 @@ test: install lint services
 bench: install
 	$(BIN)/python bench/synth_speed.py --records 2000 --repeats 7
 
+# fault injection on real services, full durations (~30 min), prints the table of
+# docs/reliability.md; CHAOS_ARGS="--short" for the short versions (tests/test_chaos.py)
+chaos: install services
+	$(BIN)/python bench/chaos.py $(CHAOS_ARGS)
+
 clean:
 	rm -rf $(OUT) .pytest_cache
+
+# issue #15 item 4: >= 100,000 hostile messages through a real Mosquitto, reconciled, normal
+# patients' ECG compared with a run without them (bench/hostile.py; a few minutes)
+hostile: install services
+	$(BIN)/python bench/hostile.py --messages 100000 --json $(OUT)/hostile.json

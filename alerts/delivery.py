@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from alerts.outbox import Outbox, OutboxRow, backoff_delay
 from alerts.state import AlertEvent
-from alerts.webhook import PostResult, alertmanager_body, new_message_id, post
+from alerts.webhook import PostResult, alertmanager_body, event_message_id, post
 from p2es.contracts.alerts import AlertMessage
 from p2es.contracts.topics import alerts_topic
 from sink.lineprotocol import alert_line
@@ -83,10 +83,12 @@ class WebhookSender:
         self.attempts = 0
 
     def enqueue(self, ev: AlertEvent, now: float | None = None) -> list[str]:
-        """Store one row per webhook (committed before this returns); the webhook-ids."""
+        """Store one row per webhook (committed before this returns); the webhook-ids.  The id is
+        derived from the event (:func:`alerts.webhook.event_message_id`): an event stored before
+        (the same id) is not stored twice."""
         ids = []
         for t in self.targets.values():
-            msg_id = new_message_id()
+            msg_id = event_message_id(t.name, ev)
             body = alertmanager_body(ev, receiver=t.name, external_url=self.external_url)
             self.outbox.enqueue(t.name, msg_id, body, now)
             ids.append(msg_id)

@@ -11,8 +11,9 @@ Data flow::
 
 Rows of one webhook are delivered strictly in order (the oldest pending row first), so a
 receiver never sees ``resolved`` before its ``firing``.  The ``webhook-id`` is fixed when the row
-is written, so every retry -- also after a process restart -- carries the same id and
-receivers can de-duplicate.  Backoff: full jitter, ``uniform(0, min(cap, base * 2**attempt))``,
+is written (derived from the event: :func:`alerts.webhook.event_message_id`), so every retry --
+also after a process restart -- carries the same id and receivers can de-duplicate; a row
+whose id is already pending is not written again (:meth:`Outbox.enqueue` returns 0).  Backoff: full jitter, ``uniform(0, min(cap, base * 2**attempt))``,
 at least a ``Retry-After`` the receiver sent (capped at ``cap``).
 
 Commits use ``synchronous=FULL``: an enqueued notification survives a crash or power loss.
@@ -98,13 +99,19 @@ class Outbox:
 
     # ------------------------------------------------------------------ writes
     def enqueue(self, webhook: str, msg_id: str, body: bytes, now: float | None = None) -> int:
+        """Store a row; its ``seq``, or 0 when a row with ``msg_id`` is already pending (the same
+        notification generated twice: kept once, with its first body)."""
         now = time.time() if now is None else now
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             cur = self.db.execute(
-                "INSERT INTO outbox (webhook, msg_id, body, created, next_attempt) VALUES (?,?,?,?,?)",
+                "INSERT INTO outbox (webhook, msg_id, body, created, next_attempt) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(msg_id) DO NOTHING",
                 (webhook, msg_id, body, now, now),
             )
+            if cur.rowcount == 0:
+                self._bump("duplicates_ignored")
+                return 0
             self._bump("enqueued")
         assert cur.lastrowid is not None  # set by every successful INSERT
         return int(cur.lastrowid)

@@ -65,6 +65,7 @@ __all__ = [
     "decode_secret",
     "generate_secret",
     "new_message_id",
+    "event_message_id",
     "sign",
     "verify",
     "alertmanager_body",
@@ -163,7 +164,21 @@ def generate_secret(nbytes: int = 32) -> str:
 
 
 def new_message_id() -> str:
+    """A random ``msg_<32 hex>`` (for messages that are not alert events)."""
     return "msg_" + secrets.token_hex(16)
+
+
+def event_message_id(webhook: str, ev: AlertEvent) -> str:
+    """The ``webhook-id`` of ``ev``'s notification to ``webhook``: ``msg_<32 hex>``, a hash of the
+    webhook name and the event's identity (alert fingerprint = rule + patient, kind, the
+    episode's ``startsAt`` and the event time).  Every retry carries it (it is stored with the
+    outbox row), and an event generated again -- e.g. by a restarted service that re-reads the
+    same vitals from the same saved state -- gets the same id, so the outbox keeps one row and a
+    receiver de-duplicating on the id sees the notification once."""
+    key = json.dumps(
+        [webhook, ev.fingerprint, ev.rule, ev.patient, ev.kind, repr(float(ev.starts_at)), repr(float(ev.t))]
+    )
+    return "msg_" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def sign(secret: str | bytes, msg_id: str, timestamp: int, body: bytes | str) -> str:

@@ -20,7 +20,10 @@ What a worker does (the layout: :mod:`p2es.transport.nats`, the design: docs/sca
    pin (its first message with a new ``Nats-Pin-Id``), it first replays the shard's last
    ``replay_s`` seconds before the consumer's ack floor from the stream (the previous owner's
    window in flight: continuous ECG across a handover), then goes live;
-4. every message goes through :func:`p2es.contracts.ppg.parse_message` and the per-patient
+4. every message goes through the per-patient budget (:mod:`ingest.fairness`, off by default;
+   its clock is JetStream's stored time of each message, so a consumer backlog or a replay is
+   judged by when it was published, not when it is delivered),
+   :func:`p2es.contracts.ppg.parse_message` and the per-patient
    stream (ordering, de-duplication by ``seq``, a bounded re-order window), and is acknowledged
    once it is in the ring buffer; unusable ones are dead-lettered on ``p2es.v1.deadletter``;
 5. a shard the worker no longer owns (a worker joined) is released: its patients' streams are
@@ -38,6 +41,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import ssl
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -52,6 +56,8 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
+from ingest.fairness import PatientBudget
+from ingest.service import budget_patient, note_rate_limited
 from ingest.stream import StreamConfig, StreamRegistry
 from p2es.contracts.ppg import DeadLetter, ParsedPpg, ParsedProfile, Window, parse_message
 from p2es.contracts.topics import (
@@ -69,6 +75,7 @@ from p2es.transport.nats import (
     assign_shards,
     parse_ack_subject,
 )
+from p2es.transport.tls import redact_url
 
 __all__ = ["BusIngestService"]
 
@@ -107,8 +114,11 @@ class BusIngestService:
         pull_batch: int = 256,
         tick_s: float = 1.0,
         prefix: str = TOPIC_PREFIX,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.servers, self.layout, self.worker_id = list(servers), layout, worker_id
+        self.tls_context = tls_context  # verifying (p2es.transport.tls); TLS before NATS's INFO
+        self._where = ",".join(redact_url(s) for s in self.servers)  # for logs: no user:password@
         self.username, self.password = username, password
         self.prefix = prefix
         self.heartbeat_s, self.member_ttl_s = float(heartbeat_s), float(member_ttl_s)
@@ -134,6 +144,8 @@ class BusIngestService:
         self._c: Counter[str] = Counter()
         self._invalid: Counter[str] = Counter()
         self._lag: dict[str, float] = {}
+        # per-patient budget (rate_limit_* of the stream config); its clock: the messages' stored time
+        self.budget = PatientBudget.from_config(self.registry.config, max_patients=self.registry.max_patients)
         self.last_error: str | None = None
         self.failed: str | None = None  # set when the bus cannot be set up (run() has returned)
 
@@ -216,11 +228,13 @@ class BusIngestService:
                     disconnected_cb=disconnected,
                     reconnected_cb=reconnected,
                     error_cb=error,
+                    tls=self.tls_context,
+                    tls_handshake_first=self.tls_context is not None,
                 )
                 break
             except Exception as e:  # noqa: BLE001 - no server reachable yet: retry
                 self.last_error = str(e)
-                log.warning("bus %s unavailable (%s); retrying", ",".join(self.servers), e)
+                log.warning("bus %s unavailable (%s); retrying", self._where, e)
                 await asyncio.sleep(1.0)
         self._c["connects"] += 1
         self.api = JetStreamApi(self.nc)
@@ -258,7 +272,7 @@ class BusIngestService:
             raise RuntimeError("JetStream did not become ready")
         self.ready.set()
         self.connected.set()  # set up and a member: windows may come from now on
-        log.info("worker %s on bus %s: %d shards", self.worker_id, ",".join(self.servers), lay.shards)
+        log.info("worker %s on bus %s: %d shards", self.worker_id, self._where, lay.shards)
 
     # -- membership -----------------------------------------------------------------------
     async def _heartbeat(self) -> None:
@@ -359,6 +373,7 @@ class BusIngestService:
         for pid in pats:
             self.registry.streams.pop(pid, None)
             self._lag.pop(pid, None)
+        self.budget.forget(pats)  # its new owner judges them afresh (replaying their recent chunks)
         if pats:
             keep = []
             while True:  # windows of these patients still queued are not ours to process any more
@@ -426,8 +441,26 @@ class BusIngestService:
         parsed = self.layout.parse_shard_subject(msg.subject)
         topic = parsed[2] if parsed is not None else msg.subject
         self._c["messages_in"] += 1
-        res = parse_message(topic, msg.data, prefix=self.prefix)
+        meta = parse_ack_subject(msg.reply) if msg.reply else None
+        now = meta.timestamp_ns / 1e9 if meta is not None else time.time()  # when it was stored
+        res: ParsedPpg | ParsedProfile | DeadLetter
+        pid = budget_patient(topic, self.prefix) if parsed is not None and self.budget.msgs_per_s else None
+        over = self.budget.admit_message(pid, now) if pid is not None else None
+        if over is not None:  # over its message budget: refused unparsed
+            if ack:  # replayed: its first owner logged and dead-lettered it already
+                note_rate_limited(log, over)
+            res = DeadLetter.of(topic, over.reason, msg.data)
+        else:
+            res = parse_message(
+                topic, msg.data, prefix=self.prefix, max_clock_skew_s=self.registry.config.max_clock_skew_s
+            )
         try:
+            if isinstance(res, ParsedPpg):
+                over = self.budget.admit_chunk(res.patient_id, res.chunk.n, res.chunk.fs, now)
+                if over is not None:  # over its sample budget
+                    if ack:
+                        note_rate_limited(log, over)
+                    res = DeadLetter.of(topic, over.reason, msg.data, res.received_at)
             if isinstance(res, DeadLetter):
                 if ack:  # replayed messages were dead-lettered by their first owner already
                     await self._dead_letter(res)
@@ -486,6 +519,7 @@ class BusIngestService:
                 self._emit(self.registry.flush_stale(now))
                 for pid in self.registry.expire(now):
                     self._lag.pop(pid, None)
+                note_rate_limited(log, ended=self.budget.tick(time.time()))  # the budget's clock
             except Exception:  # noqa: BLE001 - never let housekeeping die
                 log.exception("bus ingest housekeeping failed")
                 self._c["internal_errors"] += 1
@@ -583,5 +617,6 @@ class BusIngestService:
             "internal_errors": c["internal_errors"],
             "stream": self.registry.stats(),
             "lag_s": dict(self._lag),
+            "budget": self.budget.stats(),
             "bus": self.bus_counters(),
         }

@@ -16,10 +16,12 @@ connection loss the service reconnects by itself with exponential backoff
 
 Subscription: ``p2es/v1/patients/#`` (QoS 1): the three contract topics, and anything else
 under ``patients/`` is dead-lettered as ``unknown_topic`` rather than silently ignored.  Every
-message goes through :func:`p2es.contracts.ppg.parse_message`; dead letters are published to
-``p2es/v1/deadletter`` (QoS 1) and counted by reason code; nothing a client sends can stop
-the service (an unexpected exception while processing a valid message is logged, counted as
-``internal_error`` and dead-lettered too).
+message goes through :func:`p2es.contracts.ppg.parse_message`; dead letters are counted by
+reason code and published to ``p2es/v1/deadletter`` (QoS 1, in order) by their own task from a
+bounded queue (``deadletter_queue_size``), so the message loop waits for a dead letter's PUBACK
+only when that many are already waiting; nothing a client sends can stop the service (an
+unexpected exception while processing a valid message is logged, counted as ``internal_error``
+and dead-lettered too).
 
 Back-pressure: ``windows`` is a bounded queue (``queue_size``).  When it is full the
 **oldest** queued window is dropped to make room (counted in ``windows_dropped``): a live
@@ -27,8 +29,16 @@ monitor wants the freshest data, and blocking would stall every patient's ingest
 QoS 1 flow control, the broker.  The consumer sees gaps in ``(segment, index)`` when this
 happens.
 
+Per-patient budget (``StreamConfig.rate_limit_*``, off by default; :mod:`ingest.fairness`):
+a patient's messages beyond ``rate_limit_msgs_per_s`` (checked before parsing) and chunks beyond
+``rate_limit_factor`` x their declared fs (after parsing) are dead-lettered ``rate_limited``, so
+a flooding device costs a topic match (or a parse) and a dead letter per refused message, not
+windows and inference.  Time is the arrival time (monotonic): a backlog the broker delivers at once
+after a restart counts as a burst.  One warning when a patient starts being limited and one
+line when it stops.
+
 Housekeeping (every ``tick_s``): reorder buffers of patients silent for ``reorder_wait_s`` are
-flushed, streams idle for ``idle_s`` are expired.
+flushed, streams idle for ``idle_s`` are expired, idle budget slots are dropped.
 
 Shutdown: cancelling :meth:`run` (or leaving ``async with``) disconnects cleanly (the broker
 session persists for the next start).  Windows already queued stay in ``windows``; partially
@@ -55,14 +65,71 @@ from typing import Any
 
 import aiomqtt
 
+from ingest.fairness import Episode, Limited, PatientBudget
 from ingest.stream import StreamConfig, StreamRegistry
 from p2es.contracts.ppg import DeadLetter, ParsedPpg, ParsedProfile, Window, parse_message
-from p2es.contracts.topics import TOPIC_PREFIX, deadletter_topic, is_output_topic, subscription_topic
+from p2es.contracts.topics import (
+    PATIENT_ID_RE,
+    TOPIC_PREFIX,
+    deadletter_topic,
+    is_output_topic,
+    match_input_topic,
+    subscription_topic,
+)
 from p2es.transport.mqtt import Backoff, MqttEndpoint, payload_bytes, run_reconnecting
 
-__all__ = ["IngestService"]
+__all__ = ["IngestService", "note_clock_skew", "note_rate_limited", "budget_patient"]
 
 log = logging.getLogger("p2es.ingest")
+
+
+def note_clock_skew(skewed: set[str], topic: str, res: ParsedPpg | DeadLetter, prefix: str) -> None:
+    """One log line when a patient's chunks start being dead-lettered for ``clock_skew`` and one
+    when its clock is back within the tolerance (not one per chunk); ``skewed`` is the set of
+    patients currently off."""
+    if isinstance(res, ParsedPpg):
+        if res.patient_id in skewed:
+            skewed.discard(res.patient_id)
+            log.info(
+                "patient %s: device clock back within the tolerance; its chunks are used again",
+                res.patient_id,
+            )
+        return
+    if res.code != "clock_skew":
+        return
+    matched = match_input_topic(topic, prefix)
+    pid = matched[0] if matched else topic
+    if pid not in skewed:
+        if len(skewed) >= 10_000:  # bounded whatever devices send
+            skewed.clear()
+        skewed.add(pid)
+        log.warning(
+            "patient %s: %s; its chunks are dead-lettered (clock_skew) until it is fixed", pid, res.reason
+        )
+
+
+def budget_patient(topic: str, prefix: str) -> str | None:
+    """The patient whose budget an input message counts against (None: not a patient topic, or
+    an id the parser will refuse: no budget slot is made for it)."""
+    m = match_input_topic(topic, prefix)
+    return m[0] if m is not None and PATIENT_ID_RE.fullmatch(m[0]) else None
+
+
+def note_rate_limited(
+    logger: logging.Logger, limited: Limited | None = None, ended: list[Episode] | None = None
+) -> None:
+    """One log line when a patient starts being rate limited and one when it stops (see
+    :mod:`ingest.fairness`: episodes, bounded memory), not one per message."""
+    if limited is not None and limited.first:
+        logger.warning("%s; its excess is dead-lettered (rate_limited) until it slows down", limited.detail)
+    for e in ended or ():
+        logger.info(
+            "patient %s: back within its budget (limited for %.0f s; %d messages, %d samples refused)",
+            e.patient,
+            e.duration_s,
+            e.messages,
+            e.samples,
+        )
 
 
 class IngestService:
@@ -85,6 +152,7 @@ class IngestService:
         tls_context: ssl.SSLContext | None = None,
         prefix: str = TOPIC_PREFIX,
         mqtt_version: str = "5",
+        deadletter_queue_size: int = 1024,
     ) -> None:
         self.endpoint = MqttEndpoint.from_url(
             url,
@@ -104,12 +172,17 @@ class IngestService:
         self.tick_s = float(tick_s)
         self.registry = StreamRegistry(stream_config)
         self.windows: asyncio.Queue[Window] = asyncio.Queue(maxsize=queue_size)
+        # dead letters waiting for their publish (bounded: when full, the message loop waits)
+        self._dl_queue: asyncio.Queue[DeadLetter] = asyncio.Queue(maxsize=deadletter_queue_size)
         self.connected = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._c: Counter[str] = Counter()
         self._invalid: Counter[str] = Counter()
         self._lag: dict[str, float] = {}
+        self._skewed: set[str] = set()  # patients whose chunks are dead-lettered for clock_skew now
+        # per-patient budget (rate_limit_* of the stream config; monotonic time)
+        self.budget = PatientBudget.from_config(self.registry.config, max_patients=self.registry.max_patients)
         self.last_error: str | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -143,6 +216,7 @@ class IngestService:
     async def run(self) -> None:
         """Connect, consume, reconnect forever (until cancelled)."""
         house = asyncio.create_task(self._housekeeping())
+        letters = asyncio.create_task(self._publish_dead_letters())
         try:
             await run_reconnecting(
                 self._session,
@@ -154,9 +228,10 @@ class IngestService:
                 on_disconnect=self._on_disconnect,
             )
         finally:
-            house.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await house
+            for t in (house, letters):
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
 
     def _on_error(self, e: aiomqtt.MqttError) -> None:
         self.last_error = str(e)
@@ -186,6 +261,7 @@ class IngestService:
                 self._emit(self.registry.flush_stale(now))
                 for pid in self.registry.expire(now):
                     self._lag.pop(pid, None)
+                note_rate_limited(log, ended=self.budget.tick(now))
             except Exception:  # noqa: BLE001 - never let housekeeping die
                 log.exception("ingest housekeeping failed")
                 self._c["internal_errors"] += 1
@@ -197,11 +273,28 @@ class IngestService:
             return
         self._c["messages_in"] += 1
         payload = payload_bytes(payload)
-        res = parse_message(topic, payload, prefix=self.prefix)
+        now = time.monotonic()
+        res: ParsedPpg | ParsedProfile | DeadLetter
+        pid = budget_patient(topic, self.prefix) if self.budget.msgs_per_s else None
+        over = self.budget.admit_message(pid, now) if pid is not None else None
+        if over is not None:  # over its message budget: refused unparsed
+            note_rate_limited(log, over)
+            res = DeadLetter.of(topic, over.reason, payload)
+        else:
+            res = parse_message(
+                topic, payload, prefix=self.prefix, max_clock_skew_s=self.registry.config.max_clock_skew_s
+            )
         try:
             if isinstance(res, DeadLetter):
+                note_clock_skew(self._skewed, topic, res, self.prefix)
                 await self._dead_letter(res)
             elif isinstance(res, ParsedPpg):
+                note_clock_skew(self._skewed, topic, res, self.prefix)
+                over = self.budget.admit_chunk(res.patient_id, res.chunk.n, res.chunk.fs, now)
+                if over is not None:  # over its sample budget
+                    note_rate_limited(log, over)
+                    await self._dead_letter(DeadLetter.of(topic, over.reason, payload, res.received_at))
+                    return
                 self._c["ppg_bin" if res.binary else "ppg_json"] += 1
                 self._emit(self.registry.push(res.patient_id, res.chunk))
             elif isinstance(res, ParsedProfile):
@@ -220,17 +313,32 @@ class IngestService:
             )
 
     async def _dead_letter(self, dl: DeadLetter) -> None:
+        """Count it and queue it for :meth:`_publish_dead_letters`: the message loop does not wait
+        for each dead letter's PUBACK (a flood of refused messages would otherwise hold up every
+        other patient's messages for a broker round trip each); it waits only while the queue is
+        full, so no dead letter is dropped."""
         self._invalid[dl.code] += 1
-        client = self._client
-        if client is None:
-            self._c["deadletter_publish_errors"] += 1
-            return
-        try:
-            await client.publish(self.deadletter_topic, dl.model_dump_json().encode(), qos=1, timeout=5)
-            self._c["deadletters_published"] += 1
-        except aiomqtt.MqttError as e:
-            self._c["deadletter_publish_errors"] += 1
-            log.warning("could not publish a dead letter: %s", e)
+        await self._dl_queue.put(dl)
+
+    async def _publish_dead_letters(self) -> None:
+        """Publish the queued dead letters in order, QoS 1 (best effort: not connected -> counted;
+        one log line when publishing starts failing, not one per letter)."""
+        failing = False
+        while True:
+            dl = await self._dl_queue.get()
+            client = self._client
+            if client is None:
+                self._c["deadletter_publish_errors"] += 1
+                continue
+            try:
+                await client.publish(self.deadletter_topic, dl.model_dump_json().encode(), qos=1, timeout=5)
+                self._c["deadletters_published"] += 1
+                failing = False
+            except Exception as e:  # noqa: BLE001 - MqttError, or a bug: this task must go on
+                self._c["deadletter_publish_errors"] += 1
+                if not failing:
+                    log.warning("could not publish a dead letter: %s", e)
+                failing = True
 
     async def publish(
         self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False, timeout: float = 5.0
@@ -284,6 +392,7 @@ class IngestService:
             "invalid_total": sum(self._invalid.values()),
             "deadletters_published": c["deadletters_published"],
             "deadletter_publish_errors": c["deadletter_publish_errors"],
+            "deadletters_queued": self._dl_queue.qsize(),  # gauge: waiting for their publish
             "published": c["published"],
             "publish_errors": c["publish_errors"],
             "windows_out": c["windows_out"],
@@ -296,6 +405,7 @@ class IngestService:
             "internal_errors": c["internal_errors"],
             "stream": self.registry.stats(),
             "lag_s": dict(self._lag),
+            "budget": self.budget.stats(),
         }
 
     def counters_json(self) -> str:

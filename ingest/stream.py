@@ -73,6 +73,7 @@ recently active evicted first) and as many profiles.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -84,6 +85,7 @@ import numpy as np
 from scipy import ndimage
 from scipy import signal as sps
 
+from ingest.fairness import PatientBudget
 from p2es.contracts.ppg import FS_MAX, GapInfo, PpgChunk, Profile, Window
 from p2es.signal import detect_ppg_beats
 
@@ -121,6 +123,17 @@ class StreamConfig:
     idle_s: float = 120.0
     max_patients: int = 10_000
     compute_sqi: bool = True
+    # a chunk whose end is off its receive time by more than this is dead-lettered `clock_skew`
+    # by the ingest services (p2es.contracts.ppg); None: device time is trusted as it is
+    max_clock_skew_s: float | None = 1800.0
+    # per-patient budget of the ingest services (ingest.fairness; None or 0: off): samples/s as a
+    # multiple of the declared fs plus a burst of rate_limit_burst_s seconds of signal, and
+    # messages/s plus a burst of rate_limit_msgs_burst messages; the excess is dead-lettered
+    # `rate_limited`
+    rate_limit_factor: float | None = None
+    rate_limit_burst_s: float = 10.0
+    rate_limit_msgs_per_s: float | None = None
+    rate_limit_msgs_burst: int = 100
 
     def __post_init__(self) -> None:
         if not (self.fs_model > 2 * self.band_hz[1]):
@@ -129,6 +142,9 @@ class StreamConfig:
             raise ValueError("need window_s * fs_model >= 16 and 0 < hop_s <= window_s")
         if self.reorder_max_chunks < 1 or self.reorder_max_samples < 1:
             raise ValueError("reorder budget must be positive")
+        if self.max_clock_skew_s is not None and not self.max_clock_skew_s > 0:
+            raise ValueError("max_clock_skew_s must be > 0 (or None)")
+        PatientBudget.from_config(self)  # the rate_limit_* settings: ValueError with one line
 
     @property
     def window_n(self) -> int:
@@ -654,6 +670,9 @@ class StreamRegistry:
         self.expired = 0
         self.evicted = 0
         self._retired_stats: dict[str, float] = dict.fromkeys(_STAT_KEYS, 0)
+        # stats() runs in the metrics server's thread too: a stream is retired (removed and its
+        # counts moved to _retired_stats) under this lock, so a scrape sees it in one place
+        self._retire_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.streams)
@@ -669,8 +688,9 @@ class StreamRegistry:
         st = self.streams.get(patient_id)
         if st is None:
             while len(self.streams) >= self.max_patients:
-                _, old = self.streams.popitem(last=False)
-                self._retire(old)
+                with self._retire_lock:
+                    _, old = self.streams.popitem(last=False)
+                    self._retire(old)
                 self.evicted += 1
             st = PatientStream(patient_id, self.config, profile=self.profiles.get(patient_id), now=now)
             self.streams[patient_id] = st
@@ -704,7 +724,8 @@ class StreamRegistry:
         now = time.monotonic() if now is None else now
         gone = [pid for pid, st in self.streams.items() if now - st.last_push >= self.idle_s]
         for pid in gone:
-            self._retire(self.streams.pop(pid))
+            with self._retire_lock:
+                self._retire(self.streams.pop(pid))
             self.expired += 1
         return gone
 
@@ -713,9 +734,12 @@ class StreamRegistry:
             self._retired_stats[k] += v
 
     def stats(self) -> dict[str, Any]:
-        """Stream counters summed over all patients (current and retired)."""
-        tot = dict(self._retired_stats)
-        for st in self.streams.values():
+        """Stream counters summed over all patients (current and retired).  Safe to call from
+        another thread (the metrics server) while the event loop adds and expires streams."""
+        with self._retire_lock:
+            tot = dict(self._retired_stats)
+            streams = list(self.streams.values())  # one C-level copy: no mutation during it
+        for st in streams:
             for k, v in st.stats.items():
                 tot[k] += v
         tot.update(

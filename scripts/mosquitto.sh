@@ -55,6 +55,10 @@ listener $PORT 127.0.0.1
 allow_anonymous true
 persistence true
 persistence_location $RUN_DIR/data/
+# QoS 1 messages queued per subscriber: Mosquitto's default 1000 is ~1 s of a flood, after which
+# it silently drops the engine's messages (every patient's); the same as deploy/mosquitto
+max_queued_messages 100000
+max_queued_bytes 268435456
 autosave_interval 60
 log_dest file $LOG
 log_type error

@@ -26,10 +26,18 @@ When an append would exceed it, the **oldest** segments are deleted (oldest data
 the most recent data is kept) and what they still held is counted in ``dropped_records`` /
 ``dropped_bytes`` and logged.  A record larger than the bound itself is dropped and counted.
 Segments are at most ``max_bytes / 4`` so that dropping whole segments always makes room.
+
+A full disk.  An append the file system refuses (``ENOSPC``, ``EDQUOT``, ``EFBIG``, ``EIO``...)
+keeps nothing: a partly written record is cut off again, :class:`SpoolWriteError` is raised and
+counted (``write_errors``), and the spool stays consistent (the caller decides what to do with
+the record; :class:`sink.writer.Writer` keeps it in memory).  A cursor or fsync that cannot be
+written is counted and logged once per streak, never raised: the records are in the segment
+files, and a stale cursor only means some records are delivered twice after a crash.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -44,7 +52,7 @@ from pathlib import Path
 from p2es.errors import P2esError
 from p2es.files import atomic_write_text
 
-__all__ = ["Spool", "SpoolPos", "SpoolRecord", "SpoolLockedError", "DEFAULT_MAX_BYTES"]
+__all__ = ["Spool", "SpoolPos", "SpoolRecord", "SpoolLockedError", "SpoolWriteError", "DEFAULT_MAX_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +66,15 @@ _SEG_SUFFIX = ".seg"
 
 class SpoolLockedError(P2esError):
     """Another process (or another open Spool) already owns this spool directory."""
+
+
+class SpoolWriteError(P2esError):
+    """The file system refused an append (disk full, quota, file size limit, I/O error); the
+    record was not kept and the spool is unchanged.  ``errno`` / ``strerror`` of the OSError."""
+
+    def __init__(self, message: str, err: OSError) -> None:
+        super().__init__(message)
+        self.errno, self.strerror = err.errno, err.strerror or str(err)
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -130,6 +147,9 @@ class Spool:
         self.dropped_bytes = 0
         self.torn_records = 0
         self.torn_bytes = 0
+        self.write_errors = 0  # appends the file system refused (SpoolWriteError)
+        self.cursor_errors = 0  # cursor saves / fsyncs that failed (logged once per streak)
+        self._cursor_failing = False
 
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -162,7 +182,25 @@ class Spool:
 
     def _write_cursor(self) -> None:
         pos = self._index[0].pos if self._index else SpoolPos(self._wseq, self._sizes[self._wseq])
-        atomic_write_text(self.dir / "cursor", json.dumps({"segment": pos.segment, "offset": pos.offset}))
+        try:
+            atomic_write_text(self.dir / "cursor", json.dumps({"segment": pos.segment, "offset": pos.offset}))
+        except OSError as e:  # e.g. the disk is full: a stale cursor only replays some records
+            self._cursor_trouble("cannot save the cursor", e)
+            return
+        if self._cursor_failing:
+            self._cursor_failing = False
+            log.warning("spool %s: cursor saved again", self.dir)
+
+    def _cursor_trouble(self, what: str, e: OSError) -> None:
+        self.cursor_errors += 1
+        if not self._cursor_failing:
+            self._cursor_failing = True
+            log.warning(
+                "spool %s: %s (%s); records are kept, a crash now would deliver some twice (harmless)",
+                self.dir,
+                what,
+                e.strerror or e,
+            )
 
     def _scan_segment(self, seq: int, start: int) -> None:
         """Index the valid records of a segment at offsets >= start; truncate a torn tail."""
@@ -272,6 +310,8 @@ class Spool:
                 "spool_dropped_bytes": self.dropped_bytes,
                 "spool_torn_records": self.torn_records,
                 "spool_torn_bytes": self.torn_bytes,
+                "spool_write_errors": self.write_errors,
+                "spool_cursor_errors": self.cursor_errors,
             }
 
     # ------------------------------------------------------------------ writing
@@ -280,11 +320,16 @@ class Spool:
             raise RuntimeError(f"spool {self.dir} is closed")
 
     def _rotate(self) -> None:
-        os.fsync(self._wfd)
-        os.close(self._wfd)
-        self._dirty = False
+        old = self._wfd
+        os.fsync(old)  # an error here changes nothing
         self._wseq += 1
-        self._open_write_segment()
+        try:
+            self._open_write_segment()
+        except OSError:
+            self._wseq -= 1  # keep writing the old segment (it may grow past segment_bytes)
+            raise
+        os.close(old)
+        self._dirty = False
 
     def _drop_segment(self, seq: int) -> None:
         n = b = 0
@@ -326,8 +371,14 @@ class Spool:
                     self.max_bytes,
                 )
                 return None
-            if self._sizes[self._wseq] > 0 and self._sizes[self._wseq] + need > self.segment_bytes:
-                self._rotate()
+            try:
+                if self._sizes[self._wseq] > 0 and self._sizes[self._wseq] + need > self.segment_bytes:
+                    self._rotate()
+            except OSError as e:
+                self.write_errors += 1
+                raise SpoolWriteError(
+                    f"spool {self.dir}: cannot start a segment: {e.strerror or e}", e
+                ) from e
             dropped = False
             while self.disk_bytes + need > self.max_bytes and len(self._sizes) > 1:
                 self._drop_segment(min(s for s in self._sizes if s != self._wseq))
@@ -335,9 +386,18 @@ class Spool:
             off = self._sizes[self._wseq]
             rec = _HDR.pack(MAGIC, len(payload), zlib.crc32(payload), tag) + payload
             view = memoryview(rec)
-            while view:
-                n = os.write(self._wfd, view)
-                view = view[n:]
+            try:
+                while view:
+                    n = os.write(self._wfd, view)
+                    view = view[n:]
+            except OSError as e:
+                # keep nothing of it: a torn record would end the segment at the next open
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._wfd, off)
+                self.write_errors += 1
+                if dropped:
+                    self._write_cursor()
+                raise SpoolWriteError(f"spool {self.dir}: cannot append: {e.strerror or e}", e) from e
             self._sizes[self._wseq] = off + need
             self._index.append(_Entry(self._wseq, off, len(payload), tag))
             self.appended_records += 1
@@ -347,11 +407,16 @@ class Spool:
             return SpoolPos(self._wseq, off)
 
     def sync(self) -> None:
-        """fsync() the segment being written (cheap when nothing was appended since)."""
+        """fsync() the segment being written (cheap when nothing was appended since).  A failed
+        fsync is counted and logged once per streak (the data stays written; retried next time)."""
         with self._lock:
             if self._closed or not self._dirty:
                 return
-            os.fsync(self._wfd)
+            try:
+                os.fsync(self._wfd)
+            except OSError as e:
+                self._cursor_trouble("cannot fsync the segment", e)
+                return
             self._dirty = False
 
     # ------------------------------------------------------------------ reading

@@ -33,6 +33,16 @@ Delivery rules (what the tests check against a real InfluxDB):
   the database is down) and then persists whatever is left to the spool.  A new Writer on the
   same spool directory replays it.  Nothing accepted is lost, except what the spool's size
   bound drops (counted; see :mod:`sink.spool`).
+* A spool the disk refuses (full, quota, I/O error; :class:`sink.spool.SpoolWriteError`): one
+  ERROR line, ``spool_full`` = 1 (the ``p2es_spool_full`` gauge), and batches stay in memory
+  instead -- after what the spool already holds, so the order is kept -- up to
+  ``max_queue_batches``; beyond that the **oldest** batch in memory is dropped (counted in
+  ``batches_dropped`` / ``points_dropped``, one WARNING per streak).  Every later batch tries the
+  spool again, oldest first; ``spool_full`` stays 1 until everything held in memory is in the
+  spool (or written), then one WARNING line.  A disk at the edge -- a small batch fits, the next
+  does not -- therefore neither flips the gauge nor repeats the lines, and a new refusal within
+  ``FULL_LOG_EVERY_S`` (10 min) of the last ERROR line is not logged again.  Nothing is raised
+  to the caller: the engine keeps reconstructing and publishing vitals.
 
 Counters for monitoring are plain attributes, gathered by :attr:`Writer.counters`.
 """
@@ -63,7 +73,10 @@ from p2es.errors import P2esError
 from p2es.transport.tls import client_context
 
 from .lineprotocol import Point, to_lines
-from .spool import DEFAULT_MAX_BYTES, Spool, SpoolPos
+from .spool import DEFAULT_MAX_BYTES, Spool, SpoolPos, SpoolWriteError
+
+#: a new "spool refused" ERROR line at most this often (a disk at the edge of full flaps)
+FULL_LOG_EVERY_S = 600.0
 
 __all__ = [
     "Writer",
@@ -468,6 +481,12 @@ class Writer:
         self.batches_replayed = 0  # written from the spool
         self.dead_letters = 0
         self.dead_letter_points = 0
+        self.batches_dropped = 0  # neither the spool (disk refused) nor memory could keep them
+        self.points_dropped = 0
+        self.spool_full = False  # batches are held in memory because the disk refused the spool
+        self._dropping = False  # a drop streak is logged once
+        self._full_logged_at: float | None = None  # monotonic time of the last "refused" ERROR line
+        self._full_announced = False  # that ERROR line still waits for its "takes batches again"
         self.last_error: str | None = None
 
     # ------------------------------------------------------------------ public API
@@ -486,6 +505,9 @@ class Writer:
             "queue_batches": len(self._mem),
             "pending_points": self._pending_lines,
             "db_down": int(self.outage),
+            "spool_full": int(self.spool_full),
+            "batches_dropped": self.batches_dropped,
+            "points_dropped": self.points_dropped,
         }
         d.update(self.spool.stats())
         return d
@@ -582,8 +604,19 @@ class Writer:
                     log.error("InfluxDB writer task failed", exc_info=task.exception())
         finally:
             self._spill()
-            self._inflight = None
+            self._requeue_inflight()
             left = self.spool.pending_records
+            if self._mem:
+                lost = sum(b.lines for b in self._mem)
+                self.batches_dropped += len(self._mem)
+                self.points_dropped += lost
+                log.error(
+                    "InfluxDB writer closed with %d batch(es), %d points that the spool %s could not take: lost",
+                    len(self._mem),
+                    lost,
+                    self.spool.dir,
+                )
+                self._mem.clear()
             self.spool.close()
             try:
                 self.transport.close()
@@ -635,29 +668,98 @@ class Writer:
                 log.warning(
                     "InfluxDB writer queue full (%d batches): spooling to %s", len(self._mem), self.spool.dir
                 )
-            self._spill()
-            self._spool(b)
+            if not self._spill() or not self._spool(b):  # the disk refused: memory, after the rest
+                self._keep_in_memory(b)
         else:
             self._mem.append(b)
         self._wake.set()
         self._changed.set()
 
-    def _spool(self, b: _Batch) -> None:
-        b.pos = self.spool.append(b.payload, b.seq)
+    def _spool(self, b: _Batch) -> bool:
+        """Append ``b`` to the spool; False (and ``spool_full``) when the disk refuses it."""
+        try:
+            b.pos = self.spool.append(b.payload, b.seq)
+        except SpoolWriteError as e:
+            if not self.spool_full:
+                self.spool_full = True
+                now = time.monotonic()
+                if self._full_logged_at is None or now - self._full_logged_at >= FULL_LOG_EVERY_S:
+                    self._full_logged_at, self._full_announced = now, True
+                    log.error(
+                        "InfluxDB writer: the spool %s cannot be written (%s): keeping up to %d batches "
+                        "in memory, dropping the oldest beyond that (p2es_spool_full = 1)",
+                        self.spool.dir,
+                        e.strerror,
+                        self.max_queue_batches,
+                    )
+                else:
+                    log.debug(
+                        "InfluxDB writer: the spool %s is refused again (%s)", self.spool.dir, e.strerror
+                    )
+            return False
         b.spooled = True
         self.batches_spooled += 1
+        return True
 
-    def _spill(self) -> None:
+    def _spool_ok(self) -> None:
+        """Nothing is held in memory for want of disk space any more: ``spool_full`` = 0."""
+        if not self.spool_full:
+            return
+        self.spool_full = self._dropping = False
+        if self._full_announced:
+            self._full_announced = False
+            log.warning(
+                "InfluxDB writer: the spool %s takes batches again (%d batch(es), %d points dropped so far)",
+                self.spool.dir,
+                self.batches_dropped,
+                self.points_dropped,
+            )
+
+    def _keep_in_memory(self, b: _Batch, *, first: bool = False) -> None:
+        """The spool cannot take ``b``: keep it in memory (``first``: it is the oldest, e.g. a
+        failed in-flight batch), bounded by ``max_queue_batches`` (oldest dropped, counted)."""
+        if first:
+            self._mem.appendleft(b)
+        else:
+            self._mem.append(b)
+        while len(self._mem) > self.max_queue_batches:
+            lost = self._mem.popleft()
+            self.batches_dropped += 1
+            self.points_dropped += lost.lines
+            if not self._dropping:
+                self._dropping = True
+                log.warning(
+                    "InfluxDB writer: memory full too (%d batches) with the spool refused: dropping "
+                    "the oldest batches (counted in p2es_points_dropped_total)",
+                    self.max_queue_batches,
+                )
+
+    def _spill(self) -> bool:
         """Move the in-flight batch (if it came from memory) and the memory queue to the spool.
 
         Order is kept: the in-flight batch was taken from memory only while the spool was
-        empty, and anything appended since went through here, after it.
+        empty, and anything appended since went through here, after it.  When the disk refuses
+        a batch, it and everything after it stay in memory (the in-flight batch is put back by
+        the caller once its attempt is over: :meth:`_requeue_inflight`).  True when nothing
+        older than a new batch is left outside the spool.
         """
         inf = self._inflight
         if inf is not None and inf.source == "mem" and not inf.spooled:
-            self._spool(inf)
+            if not self._spool(inf):
+                return False
         while self._mem:
-            self._spool(self._mem.popleft())
+            if not self._spool(self._mem[0]):
+                return False
+            self._mem.popleft()
+        self._spool_ok()
+        return True
+
+    def _requeue_inflight(self) -> None:
+        """After a failed attempt: an in-flight batch from memory that the spool could not take
+        goes back to the head of the memory queue (it is older than everything there)."""
+        inf, self._inflight = self._inflight, None
+        if inf is not None and inf.source == "mem" and not inf.spooled:
+            self._keep_in_memory(inf, first=True)
 
     # ------------------------------------------------------------------ sending
     def _take(self) -> _Batch | None:
@@ -690,7 +792,7 @@ class Writer:
                     return  # closing while the database is down: the spool keeps the rest
         except asyncio.CancelledError:
             self._spill()  # an in-flight batch from memory must not be lost
-            self._inflight = None
+            self._requeue_inflight()
             raise
         finally:
             ticker.cancel()
@@ -737,7 +839,7 @@ class Writer:
         else:
             log.debug("InfluxDB write retry %d failed: %s", self._attempt, err)
         self._spill()
-        self._inflight = None
+        self._requeue_inflight()
         self._changed.set()
         delay = self.backoff_delay(self._attempt, err.retry_after)
         self._attempt = min(self._attempt + 1, 60)
@@ -762,6 +864,15 @@ class Writer:
             )
         self.outage = False
         self._attempt = 0
+        if self.spool_full and self.spool.empty and not self._mem:
+            self.spool_full = self._dropping = self._full_announced = False
+            log.warning(
+                "InfluxDB writer: everything kept in memory is written (%d batch(es), %d points dropped "
+                "while the spool %s was refused); p2es_spool_full = 0",
+                self.batches_dropped,
+                self.points_dropped,
+                self.spool.dir,
+            )
         self._changed.set()
 
     def _dead_letter(self, b: _Batch, err: WriteError) -> None:

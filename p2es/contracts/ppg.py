@@ -38,6 +38,25 @@ is the first 200 characters of the payload as text, or ``"base64:"`` + the first
 when it is not UTF-8.
 
 ``patient_id`` matches ``[A-Za-z0-9_.-]{1,64}``.  Payloads over 256 KiB are rejected unread.
+
+Device clock.  ``t0`` is trusted within a tolerance: the ingest service passes
+``max_clock_skew_s`` (``StreamConfig.max_clock_skew_s``, default 1800 s) and a chunk whose last
+sample (``t0 + n / fs``) is more than that ahead of, or behind, the time it was received is
+dead-lettered with reason ``clock_skew`` -- never re-timed, never buffered, so no window mixes
+two clocks and nothing is written at a wrong time.  A device whose clock is off by an hour
+sends nothing usable until its clock is fixed; the dead letters and
+``p2es_messages_invalid_total{reason="clock_skew"}`` say so.  Errors smaller than the tolerance
+are not detected (the data is written at device time).  "Behind" includes a broker backlog: an
+engine that was down for longer than the tolerance dead-letters the older part of what the
+broker queued for it as ``clock_skew``.
+
+Rate.  When the ingest's per-patient budget is on (``rate_limit_*`` settings, off by default;
+:mod:`ingest.fairness`), a patient's messages beyond ``rate_limit_msgs_per_s`` (plus a burst)
+and chunks beyond ``rate_limit_factor`` x their declared ``fs`` samples/s (plus a burst of
+``rate_limit_burst_s`` seconds of signal) are dead-lettered whole with reason
+``rate_limited``, e.g. ``"rate_limited: patient bed-7: 12800 samples/s over the budget of 512
+samples/s (4 x fs 128, burst 10 s)"``; ``p2es_messages_invalid_total{reason="rate_limited"}``
+counts them.  The parser itself has no state and never returns this code.
 """
 
 from __future__ import annotations
@@ -108,6 +127,8 @@ DEADLETTER_CODES = (
     "non_finite",  # NaN / +-inf sample(s)
     "invalid_profile",  # schema/range violation in a profile
     "bad_binary",  # binary framing: magic, version, encoding, length
+    "clock_skew",  # device time of the chunk's end off its receive time by > max_clock_skew_s
+    "rate_limited",  # the patient is over its budget of messages/s or samples/s (ingest.fairness)
     "internal_error",  # a bug in the parser (should never be seen)
 )
 
@@ -444,14 +465,38 @@ def _ppg_dead(topic: str, e: ValidationError, payload: bytes, at: float) -> Dead
     return _dead(topic, "non_finite" if etype == "non_finite" else "invalid_ppg", detail, payload, at)
 
 
+def _clock_checked(
+    res: ParsedPpg, topic: str, payload: bytes, max_skew_s: float | None
+) -> ParsedPpg | DeadLetter:
+    """``res``, or a ``clock_skew`` dead letter when its end is off its receive time by more
+    than ``max_skew_s`` (positive skew: the device clock is ahead)."""
+    if max_skew_s is None:
+        return res
+    skew = res.chunk.t_end - res.received_at
+    if abs(skew) <= max_skew_s:
+        return res
+    side = "ahead of" if skew > 0 else "behind"
+    return _dead(
+        topic,
+        "clock_skew",
+        f"device clock {abs(skew):.0f} s {side} the receive time (tolerance {max_skew_s:g} s)",
+        payload,
+        res.received_at,
+    )
+
+
 def parse_message(
     topic: str,
     payload: bytes | bytearray | memoryview | str | None,
     *,
     received_at: float | None = None,
     prefix: str = TOPIC_PREFIX,
+    max_clock_skew_s: float | None = None,
 ) -> ParsedPpg | ParsedProfile | DeadLetter:
-    """Parse one MQTT message.  Never raises: anything unusable becomes a :class:`DeadLetter`."""
+    """Parse one MQTT message.  Never raises: anything unusable becomes a :class:`DeadLetter`.
+
+    ``max_clock_skew_s``: a PPG chunk whose end (device clock) is further than this from
+    ``received_at`` is a ``clock_skew`` dead letter (see the module docstring; None: no check)."""
     at = time.time() if received_at is None else float(received_at)
     try:
         if payload is None:
@@ -481,7 +526,7 @@ def parse_message(
                 return _ppg_dead(topic, e, payload, at)
             except (ValueError, struct.error) as e:
                 return _dead(topic, "bad_binary", str(e), payload, at)
-            return ParsedPpg(pid, chunk, True, at)
+            return _clock_checked(ParsedPpg(pid, chunk, True, at), topic, payload, max_clock_skew_s)
 
         if kind == "profile" and len(payload) == 0:
             return ParsedProfile(pid, None, at)  # retained message cleared
@@ -498,9 +543,10 @@ def parse_message(
             return _dead(topic, code, f"expected a JSON object, got {type(obj).__name__}", payload, at)
         if kind == "ppg":
             try:
-                return ParsedPpg(pid, PpgChunk.model_validate(obj), False, at)
+                ok = ParsedPpg(pid, PpgChunk.model_validate(obj), False, at)
             except ValidationError as e:
                 return _ppg_dead(topic, e, payload, at)
+            return _clock_checked(ok, topic, payload, max_clock_skew_s)
         try:
             return ParsedProfile(pid, Profile.model_validate(obj), at)
         except ValidationError as e:

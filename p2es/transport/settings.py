@@ -22,7 +22,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from p2es.errors import P2esError
 from p2es.transport.mqtt import MQTT_VERSIONS, MqttEndpoint, parse_url
-from p2es.transport.tls import check_server, client_context
+from p2es.transport.tls import check_nats_server, check_server, client_context
 from sink.writer import Writer, make_transport
 
 M = TypeVar("M", bound=BaseModel)
@@ -171,6 +171,48 @@ def influx_tls_context(url: str, ca_file: str | None = None) -> ssl.SSLContext |
             raise ValueError("influx_ca_file needs an https:// influx_url")
         return None
     return client_context(ca_file, options=("influx_ca_file", "", ""))
+
+
+#: the TLS settings of the NATS bus of ``p2es run --bus`` (fields of PipelineConfig, flags --bus-*)
+BUS_TLS_SETTING_NAMES: tuple[str, str, str] = ("bus_ca_file", "bus_cert_file", "bus_key_file")
+
+
+def bus_tls_context(
+    bus: str | None,
+    ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+    *,
+    options: tuple[str, str, str] = BUS_TLS_SETTING_NAMES,
+) -> ssl.SSLContext | None:
+    """The verifying TLS context of a NATS bus (:func:`p2es.transport.tls.client_context`): for a
+    ``tls://`` URL, and for a ``nats://`` one with any TLS file set (the CA the servers'
+    certificates chain to; a client certificate + key for listeners with ``verify``); None for
+    a plain ``nats://`` bus.  TLS files without a bus, or files that cannot be loaded ->
+    ``ValueError`` (one line naming the setting)."""
+    files = (ca_file, cert_file, key_file)
+    if not bus:
+        given = [n for n, v in zip(options, files) if v]
+        if given:
+            raise ValueError(f"{given[0]} needs a bus (tls://HOST:PORT[,HOST:PORT...])")
+        return None
+    if not bus.startswith("tls://") and not any(files):
+        return None
+    return client_context(ca_file, cert_file, key_file, options=options)
+
+
+async def check_bus_tls(bus: str, ctx: ssl.SSLContext, *, ca_file: str | None = None) -> None:
+    """At start-up: one TLS-first handshake with every server of the bus URL
+    (:func:`p2es.transport.tls.check_nats_server`); a certificate that does not verify, or a
+    listener that is not TLS first -> :class:`P2esError`, one line; a node that does not answer
+    is left to the reconnect loop."""
+    from p2es.transport.nats import parse_bus_url  # lazy: optional dependency nats-py (only --bus)
+
+    for url in parse_bus_url(bus):
+        u = urllib.parse.urlsplit(url)
+        await check_nats_server(
+            u.hostname or "", u.port or 4222, ctx, ca_option=BUS_TLS_SETTING_NAMES[0], ca_file=ca_file
+        )
 
 
 # ------------------------------------------------------------------------------ service base

@@ -1,7 +1,8 @@
 """TLS for every p2es client connection: the one place that builds an ``ssl.SSLContext``.
 
 Used by the MQTT clients (``mqtts://``: engine, alert service, simulator, alert commands), the
-InfluxDB writer (``https://``) and the webhook sender (``https://``).  Verification is always
+InfluxDB writer (``https://``), the webhook sender (``https://``) and the NATS bus of the
+scale-out mode (``p2es run --bus tls://...``).  Verification is always
 on -- the server's certificate must chain to the configured CA file (or, without one, to the
 system trust store) and must name the host connected to; there is no setting that turns either
 check off.  Minimum protocol TLS 1.2.  A client certificate (``cert_file`` + ``key_file``) is
@@ -11,14 +12,16 @@ what a device presents to a broker listener with ``require_certificate`` and
 :func:`check_server` is the start-up check: one TLS handshake with the service's own context, so
 that a wrong CA file or a wrong host name stops the service with one line
 (:class:`p2es.errors.P2esError`) instead of a reconnect loop; a server that does not answer is
-left to that loop (it may simply be starting).  :func:`redact_url` is what a log line may show
-of a URL (no ``user:password@``).
+left to that loop (it may simply be starting).  :func:`check_nats_server` is the same for a NATS
+client listener, which p2es speaks to TLS first (``handshake_first``).  :func:`redact_url` is
+what a log line may show of a URL (no ``user:password@``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import ssl
 import urllib.parse
@@ -26,7 +29,7 @@ from pathlib import Path
 
 from p2es.errors import P2esError
 
-__all__ = ["client_context", "server_context", "check_server", "refusal", "redact_url"]
+__all__ = ["client_context", "server_context", "check_server", "check_nats_server", "refusal", "redact_url"]
 
 # OpenSSL X509_V_ERR_* codes of ssl.SSLCertVerificationError.verify_code
 _UNTRUSTED = {2, 18, 19, 20, 21}  # no issuer / self-signed / self-signed in chain / not verifiable
@@ -165,6 +168,109 @@ async def check_server(
     with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
         await asyncio.wait_for(writer.wait_closed(), 1.0)
     return True
+
+
+def _spoke_in_clear(first: bytes | None, where: str) -> str | None:
+    """The line for a NATS listener whose greeting came in clear (None: it sent none)."""
+    if not first:
+        return None
+    if not first.startswith(b"INFO "):
+        return f"{where}: TLS refused: not a NATS listener (it sent {first[:16]!r} in clear)"
+    try:
+        info = json.loads(first[5:])
+    except ValueError:
+        info = {}
+    if isinstance(info, dict) and (info.get("tls_required") or info.get("tls_available")):
+        return (
+            f"{where}: TLS refused: the server sends its INFO before the TLS handshake "
+            "(set handshake_first: true in the tls block of its client listener: p2es speaks TLS "
+            "first, so that nothing is sent before the server's certificate is verified)"
+        )
+    return (
+        f"{where}: TLS refused: this listener offers no TLS (a plain nats:// server, or something "
+        "in between that strips TLS); no credential was sent"
+    )
+
+
+async def _clear_greeting(host: str, port: int, timeout_s: float) -> bytes | None:
+    """The first line a listener sends in clear on a new connection (None: none in time)."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    except (OSError, TimeoutError):
+        return None
+    try:
+        return await asyncio.wait_for(reader.readline(), timeout_s) or None
+    except (OSError, TimeoutError, ValueError):
+        return None
+    finally:
+        writer.close()
+
+
+async def check_nats_server(
+    host: str,
+    port: int,
+    ctx: ssl.SSLContext,
+    *,
+    what: str = "NATS server",
+    ca_option: str = "bus_ca_file",
+    ca_file: str | None = None,
+    timeout_s: float = 5.0,
+    info_timeout_s: float = 2.0,
+) -> bool:
+    """:func:`check_server` for a NATS client listener with ``tls { handshake_first: true }``.
+
+    p2es's NATS connections speak TLS first (nats-py ``tls_handshake_first``): the TLS
+    handshake comes before NATS's ``INFO``/``CONNECT``, so no credential is sent before the
+    server's certificate is verified, and a server (or someone in between) that does not offer
+    TLS cannot downgrade the connection.  One TLS handshake, then the server's ``INFO`` inside
+    TLS (within ``info_timeout_s``): True.  Nobody answers: False (the reconnect loop's
+    business).  A certificate that does not verify, a refused client certificate (an alert in
+    place of the INFO) -> :class:`P2esError` with :func:`refusal`'s line.  A listener that
+    answers in clear (no TLS, or INFO before TLS: a second, plain connection reads its
+    greeting to tell which) -> :class:`P2esError` saying what to set."""
+    where = f"{what} {host}:{port}"
+
+    def fail(e: ssl.SSLError) -> P2esError:
+        return P2esError(refusal(e, what=what, host=host, port=port, ca_option=ca_option, ca_file=ca_file))
+
+    async def in_clear(default: str | None) -> P2esError | None:
+        line = _spoke_in_clear(await _clear_greeting(host, port, info_timeout_s), where) or default
+        return P2esError(line) if line else None
+
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=ctx, server_hostname=host), timeout_s
+        )
+    except ssl.SSLCertVerificationError as e:
+        raise fail(e) from None
+    except ssl.SSLError as e:  # not the certificate: did it answer in clear?
+        raise (await in_clear(None) or fail(e)) from None
+    except ConnectionResetError:  # e.g. a plain listener closing on our TLS hello
+        err = await in_clear(None)
+        if err is not None:
+            raise err from None
+        return False
+    except (OSError, TimeoutError):
+        return False
+    try:
+        try:
+            first = await asyncio.wait_for(reader.readline(), info_timeout_s)
+        except ssl.SSLError as e:  # TLS 1.3: a refused client certificate is an alert here
+            raise fail(e) from None
+        except (OSError, TimeoutError, ValueError):
+            first = b""
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), 1.0)
+    if first.startswith(b"INFO "):
+        return True
+    err = await in_clear(
+        f"{where}: TLS refused: no NATS INFO after the TLS handshake (is it a NATS client listener "
+        "with handshake_first: true?)"
+    )
+    assert err is not None
+    raise err
 
 
 def redact_url(url: str) -> str:

@@ -1220,25 +1220,10 @@ async def run_all(
 
 def tiny_checkpoint(dirpath: Path) -> str:
     """The tests' tiny checkpoint (tests/conftest.py ``tiny_ckpt``): cheap to run, its ECG is noise."""
-    from engine.model.config import TrainConfig
-    from engine.model.train import train
+    from engine.model.train import train_tiny
 
     path = dirpath / "tiny.pt"
-    train(
-        TrainConfig(
-            variant="p2es",
-            model=dict(widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8),
-            steps=2,
-            batch_size=4,
-            data="fake",
-            chunk_records=8,
-            ckpt_every=0,
-            group_refit_every=1,
-            group_reservoir=16,
-            progress=False,
-        ),
-        path,
-    )
+    train_tiny(path)
     return str(path)
 
 

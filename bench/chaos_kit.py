@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from p2es.transport.metrics import parse_text
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
 HOST = "127.0.0.1"
@@ -300,13 +302,7 @@ class Proc:
                 text = r.read().decode()
         except OSError:
             return {}
-        out: dict[str, float] = {}
-        for ln in text.splitlines():
-            if ln and not ln.startswith("#"):
-                k, _, v = ln.rpartition(" ")
-                with contextlib.suppress(ValueError):
-                    out[k] = float(v)
-        return out
+        return parse_text(text)
 
 
 def _yaml(d: dict[str, Any]) -> str:

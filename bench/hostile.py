@@ -93,6 +93,7 @@ from p2es.contracts.ppg import (  # noqa: E402
     parse_message,
 )
 from p2es.contracts.topics import TOPIC_PREFIX, deadletter_topic, ppg_topic, profile_topic  # noqa: E402
+from p2es.transport.metrics import parse_text  # noqa: E402
 
 P = TOPIC_PREFIX
 NORMAL_PREFIX = "hn"
@@ -795,26 +796,12 @@ def tiny_checkpoint(dirpath: Path) -> str:
     path = dirpath / "tiny.pt"
     if path.exists():
         return str(path)
-    from engine.model.train import TrainConfig, train
+    from engine.model.train import train_tiny
 
     dirpath.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dirpath) as td:  # with its side files (lock, resume)
         tmp = Path(td) / "tiny.pt"
-        train(
-            TrainConfig(
-                variant="p2es",
-                model=dict(widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8),
-                steps=2,
-                batch_size=4,
-                data="fake",
-                chunk_records=8,
-                ckpt_every=0,
-                group_refit_every=1,
-                group_reservoir=16,
-                progress=False,
-            ),
-            tmp,
-        )
+        train_tiny(tmp)
         tmp.replace(path)
     return str(path)
 
@@ -831,13 +818,7 @@ def scrape(port: int, path: str = "/metrics", timeout: float = 5.0) -> tuple[int
 
 
 def parse_metrics(text: str) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for ln in text.splitlines():
-        if ln and not ln.startswith("#"):
-            k, _, v = ln.rpartition(" ")
-            with contextlib.suppress(ValueError):
-                out[k] = float(v)
-    return out
+    return parse_text(text)
 
 
 def m_invalid(m: dict[str, float], code: str) -> float:

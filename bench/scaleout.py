@@ -58,6 +58,8 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import services  # noqa: E402  (tests/services.py: ports of the test services)
 
+from p2es.transport.metrics import parse_text  # noqa: E402
+
 CLK = os.sysconf("SC_CLK_TCK")
 HOP_S = 4.0
 SHARDS = 16
@@ -313,25 +315,10 @@ def bench_brokers(cluster: BenchCluster, seconds: float, publishers: int) -> lis
 # ----------------------------------------------------------------------------- 2-3. engine workers
 def tiny_checkpoint(dirpath: Path) -> str:
     """The tests' tiny checkpoint (tests/conftest.py tiny_ckpt): cheap to run, its ECG is noise."""
-    from engine.model.config import TrainConfig
-    from engine.model.train import train
+    from engine.model.train import train_tiny
 
     path = dirpath / "tiny.pt"
-    train(
-        TrainConfig(
-            variant="p2es",
-            model=dict(widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8),
-            steps=2,
-            batch_size=4,
-            data="fake",
-            chunk_records=8,
-            ckpt_every=0,
-            group_refit_every=1,
-            group_reservoir=16,
-            progress=False,
-        ),
-        path,
-    )
+    train_tiny(path)
     return str(path)
 
 
@@ -408,13 +395,7 @@ class Workers:
                 text = r.read().decode()
         except OSError:
             return {}
-        out: dict[str, float] = {}
-        for ln in text.splitlines():
-            if ln and not ln.startswith("#"):
-                k, _, v = ln.rpartition(" ")
-                with contextlib.suppress(ValueError):
-                    out[k] = float(v)
-        return out
+        return parse_text(text)
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
         p = self.procs[name]

@@ -106,22 +106,8 @@ def one_torch_thread():
 def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A checkpoint set with one tiny ``p2es`` trained 2 steps on stand-in data: fast to build
     and to run (its ECG is noise); shared by the pipeline, demo, runtime and dashboard tests."""
-    from engine.model.train import TrainConfig, train
+    from engine.model.train import train_tiny
 
     path = tmp_path_factory.mktemp("tiny_ckpt") / "tiny.pt"
-    train(
-        TrainConfig(
-            variant="p2es",
-            model=dict(widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8),
-            steps=2,
-            batch_size=4,
-            data="fake",
-            chunk_records=8,
-            ckpt_every=0,
-            group_refit_every=1,
-            group_reservoir=16,
-            progress=False,
-        ),
-        path,
-    )
+    train_tiny(path)
     return str(path)

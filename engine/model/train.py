@@ -242,6 +242,28 @@ def _check_resume_schedule(path: str, st: dict[str, Any], current: dict[str, Any
         )
 
 
+def train_tiny(out_path: str | os.PathLike[str]) -> str:
+    """A checkpoint set with one tiny ``p2es`` trained 2 steps on stand-in data: fast to build and
+    to run (its ECG is noise).  The one recipe of the tests' ``tiny_ckpt`` fixture and of the
+    benches that measure the pipeline around the model (chaos, hostile, scale-out)."""
+    train(
+        TrainConfig(
+            variant="p2es",
+            model=dict(widths=(8, 16, 16), emb_dim=32, n_groups=4, group_dim=8),
+            steps=2,
+            batch_size=4,
+            data="fake",
+            chunk_records=8,
+            ckpt_every=0,
+            group_refit_every=1,
+            group_reservoir=16,
+            progress=False,
+        ),
+        out_path,
+    )
+    return os.fspath(out_path)
+
+
 def train(cfg: TrainConfig, out_path: str | os.PathLike[str], resume: bool = False) -> dict[str, Any]:
     """Train one variant; returns ``{"name", "steps", "history", "params", "seconds"}``."""
     out_path = os.fspath(out_path)

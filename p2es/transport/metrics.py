@@ -18,9 +18,23 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-__all__ = ["MetricsServer", "gauge", "counter", "labelled"]
+__all__ = ["MetricsServer", "gauge", "counter", "labelled", "parse_text"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def parse_text(text: str) -> dict[str, float]:
+    """The samples of a Prometheus text exposition as ``{'name{labels}': value}`` (comment lines
+    and unparsable values skipped): what the benches and tests read back from ``/metrics``."""
+    out: dict[str, float] = {}
+    for ln in text.splitlines():
+        if ln and not ln.startswith("#"):
+            k, _, v = ln.rpartition(" ")
+            try:
+                out[k] = float(v)
+            except ValueError:
+                continue
+    return out
 
 
 def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -293,12 +293,8 @@ def test_cli_refusals_are_one_line(
         if proc.poll() is None:
             proc.kill()
     for k, (_, expect) in cases.items():
-        rc, stdout, stderr = out[k]
-        assert ENGINE_PW not in stdout + stderr, k
-        lines = [ln for ln in stderr.splitlines() if ln.strip()]
-        assert rc == 2 and len(lines) == 1, (k, rc, stderr[-2000:])
-        assert lines[0].startswith("p2es: error: ") and expect in lines[0], (k, lines[0])
-        assert "TLS" in lines[0] and "NATS server" in lines[0], (k, lines[0])
+        line = ts.assert_one_line_error(k, *out[k], expect, ENGINE_PW)
+        assert "TLS" in line and "NATS server" in line, (k, line)
     rc = main([*base, "--bus-ca-file", ca])  # TLS files without a bus
     _, e = capsys.readouterr()
     assert rc == 2 and e.strip() == (

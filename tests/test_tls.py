@@ -302,10 +302,8 @@ def test_cli_wrong_ca_host_or_certificate_is_one_line(
             assert rc == 0, (k, stderr[-2000:])
             assert json.loads(stdout.strip().splitlines()[-1])["chunks"] == 2, (k, stdout)
             continue
-        lines = [ln for ln in stderr.splitlines() if ln.strip()]
-        assert rc == 2 and len(lines) == 1, (k, rc, stderr[-2000:])
-        assert lines[0].startswith("p2es: error: ") and expect in lines[0], (k, lines[0])
-        assert "TLS" in lines[0], (k, lines[0])
+        line = ts.assert_one_line_error(k, rc, stdout, stderr, expect, ENGINE_PW)
+        assert "TLS" in line, (k, line)
 
 
 # ------------------------------------------------------------------------------ end to end

@@ -179,6 +179,16 @@ def load_ca(pki: Pki) -> Ca:
 
 
 # ------------------------------------------------------------------------------ processes
+def assert_one_line_error(case: str, rc: int, out: str, err: str, expect: str, secret: str) -> str:
+    """A CLI refusal as the TLS tests require it: exit 2, exactly one ``p2es: error:`` line on
+    stderr that names ``expect``, and ``secret`` nowhere in the output; the line."""
+    assert secret not in out + err, case
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1, (case, rc, err[-2000:])
+    assert lines[0].startswith("p2es: error: ") and expect in lines[0], (case, lines[0])
+    return lines[0]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

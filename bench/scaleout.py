@@ -694,7 +694,7 @@ def bench_failover(cluster: BenchCluster, workers: Workers, reps: int, patients:
         Row(
             "failover: kill -9 -> all its shards acquired",
             span(failover),
-            f"membership TTL 3 s, {patients} patients; {target(failover, 6.0)}",
+            f"membership TTL 2 s + grace 1 s, {patients} patients; {target(failover, 6.0)}",
         ),
         Row(
             "rebalance: new worker joined -> first shard",

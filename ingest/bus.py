@@ -13,7 +13,8 @@ What a worker does (the layout: :mod:`p2es.transport.nats`, the design: docs/sca
 1. creates the PPG stream (partitioned onto P shards by patient), the profile stream, one pinned
    pull consumer per shard and the membership KV bucket, when missing (idempotent);
 2. keeps its key in the membership bucket alive (``heartbeat_s``; the bucket's TTL ``member_ttl_s``
-   drops a dead worker) and reads the live set every ``heartbeat_s``; the shards it owns are
+   drops a dead worker) and reads the live set every ``heartbeat_s``, with hysteresis (a key
+   missing for ``member_grace_s`` of successful reads is gone: :class:`LiveSet`); the shards it owns are
    :func:`p2es.transport.nats.assign_shards` of the live set, the same on every worker;
 3. per owned shard, pulls through the shard's consumer in the priority group: the server pins one
    client per shard, so two workers never both receive a shard.  When a worker gets a shard's
@@ -53,7 +54,6 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.js.api import DeliverPolicy
-from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
 from ingest.fairness import PatientBudget
@@ -71,6 +71,7 @@ from p2es.transport.nats import (
     BusLayout,
     JetStreamApi,
     JsApiError,
+    LiveSet,
     PinnedPuller,
     assign_shards,
     parse_ack_subject,
@@ -109,7 +110,8 @@ class BusIngestService:
         stream_config: StreamConfig | None = None,
         queue_size: int = 1024,
         heartbeat_s: float = 0.5,
-        member_ttl_s: float = 3.0,
+        member_ttl_s: float = 2.0,
+        member_grace_s: float | None = None,
         replay_s: float = 16.0,
         pull_batch: int = 256,
         tick_s: float = 1.0,
@@ -122,6 +124,9 @@ class BusIngestService:
         self.username, self.password = username, password
         self.prefix = prefix
         self.heartbeat_s, self.member_ttl_s = float(heartbeat_s), float(member_ttl_s)
+        # a worker missing from the bucket counts as gone after this long (LiveSet: hysteresis)
+        grace = self.member_ttl_s / 2 if member_grace_s is None else float(member_grace_s)
+        self.members = LiveSet(worker_id, grace)
         self.replay_s, self.pull_batch, self.tick_s = float(replay_s), int(pull_batch), float(tick_s)
         self.registry = StreamRegistry(stream_config)
         self.windows: asyncio.Queue[Window] = asyncio.Queue(maxsize=queue_size)
@@ -280,12 +285,14 @@ class BusIngestService:
         await self.kv.put(self.worker_id, json.dumps({"t": time.time()}).encode())
 
     async def _live_workers(self) -> list[str]:
-        assert self.kv is not None
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            keys = []
-        return sorted(set(keys) | {self.worker_id})
+        """One read of the bucket through :class:`LiveSet` (a failed read raises and is not
+        observed: the view stays as it was).  The read is the bucket stream's subject list, one
+        request and no consumer (``kv.keys()`` creates an ordered consumer per call, which the
+        server keeps for 5 minutes: 600 per worker at two reads a second)."""
+        assert self.api is not None
+        root = f"$KV.{self.layout.kv_bucket}."
+        subjects = await self.api.stream_subjects(f"KV_{self.layout.kv_bucket}", root + ">")
+        return self.members.observe([s[len(root) :] for s in subjects], time.monotonic())
 
     async def _membership(self) -> None:
         while True:

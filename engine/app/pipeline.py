@@ -127,7 +127,10 @@ class PipelineConfig(ServiceSettings):
     bus_replicas: int = Field(3, ge=1, le=5)  # replicas of the streams and the membership bucket
     bus_max_age_s: float = Field(120.0, gt=0)  # how long the stream keeps PPG (>= replay + failover)
     replay_s: float | None = Field(None, gt=0)  # replayed on takeover (None: window_s + 2 * hop_s)
-    member_ttl_s: float = Field(3.0, gt=0)  # a worker silent this long is dead (membership TTL)
+    member_ttl_s: float = Field(2.0, gt=0)  # a worker silent this long is dead (membership TTL)
+    # ... and missing from the bucket this much longer (None: member_ttl_s / 2): one partial read
+    # of the bucket must not make a worker believe it is alone (p2es.transport.nats.LiveSet)
+    member_grace_s: float | None = Field(None, ge=0)
     # tls:// bus (or nats:// with one of these): the CA of the NATS servers' certificates (None:
     # the system trust store), a client certificate + key for listeners with `verify` (deploy/tls.md)
     bus_ca_file: str | None = None
@@ -361,6 +364,7 @@ class Pipeline:
             password=cfg.mqtt_password,
             stream_config=stream_config,
             member_ttl_s=cfg.member_ttl_s,
+            member_grace_s=cfg.member_grace_s,
             heartbeat_s=min(0.5, cfg.member_ttl_s / 4),
             replay_s=cfg.effective_replay_s,
             tls_context=cfg.bus_tls_context(),  # tls://: verifying, TLS first (p2es.transport.tls)

@@ -842,6 +842,7 @@ async def _run(args: argparse.Namespace, live: bool, rules: RuleFile, rules_labe
                 seed=args.seed,
                 stream_reorder_wait_s=1.0,
                 spool_dir=str(out / ".spool"),
+                journal=False,  # every demo is a fresh session: nothing of an earlier run to rebuild
             )
         except ValueError as e:
             raise P2esError(str(e).splitlines()[0]) from None

@@ -60,6 +60,7 @@ from engine.serve.runtime import (
     request_from_window,
     window_vitals,
 )
+from ingest.journal import Journal
 from ingest.service import IngestService
 from ingest.stream import StreamConfig
 from p2es.contracts.influx import PIPELINE
@@ -101,6 +102,11 @@ class PipelineConfig(ServiceSettings):
     max_wait_ms: float = Field(50.0, ge=0)
     checkpoint: str | None = None
     spool_dir: str = ".run/spool"
+    # accepted chunks on disk (ingest.journal): a restarted engine rebuilds each patient's stream
+    # from its last replay_s seconds instead of leaving a gap (single-broker mode; the bus replays
+    # from JetStream).  None: <spool_dir>/journal
+    journal: bool = True
+    journal_dir: str | None = None
     metrics_port: int = Field(0, ge=0, le=65535)
     metrics_addr: str = "127.0.0.1"
     writer_batch_lines: int = Field(5000, ge=1)
@@ -169,9 +175,9 @@ class PipelineConfig(ServiceSettings):
 
     @property
     def effective_replay_s(self) -> float:
-        """Seconds of a patient's PPG a new shard owner replays before its handover point: the
-        previous owner's last written ECG lags its acknowledged chunks by up to a window and a
-        hop plus latency."""
+        """Seconds of a patient's PPG a new shard owner (bus mode) or a restarted engine (the
+        journal) replays before its handover point: the previous owner's last written ECG lags
+        its acknowledged chunks by up to a window and a hop plus latency."""
         return self.replay_s if self.replay_s is not None else self.window_s + 2 * self.hop_s
 
 
@@ -340,7 +346,19 @@ class Pipeline:
             mqtt_version=cfg.mqtt_version,
             stream_config=stream_config,
             tls_context=cfg.mqtt_tls_context(),  # mqtts://: verifying (p2es.transport.tls)
+            journal=self._journal(),
+            replay_s=cfg.effective_replay_s,
         )
+
+    def _journal(self) -> Journal | None:
+        cfg = self.config
+        if not cfg.journal:
+            return None
+        where = Path(cfg.journal_dir) if cfg.journal_dir else Path(cfg.spool_dir) / "journal"
+        try:  # kept: replay_s + the reorder budget + one file, so a replay always finds its span
+            return Journal(where, segment_s=cfg.hop_s, retain_s=cfg.effective_replay_s + 2 * cfg.hop_s + 10)
+        except OSError as e:
+            raise P2esError(f"cannot use the journal directory {where}: {e.strerror or e}") from None
 
     def _bus_ingest(self, stream_config: StreamConfig) -> BusIngestService:
         """Scale-out mode: this worker's share of the patients, from NATS JetStream."""
@@ -617,6 +635,8 @@ class Pipeline:
         ing, wr, lat = s["ingest"], s["writer"], s["latency_s"]
         now = time.monotonic()
         active = sum(1 for st in self._patients.values() if now - st.last_window_mono < 30.0)
+        jn = ing.get("journal") or {}
+        jr = jn.get("replayed") or {}
         return {
             "windows_total": int(s["windows"]),
             "windows_per_s": float(self._recent_rate(now)),
@@ -639,6 +659,11 @@ class Pipeline:
             "errors_total": int(sum(st.errors for st in self._patients.values())),
             "vitals_mqtt_dropped_total": int(self._vitals_dropped),
             "vitals_mqtt_failed_total": int(self._vitals_failed),
+            # the start-up rebuild from the ingest journal (single-broker mode): patients whose
+            # streams were rebuilt, and the shortest span rebuilt (>= 2 hops + a chunk: no gap)
+            "journal_rebuilt_patients": int(jr.get("patients", 0)),
+            "journal_rebuilt_s_min": float(jr.get("rebuilt_s_min", 0.0)),
+            "journal_errors_total": int(jn.get("errors", 0)),
         }
 
     def _recent_rate(self, now: float) -> float:

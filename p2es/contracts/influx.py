@@ -86,6 +86,9 @@ PIPELINE = Measurement(
         "errors_total",
         "vitals_mqtt_dropped_total",
         "vitals_mqtt_failed_total",
+        "journal_rebuilt_patients",
+        "journal_rebuilt_s_min",
+        "journal_errors_total",
     ),
     "engine health every health_interval_s, tag instance = the engine's client id",
 )

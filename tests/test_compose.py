@@ -212,6 +212,9 @@ def test_p2es_service_configs_parse(compose, monkeypatch, tmp_path):
         infl["DOCKER_INFLUXDB_INIT_BUCKET"],
     )
     assert eng.spool_dir.startswith("/var/lib/p2es/")
+    # the ward stack runs with the per-patient budget on, its burst covering a restart's backlog
+    assert eng.rate_limit_factor and eng.rate_limit_msgs_per_s and eng.rate_limit_burst_s >= 60
+    assert eng.rate_limit_msgs_burst >= eng.rate_limit_burst_s  # one chunk a second of backlog
     try:
         from alerts.service import AlertServiceConfig
     except ImportError as e:  # pragma: no cover - the alerts package is built in parallel
@@ -374,6 +377,7 @@ def test_scaleout_profile_structure(compose, monkeypatch, tmp_path):
     ]
     assert cfg.client_id == "p2es-engine"  # the default: every replica picks its own worker id
     assert cfg.bus_replicas == 3 and cfg.shards >= 64 and cfg.publish_vitals
+    assert cfg.rate_limit_factor and cfg.rate_limit_msgs_per_s  # the budget on (stored-time clock)
     assert f":{cfg.metrics_port}/metrics" in " ".join(eng["healthcheck"]["test"])
     al = svc["alerts-bus"]
     acfg = AlertServiceConfig(

@@ -261,6 +261,16 @@ class BusIngestService:
                     self.kv = await js.create_key_value(
                         bucket=lay.kv_bucket, ttl=self.member_ttl_s, replicas=lay.replicas, history=1
                     )
+                # a bucket made under another member_ttl_s keeps its TTL unless told: a longer one
+                # would slow every failover, a shorter one than the heartbeats allow would flap
+                was = await self.api.ensure_max_age(f"KV_{lay.kv_bucket}", self.member_ttl_s)
+                if was is not None:
+                    log.warning(
+                        "membership bucket %s: TTL %g s -> %g s (member_ttl_s)",
+                        lay.kv_bucket,
+                        was,
+                        self.member_ttl_s,
+                    )
                 # on a fresh cluster, workers starting together race to create the bucket: its
                 # stream may not answer yet (NoStreamResponseError), so the first put retries too
                 await self._heartbeat()

@@ -171,6 +171,34 @@ def test_jetstream_pinned_consumer_api(nats_cluster) -> None:
     asyncio.run(main())
 
 
+def test_membership_bucket_ttl_follows_the_setting(nats_cluster) -> None:
+    """A bucket made under another member_ttl_s gets this one's TTL (its stream's max_age),
+    the rest of its configuration kept; a second call changes nothing."""
+    import nats
+
+    from p2es.transport.nats import JetStreamApi
+
+    bucket = f"ttl{uuid.uuid4().hex[:6]}"
+
+    async def main() -> None:
+        nc = await nats.connect(nats_cluster)
+        api = JetStreamApi(nc)
+        try:
+            kv = await nc.jetstream().create_key_value(bucket=bucket, ttl=5.0, replicas=3, history=1)
+            await kv.put("w1", b"{}")
+            assert await api.ensure_max_age(f"KV_{bucket}", 2.0) == pytest.approx(5.0)
+            assert await api.ensure_max_age(f"KV_{bucket}", 2.0) is None
+            cfg = (await api.stream_info(f"KV_{bucket}"))["config"]
+            assert cfg["max_age"] == 2_000_000_000 and cfg["num_replicas"] == 3
+            assert cfg["max_msgs_per_subject"] == 1
+            assert await api.stream_subjects(f"KV_{bucket}", f"$KV.{bucket}.>") == [f"$KV.{bucket}.w1"]
+        finally:
+            await api.request(f"$JS.API.STREAM.DELETE.KV_{bucket}")
+            await nc.close()
+
+    asyncio.run(main())
+
+
 # ----------------------------------------------------------------------------- the scenario
 def _worker(name: str, tiny_ckpt: str, cfg_file: Path, log: Path, tmp: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -398,6 +398,21 @@ class JetStreamApi:
             if not page or len(out) >= int(data.get("total") or 0):
                 return out
 
+    async def ensure_max_age(self, stream: str, max_age_s: float) -> float | None:
+        """Set an existing stream's ``max_age`` (e.g. a KV bucket's TTL, whose stream is
+        ``KV_<bucket>``) when it differs: returns the previous value in seconds, or None when it
+        already was ``max_age_s``.  The other settings stay as the stream has them."""
+        config = dict((await self.stream_info(stream))["config"])
+        before = int(config.get("max_age") or 0)
+        want = int(round(max_age_s * _NS))
+        if before == want:
+            return None
+        config["max_age"] = want
+        if want and int(config.get("duplicate_window") or 0) > want:  # the server requires <=
+            config["duplicate_window"] = want
+        await self.request(f"{self.api}.STREAM.UPDATE.{stream}", config)
+        return before / _NS
+
     # consumers
     async def ensure_consumer(self, stream: str, config: dict[str, Any]) -> dict[str, Any]:
         """Create or update a named consumer (``action`` create-or-update)."""

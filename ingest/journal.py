@@ -188,15 +188,29 @@ class ReplayPlan:
     profiles: int
     span_s: dict[str, float]  # patient -> device seconds rebuilt (first replayed chunk -> newest end)
     unusable: int  # records that no longer parse (e.g. written by another version): skipped
+    stale: int = 0  # records received longer ago than the plan's max_age_s: skipped
 
 
-def replay_plan(records: list[Record], replay_s: float, prefix: str) -> ReplayPlan:
+def replay_plan(
+    records: list[Record],
+    replay_s: float,
+    prefix: str,
+    *,
+    now: float | None = None,
+    max_age_s: float | None = None,
+) -> ReplayPlan:
     """Pick the records to replay (pure): a patient's chunks that end less than ``replay_s``
-    before its newest chunk's end (device time), in journal order, after its last profile."""
+    before its newest chunk's end (device time), in journal order, after its last profile.
+    With ``now`` and ``max_age_s``: records received more than ``max_age_s`` before ``now`` are
+    left out (``stale``) — the journal of an engine that was down that long is history, not a
+    stream the broker still continues."""
     chunk_of: list[tuple[int, str, float, float]] = []  # (record index, patient, t0, t_end)
     profile_at: dict[str, int] = {}
-    unusable = 0
+    unusable = stale = 0
     for i, r in enumerate(records):
+        if now is not None and max_age_s is not None and now - r.received_at > max_age_s:
+            stale += 1
+            continue
         # the device clock was checked when the record was accepted; it is not checked again
         # against the time of the restart
         res = parse_message(r.topic, r.payload, prefix=prefix, max_clock_skew_s=None)
@@ -223,4 +237,5 @@ def replay_plan(records: list[Record], replay_s: float, prefix: str) -> ReplayPl
         profiles=len(prof),
         span_s={pid: newest[pid] - first[pid] for pid in newest},
         unusable=unusable,
+        stale=stale,
     )

@@ -160,6 +160,7 @@ class IngestService:
         deadletter_queue_size: int = 1024,
         journal: Journal | None = None,
         replay_s: float = 16.0,
+        replay_max_age_s: float = 600.0,
     ) -> None:
         self.endpoint = MqttEndpoint.from_url(
             url,
@@ -193,6 +194,9 @@ class IngestService:
         self.last_error: str | None = None
         # accepted chunks on disk; at start the last `replay_s` of each patient rebuild its stream
         self.journal, self.replay_s = journal, float(replay_s)
+        # a journal older than this (the engine was down longer) is not replayed: the patients'
+        # streams have moved on or ended, and their old windows would come back as news
+        self.replay_max_age_s = float(replay_max_age_s)
         self.replayed: dict[str, Any] = {}  # what the start-up replay rebuilt (counters()["journal"])
         self._journal_failing = False
 
@@ -361,7 +365,9 @@ class IngestService:
             )
             self.replayed = {"patients": 0, "chunks": 0, "error": str(e)}
             return
-        plan = replay_plan(records, self.replay_s, self.prefix)
+        plan = replay_plan(
+            records, self.replay_s, self.prefix, now=time.time(), max_age_s=self.replay_max_age_s
+        )
         pids: set[str] = set()
         for r in plan.records:
             res = parse_message(r.topic, r.payload, prefix=self.prefix, max_clock_skew_s=None)
@@ -384,9 +390,16 @@ class IngestService:
             "records_read": len(records),
             "torn": self.journal.torn,
             "unusable": plan.unusable,
+            "stale": plan.stale,
             "rebuilt_s_min": spans[0] if spans else 0.0,
             "seconds": time.monotonic() - t,
         }
+        if plan.stale:
+            log.info(
+                "journal: %d records older than %g s not replayed (the engine was down longer)",
+                plan.stale,
+                self.replay_max_age_s,
+            )
         if plan.patients:
             log.info(
                 "journal: rebuilt %d patients' streams from %d chunks (%.0f-%.0f s of signal each) in %.1f s",

@@ -464,6 +464,7 @@ async def _ward(tiny_ckpt, influxdb, tmp_path, backend, *, tag: str, t_start: fl
         influxdb,
         tmp_path / ("flood" if flooder else "base"),
         client_id=f"p2es-test-fair-{tag}",  # the same session in every run
+        journal=False,  # ... each a fresh start: run 3 must not rebuild run 1's streams
         metrics_port=port,
         steps=STEPS,
         k=K,

@@ -109,6 +109,11 @@ def test_replay_plan_keeps_each_patients_last_seconds_and_profile(tmp_path: Path
     assert plan.chunks == 26
     assert plan.span_s == {"a": 16.0, "b": 10.0}
     assert replay_plan([], 16.0, TOPIC_PREFIX).patients == 0
+    # records received longer ago than max_age_s are history: skipped and counted
+    young = [Record(r.topic, r.payload, 1_000.0 if r.topic == ppg_topic("b") else 0.0) for r in recs]
+    fresh = replay_plan(young, 16.0, TOPIC_PREFIX, now=1_300.0, max_age_s=600.0)
+    assert fresh.patients == 1 and fresh.chunks == 10 and fresh.profiles == 0
+    assert fresh.stale == len(recs) - 10 and fresh.span_s == {"b": 10.0}
 
 
 @pytest.mark.services

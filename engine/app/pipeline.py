@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import re
 import time
 import uuid
 from collections import deque
@@ -104,9 +105,11 @@ class PipelineConfig(ServiceSettings):
     spool_dir: str = ".run/spool"
     # accepted chunks on disk (ingest.journal): a restarted engine rebuilds each patient's stream
     # from its last replay_s seconds instead of leaving a gap (single-broker mode; the bus replays
-    # from JetStream).  None: <spool_dir>/journal
+    # from JetStream).  None: <spool_dir>/journal/<client_id>
     journal: bool = True
     journal_dir: str | None = None
+    # ... and after a longer outage starts empty: old windows would come back as news
+    journal_max_age_s: float = Field(600.0, gt=0)
     metrics_port: int = Field(0, ge=0, le=65535)
     metrics_addr: str = "127.0.0.1"
     writer_batch_lines: int = Field(5000, ge=1)
@@ -348,13 +351,17 @@ class Pipeline:
             tls_context=cfg.mqtt_tls_context(),  # mqtts://: verifying (p2es.transport.tls)
             journal=self._journal(),
             replay_s=cfg.effective_replay_s,
+            replay_max_age_s=cfg.journal_max_age_s,
         )
 
     def _journal(self) -> Journal | None:
         cfg = self.config
         if not cfg.journal:
             return None
-        where = Path(cfg.journal_dir) if cfg.journal_dir else Path(cfg.spool_dir) / "journal"
+        # one journal per MQTT session (client id): the broker continues that session's stream,
+        # and engines sharing a spool directory must not rebuild each other's patients
+        session = re.sub(r"[^A-Za-z0-9._-]", "_", cfg.client_id) or "_"
+        where = Path(cfg.journal_dir) if cfg.journal_dir else Path(cfg.spool_dir) / "journal" / session
         try:  # kept: replay_s + the reorder budget + one file, so a replay always finds its span
             return Journal(where, segment_s=cfg.hop_s, retain_s=cfg.effective_replay_s + 2 * cfg.hop_s + 10)
         except OSError as e:

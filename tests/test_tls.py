@@ -41,6 +41,7 @@ pytestmark = pytest.mark.timeout(150)
 ENGINE_PW = "engine-" + secrets.token_hex(12)
 ALERTS_PW = "alerts-" + secrets.token_hex(12)
 MONITOR_PW = "monitor-" + secrets.token_hex(12)
+DEMO_PW = "demo-" + secrets.token_hex(12)
 DEVICE = "bed-000"  # the simulator's first patient with prefix "bed": the CN of its certificate
 
 
@@ -57,8 +58,15 @@ def broker(pki: ts.Pki, tmp_path_factory: pytest.TempPathFactory):
     m = ts.TlsMosquitto(
         tmp_path_factory.mktemp("mosquitto"),
         pki,
-        {"p2es-engine": ENGINE_PW, "p2es-alerts": ALERTS_PW, "p2es-test-monitor": MONITOR_PW},
-        extra_acl="user p2es-test-monitor\ntopic read #\n",
+        {
+            "p2es-engine": ENGINE_PW,
+            "p2es-alerts": ALERTS_PW,
+            "p2es-test-monitor": MONITOR_PW,
+            "p2es-test-demo": DEMO_PW,
+        },
+        # the monitor reads everything; `p2es demo --broker` runs wearables, engine and alerts
+        # under one account
+        extra_acl="user p2es-test-monitor\ntopic read #\nuser p2es-test-demo\ntopic readwrite p2es/v1/#\n",
     ).start()
     yield m
     m.stop()
@@ -304,6 +312,40 @@ def test_cli_wrong_ca_host_or_certificate_is_one_line(
             continue
         line = ts.assert_one_line_error(k, rc, stdout, stderr, expect, ENGINE_PW)
         assert "TLS" in line, (k, line)
+
+
+def test_demo_on_a_tls_broker_with_login(
+    pki: ts.Pki,
+    broker: ts.TlsMosquitto,
+    tiny_ckpt: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``p2es demo --broker mqtts://...`` with a CA file and a login: wearables, engine, alert
+    service and listener all connect verified, windows and vitals flow; a wrong CA, or TLS
+    flags without ``--broker``, is one line; the password appears in no output."""
+    from engine.app.demo import run_demo
+    from p2es.cli import build_parser, main
+
+    monkeypatch.setenv("P2ES_MQTT_PASSWORD", DEMO_PW)
+    base = ["demo", "--patients", "1", "--duration", "12", "--speed", "8", "--checkpoint", tiny_ckpt]
+    base += ["--steps", "2", "--k", "1", "--threads", "1", "--out", str(tmp_path / "demo"), "--no-live"]
+    login = ["--broker", broker.url(), "--mqtt-username", "p2es-test-demo"]
+    s = run_demo(build_parser().parse_args(base + login + ["--mqtt-ca-file", str(pki.ca)]), live=False)
+    (p,) = s.patients.values()
+    assert not s.interrupted and p.windows >= 2 and p.continuous, (p.windows, s.stats)
+    assert s.alert_stats["vitals_in"] == s.windows  # the alert service got every vitals message
+    text = capsys.readouterr().out
+    assert DEMO_PW not in text and s.broker == broker.url()
+    for argv, expect in (
+        (base + login + ["--mqtt-ca-file", str(pki.wrong_ca)], "not signed by the CA"),
+        (base + ["--mqtt-ca-file", str(pki.ca)], "--mqtt-ca-file needs --broker"),
+    ):
+        rc = main(argv)
+        o, e = capsys.readouterr()
+        line = ts.assert_one_line_error(argv[-1], rc, o, e, expect, DEMO_PW)
+        assert line.startswith("p2es: error:"), line
 
 
 # ------------------------------------------------------------------------------ end to end

@@ -58,7 +58,8 @@ from p2es.argtypes import positive_int as _positive_int
 from p2es.contracts.alerts import AlertMessage
 from p2es.contracts.topics import alerts_subscription
 from p2es.errors import P2esError
-from p2es.transport.mqtt import Backoff, MqttEndpoint, run_reconnecting
+from p2es.transport.mqtt import Backoff, run_reconnecting
+from p2es.transport.settings import TLS_FLAG_NAMES, add_broker_flags, mqtt_tls_context
 from wearable.publisher import SimPatient, _resample, simulate_async
 from wearable.sim import RHYTHMS, save_npz, synthesize
 
@@ -189,6 +190,16 @@ class DemoSummary:
         return [p.png for p in self.patients.values() if p.png is not None]
 
 
+#: the login and TLS flags of an external --broker (ServiceSettings fields of the same names)
+_BROKER_FLAGS: tuple[str, ...] = (
+    "mqtt_username",
+    "mqtt_password",
+    "mqtt_ca_file",
+    "mqtt_cert_file",
+    "mqtt_key_file",
+)
+
+
 # ------------------------------------------------------------------------------ CLI
 def register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``p2es demo`` (:func:`cmd_demo`)."""
@@ -213,8 +224,10 @@ def register_demo_args(d: argparse.ArgumentParser) -> None:
     d.add_argument("--patients", type=_positive_int, default=4, help="simulated patients (default 4)")
     d.add_argument("--duration", type=_float, default=40.0, help="seconds of signal (default 40)")
     d.add_argument("--speed", type=_float, default=2.0, help="time-lapse factor (default 2)")
-    d.add_argument(
-        "--broker", default=None, help="use this mqtt://HOST:PORT broker instead of the embedded one"
+    add_broker_flags(
+        d,
+        broker_help="use this mqtt://HOST:PORT or mqtts://HOST:PORT broker instead of the embedded one "
+        "(with the login and TLS flags below: one account that may publish and subscribe under p2es/v1/)",
     )
     d.add_argument("--influx-url", default=None, help="also write to this InfluxDB (default: no sink)")
     d.add_argument("--influx-db", default="p2es")
@@ -376,8 +389,7 @@ class _DemoAlerts:
 
     def __init__(
         self,
-        url: str,
-        mqtt_version: str,
+        mqtt: dict[str, Any],
         rules: RuleFile,
         out: Path,
         *,
@@ -385,7 +397,8 @@ class _DemoAlerts:
         influx_db: str,
         on_event: Callable[[AlertMessage], None],
     ) -> None:
-        self.url, self.mqtt_version, self.rules, self.dir = url, mqtt_version, rules, out / ".alerts"
+        # broker settings (ServiceSettings fields: broker, mqtt_version, login, TLS files)
+        self.mqtt, self.url, self.rules, self.dir = mqtt, str(mqtt["broker"]), rules, out / ".alerts"
         self.influx_url, self.influx_db, self.on_event = influx_url, influx_db, on_event
         self.svc: AlertService | None = None
         self.rx: WebhookReceiver | None = None
@@ -410,8 +423,7 @@ class _DemoAlerts:
         secret = generate_secret()
         self.rx = WebhookReceiver(secret).start()
         cfg = AlertServiceConfig(
-            broker=self.url,
-            mqtt_version=self.mqtt_version,
+            **self.mqtt,
             client_id=new_client_id("p2es-demo-alerts"),
             session_expiry_s=0,
             influx_url=self.influx_url,
@@ -437,9 +449,7 @@ class _DemoAlerts:
 
         assert self.svc is not None  # started by start() once the service runs
         prefix = self.svc.config.prefix
-        endpoint = MqttEndpoint.from_url(
-            self.url, client_id=new_client_id("p2es-demo-view"), version=self.mqtt_version
-        )
+        endpoint = self.svc.config.mqtt_endpoint(new_client_id("p2es-demo-view"))
 
         async def session() -> None:
             async with endpoint.client(persistent=False) as client:
@@ -712,6 +722,25 @@ def _validate(args: argparse.Namespace) -> None:
         raise P2esError(f"checkpoint not found: {ckpt}")
     if args.broker and not (args.broker.startswith("mqtt://") or args.broker.startswith("mqtts://")):
         raise P2esError(f"--broker must be mqtt://HOST:PORT or mqtts://HOST:PORT, got {args.broker!r}")
+    if not args.broker:
+        given = [f"--{k.replace('_', '-')}" for k in _BROKER_FLAGS if getattr(args, k, None)]
+        if getattr(args, "mqtt_version", None) == "5":
+            given.append("--mqtt-version 5")
+        if given:
+            raise P2esError(
+                f"{given[0]} needs --broker (the embedded broker has no login or TLS, MQTT 3.1.1 only)"
+            )
+    else:
+        try:  # files that do not load, or TLS files for a plain mqtt:// broker: one line
+            mqtt_tls_context(
+                args.broker,
+                args.mqtt_ca_file,
+                args.mqtt_cert_file,
+                args.mqtt_key_file,
+                options=TLS_FLAG_NAMES,
+            )
+        except ValueError as e:
+            raise P2esError(str(e)) from None
     if args.influx_url and not (
         args.influx_url.startswith("http://") or args.influx_url.startswith("https://")
     ):
@@ -820,18 +849,21 @@ async def _run(args: argparse.Namespace, live: bool, rules: RuleFile, rules_labe
     sim_task: asyncio.Task[Any] | None = None
     interrupted = False
     stats: dict[str, Any] = {}
-    # the embedded amqtt broker speaks MQTT 3.1.1 only; an external broker gets MQTT 5
-    mqtt_version = "5" if args.broker else "3.1.1"
+    # the embedded amqtt broker speaks MQTT 3.1.1 only; an external broker gets MQTT 5 by default
+    mqtt_version = getattr(args, "mqtt_version", None) or ("5" if args.broker else "3.1.1")
     try:
         if args.broker:
             url = args.broker
         else:
             broker, url = await _start_broker()
+        # one set of broker settings for the engine, the alert service, the listener and the
+        # wearables (a password not given falls back to P2ES_MQTT_PASSWORD, as in the services)
+        mqtt: dict[str, Any] = {"broker": url, "mqtt_version": mqtt_version}
+        mqtt.update({k: getattr(args, k) for k in _BROKER_FLAGS if getattr(args, k, None)})
         try:
             cfg = PipelineConfig(
-                broker=url,
+                **mqtt,
                 client_id=new_client_id("p2es-demo"),
-                mqtt_version=mqtt_version,
                 influx_url=args.influx_url,
                 influx_db=args.influx_db,
                 checkpoint=args.checkpoint,
@@ -851,8 +883,7 @@ async def _run(args: argparse.Namespace, live: bool, rules: RuleFile, rules_labe
         await pipe.start_connected(f"the broker {url}")
         # the alert service (and the listener) subscribe before the first vitals can exist
         alerts = _DemoAlerts(
-            url,
-            mqtt_version,
+            mqtt,
             rules,
             out,
             influx_url=args.influx_url,
@@ -873,6 +904,9 @@ async def _run(args: argparse.Namespace, live: bool, rules: RuleFile, rules_labe
                 t_start=t_start,
                 stop=sim_stop,
                 mqtt_version=mqtt_version,
+                username=cfg.mqtt_username,
+                password=cfg.mqtt_password,
+                tls_context=cfg.mqtt_tls_context(),
             ),
             name="p2es-demo-sim",
         )

@@ -84,13 +84,18 @@ SERVICE_FLAGS: tuple[str, ...] = (
 
 
 def add_broker_flags(
-    p: argparse.ArgumentParser, *, broker_default: str | None = None, version_default: str | None = None
+    p: argparse.ArgumentParser,
+    *,
+    broker_default: str | None = None,
+    version_default: str | None = None,
+    broker_help: str | None = None,
 ) -> None:
-    """``--broker --mqtt-username --mqtt-password --mqtt-version``."""
+    """``--broker --mqtt-username --mqtt-password --mqtt-version`` and the TLS files."""
     p.add_argument(
         "--broker",
         default=broker_default,
-        help="mqtt://HOST:PORT or mqtts://HOST:PORT"
+        help=broker_help
+        or "mqtt://HOST:PORT or mqtts://HOST:PORT"
         + (f" (default {broker_default})" if broker_default else ""),
     )
     p.add_argument("--mqtt-username")

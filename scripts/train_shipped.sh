@@ -59,7 +59,7 @@ run() {
   "$P2ES" train --variant "$1" --steps "$STEPS" --batch-size "$BATCH" --lr 1e-3 --warmup 200 \
     --seed "$SEED" --device "$DEVICE" --num-threads "$THREADS" --ckpt-every 250 --half-weights true \
     --ppg-frontend "$PPG_FRONTEND" --stop-at "$STOP_AT" --progress false --log-every 50 --out "$OUT" --resume \
-    "${sched[@]}" "${extra[@]}" > "$LOG/$name.steps$STEPS.log" 2>&1
+    "${sched[@]}" "${extra[@]}" >> "$LOG/$name.steps$STEPS.log" 2>&1  # appended: a resumed leg keeps the earlier lines
 }
 i=0
 for v in "${VARIANTS[@]}"; do

@@ -218,10 +218,14 @@ def test_evaluate_end_to_end(tiny_set, tmp_path):
     assert "paired_vs_p2es" not in p
     for name in names[1:]:
         pv = res["models"][name]["paired_vs_p2es"]
-        assert set(pv) == {"hr_mae_bpm", "qrs_ms_mae", "qt_ms_mae", "per_rhythm"}
+        assert set(pv) == {"hr_mae_bpm", "hr_mae_ann_bpm", "beat_f1", "qrs_ms_mae", "qt_ms_mae", "per_rhythm"}
         assert set(pv["per_rhythm"]) == set(p["per_rhythm"])
-        for d in [pv[m] for m in M.WINDOW_METRICS] + [g[m] for g in pv["per_rhythm"].values() for m in g]:
+        window = [pv[m] for m in M.WINDOW_METRICS] + [
+            g[m] for g in pv["per_rhythm"].values() for m in g if m != "beat_f1"
+        ]
+        for d in window:
             assert d["n"] <= 8 and (d["diff"] is None or d["ci95"][0] <= d["diff"] <= d["ci95"][1])
+        assert pv["beat_f1"]["n_boot"] <= 2000 and "fd" not in pv  # FD's interval is opt-in
         assert sum(g["hr_mae_bpm"]["n"] for g in pv["per_rhythm"].values()) == pv["hr_mae_bpm"]["n"]
 
     table = markdown_table(res)
@@ -436,7 +440,7 @@ def test_template_beats_line_up_with_annotations():
 def test_floor_rows_and_new_report_keys(tiny_set):
     res = evaluate(
         tiny_set, records=8, seed=3, steps=1, k=1, batch=8, progress=False, threads=1,
-        models="p2es,ddpm,zero,template",
+        models="p2es,ddpm,zero,template", fd_interval=True,
     )  # fmt: skip
     json.dumps(res, allow_nan=False)
     true = np.asarray(fixed_set("test", 8, 3, duration_s=2.0, fs=FS, noisy_ecg=False)["ecg"], np.float64)
@@ -463,7 +467,11 @@ def test_floor_rows_and_new_report_keys(tiny_set):
     assert res["paired_bootstrap"]["clusters"] == np.unique(fixed_set("test", 8, 3)["subject"]).size
     for name in ("ddpm", "zero", "template"):
         pv, pw = res["models"][name]["paired_vs_p2es"], res["models"][name]["paired_vs_p2es_window"]
-        assert set(pw) == set(pv) == {"hr_mae_bpm", "qrs_ms_mae", "qt_ms_mae", "per_rhythm"}
+        assert set(pw) | {"fd"} == set(pv) == {
+            "hr_mae_bpm", "hr_mae_ann_bpm", "beat_f1", "fd", "qrs_ms_mae", "qt_ms_mae", "per_rhythm"
+        }  # fmt: skip
+        # 2 s windows hold no whole 512-sample FD vector: the FD interval says why it is missing
+        assert pv["fd"]["n_jack"] == 0 and "multiple" in pv["fd"]["error"]
         for m in M.WINDOW_METRICS:
             assert pv[m]["n"] == pw[m]["n"] and "clusters" in pv[m] and "clusters" not in pw[m]
             if pv[m]["diff"] is not None:
@@ -533,3 +541,93 @@ def test_seed_pair_difference_is_the_difference_of_seed_means():
     out = paired_vs("p2es", werr, clusters=subj)["ddpm"]["hr_mae_bpm"]
     assert out["diff"] == pytest.approx(pairs.mean(), rel=1e-12) and out["clusters"] == 10
     assert np.isnan(_nanmean_rows([np.array([np.nan, 1.0]), np.array([np.nan, 3.0])])[0])
+
+
+def test_seed_replica_lists_pair_like_their_mean():
+    """paired_vs takes score()'s evidence per seed replica (a list) and pairs the replicas' mean."""
+    from engine.model.evaluate import _nanmean_rows, paired_vs
+
+    rng = np.random.default_rng(1)
+    p = [{m: rng.gamma(2.0, 1.0, 40) for m in M.WINDOW_METRICS} for _ in range(3)]
+    d = [{m: rng.gamma(2.0, 1.3, 40) for m in M.WINDOW_METRICS} for _ in range(2)]
+    subj = np.repeat(np.arange(10), 4)
+    lists = paired_vs("p2es", {"p2es": p, "ddpm": d}, clusters=subj)["ddpm"]
+    means = {
+        n: {m: _nanmean_rows([r[m] for r in rs]) for m in M.WINDOW_METRICS}
+        for n, rs in (("p2es", p), ("ddpm", d))
+    }
+    flat = paired_vs("p2es", means, clusters=subj)["ddpm"]
+    for m in M.WINDOW_METRICS:
+        assert lists[m] == flat[m]
+    assert "beat_f1" not in lists and "hr_mae_ann_bpm" not in lists  # no beat evidence given
+
+
+def test_cluster_weights_resample_whole_subjects():
+    subj = np.array([3, 3, 7, 7, 7, 9])
+    w = M.cluster_weights(subj, n_boot=500, seed=4)
+    assert w.shape == (500, 6)
+    assert (w[:, 0] == w[:, 1]).all() and (w[:, 2] == w[:, 3]).all() and (w[:, 3] == w[:, 4]).all()
+    # three subjects drawn per row: the drawn subject counts add up to 3
+    assert ((w[:, 0] + w[:, 2] + w[:, 5]) == 3).all()
+    assert (w == M.cluster_weights(subj, n_boot=500, seed=4)).all()
+    assert not (w == M.cluster_weights(subj, n_boot=500, seed=5)).all()
+    assert 0.2 < (w[:, 5] == 0).mean() < 0.4  # a subject is left out of ~(2/3)^3 = 30 % of draws
+
+
+def test_weighted_f1_and_fd_match_the_unweighted_metrics_and_explicit_copies():
+    rng = np.random.default_rng(2)
+    counts = rng.integers(0, 9, size=(12, 3))
+    assert M.f1_weighted(counts, np.ones((1, 12)))[0] == pytest.approx(M.beat_scores(counts).f1, rel=1e-12)
+    w = rng.integers(0, 3, size=12).astype(float)
+    copies = np.repeat(counts, w.astype(int), axis=0)
+    assert M.f1_weighted(counts, w[None])[0] == pytest.approx(M.beat_scores(copies).f1, rel=1e-12)
+
+    true = rng.standard_normal((10, 2, 1024)).cumsum(-1) * 0.01  # 2 vectors of 512 per window
+    recon = true + 0.05 * rng.standard_normal(true.shape)
+    other = 0.5 * true
+    got = M.fd_weighted(true, [recon, other], np.ones((1, 10)))
+    assert got[0, 0] == pytest.approx(M.fd(true, recon).mean, rel=1e-7)
+    assert got[1, 0] == pytest.approx(M.fd(true, other).mean, rel=1e-7)
+    w = np.array([2, 0, 1, 1, 3, 0, 1, 1, 1, 2], dtype=float)
+    idx = np.repeat(np.arange(10), w.astype(int))
+    assert M.fd_weighted(true, [recon], w[None])[0, 0] == pytest.approx(
+        M.fd(true[idx], recon[idx]).mean, rel=1e-7
+    )
+    with pytest.raises(ValueError, match="multiple"):
+        M.fd_weighted(true[..., :768], [recon[..., :768]], np.ones((1, 10)))
+
+
+def test_beat_f1_and_fd_pairs_find_a_real_difference_and_not_a_null_one():
+    """The paired F1 and FD intervals exclude 0 for a row that drops beats / is flat, and hold 0
+    exactly for a row identical to the reference."""
+    from engine.model.evaluate import BEAT_COUNTS, fd_paired, paired_vs
+
+    rng = np.random.default_rng(3)
+    n = 40
+    subj = np.repeat(np.arange(10), 4)
+    good = np.stack([rng.integers(8, 10, n), rng.integers(0, 2, n), rng.integers(0, 2, n)], axis=1)
+    bad = good.copy()
+    bad[:, 1] += 3  # three more missed beats per window
+    bad[:, 0] = np.maximum(bad[:, 0] - 3, 0)
+    ev = lambda c: {"hr_mae_ann_bpm": rng.gamma(2.0, 1.0, n), BEAT_COUNTS: c}  # noqa: E731 - a test helper
+    werr = {"p2es": [ev(good)], "same": [ev(good.copy())], "worse": [ev(bad)]}
+    out = paired_vs("p2es", werr, clusters=subj)
+    assert out["same"]["beat_f1"]["diff"] == 0.0 and out["same"]["beat_f1"]["ci95"] == [0.0, 0.0]
+    lo, hi = out["worse"]["beat_f1"]["ci95"]
+    assert out["worse"]["beat_f1"]["diff"] > 0 and lo > 0  # p2es better, beyond chance
+    assert "hr_mae_ann_bpm" in out["worse"]
+
+    true = rng.standard_normal((n, 2, 512)).cumsum(-1) * 0.02
+    recons = {
+        "p2es": [true + 0.01 * rng.standard_normal(true.shape)],
+        "same": [],
+        "flat": [np.zeros_like(true)],
+    }
+    recons["same"] = [recons["p2es"][0].copy()]
+    fds = {k: M.fd(true, v[0]).mean for k, v in recons.items()}
+    res = fd_paired("p2es", true, recons, fds, subj)
+    assert res["same"]["diff"] == 0.0 and res["same"]["ci95"] == [0.0, 0.0] and res["same"]["n_jack"] == 10
+    assert res["flat"]["diff"] > 0 and res["flat"]["ci95"][0] > 0
+    # the jackknife se of a smooth statistic: leaving a subject out moves FD, so se > 0, and the
+    # interval is centred on the full-sample difference
+    assert res["flat"]["se"] > 0 and np.mean(res["flat"]["ci95"]) == pytest.approx(res["flat"]["diff"])

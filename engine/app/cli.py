@@ -79,6 +79,12 @@ def register_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="store_true",
         help="skip the k-sample uncertainty runs of the non-p2es diffusion models",
     )
+    e.add_argument(
+        "--fd-interval",
+        action="store_true",
+        help="also a paired subject-level interval for FD vs p2es (delete-one-subject jackknife; "
+        "slow: ~20 ms per lead, model and subject)",
+    )
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(func=eval_main)
 
@@ -119,6 +125,7 @@ def eval_main(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         data=args.data,
         uncertainty=not args.no_uncertainty,
+        fd_interval=args.fd_interval,
         rate_profile=args.rate_profile,
     )
     print(markdown_table(res))

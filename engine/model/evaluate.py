@@ -42,8 +42,13 @@ with every model of the set and scores them with :mod:`engine.model.metrics`:
   the data has no subject ids), also per rhythm group under ``"per_rhythm"``; the table prints
   the overall ones below the main table.  ``paired_vs_p2es_window`` keeps the earlier
   window-level interval (:func:`engine.model.metrics.paired_difference`, windows resampled as
-  if independent; same point estimates).  FD is a
-  distribution distance with no per-window value, so it has no such interval.
+  if independent; same point estimates).  With annotated beats the comparison also covers
+  ``hr_mae_ann_bpm`` (per-window |HR of the annotations - HR of the detections|) and
+  ``beat_f1`` (F1(p2es) - F1(row): pooled F1 re-computed from the drawn windows' beat counts,
+  > 0 = p2es better like the errors).  FD is a distribution distance with no per-window value:
+  ``fd_interval=True`` adds ``"fd"`` (FD(row) - FD(p2es)) with a delete-one-subject jackknife
+  interval that re-fits the Gaussians without each subject in turn (:func:`fd_paired`; costly,
+  off by default).
 * ``train_seeds``: {model: training seed} for the models whose checkpoint meta records one
   (absent when none does); a model with seed replicas lists all their seeds.
 * seed replicas: a model ``M`` with siblings ``M_seed1``, ``M_seed2``, ... in the set (the same
@@ -349,6 +354,10 @@ def sample_windows(
     return np.concatenate(means), np.concatenate(stds), secs
 
 
+BEAT_COUNTS = "beat_counts"  # per-window (TP, FN, FP) [N, 3] in score()'s window evidence
+PAIRED_WINDOW_METRICS = (*M.WINDOW_METRICS, "hr_mae_ann_bpm")
+
+
 def _nanmean_rows(arrays: Sequence[np.ndarray]) -> np.ndarray:
     """Mean over replicas of per-window errors; NaN only where every replica is NaN."""
     a = np.stack([np.asarray(x, dtype=np.float64) for x in arrays])
@@ -405,20 +414,33 @@ def score(
             true[idx], recon[idx], fs, true_cache=M.subset(true_cache, idx), recon_cache=M.subset(rc, idx)
         )
         per_rhythm[g] = {m: sub[m] for m in RHYTHM_METRICS}
+    werr = M.window_errors(true_cache, rc)
     if ann is not None:
-        beats = beat_scores(recon, ann, groups, fs)
+        T = int(recon.shape[-1])
+        det = M.detect_windows(recon, fs)
+        beats = beat_scores(recon, ann, groups, fs, det=det)
         for g, v in beats.pop("per_rhythm").items():
             per_rhythm[g].update(v)
         row.update(beats)
+        werr["hr_mae_ann_bpm"] = M.hr_ann_window_errors(ann, det, T, fs)
+        werr[BEAT_COUNTS] = M.beat_counts(ann, det, T, fs)
     row["per_rhythm"] = per_rhythm
-    return row, M.window_errors(true_cache, rc)
+    return row, werr
 
 
-def beat_scores(ecg: np.ndarray, ann: list[np.ndarray], groups: np.ndarray, fs: float) -> dict[str, Any]:
+def beat_scores(
+    ecg: np.ndarray,
+    ann: list[np.ndarray],
+    groups: np.ndarray,
+    fs: float,
+    *,
+    det: list[np.ndarray] | None = None,
+) -> dict[str, Any]:
     """:func:`engine.model.metrics.beat_metrics` of ``detect_r_peaks`` on lead II of ``ecg``
-    [N, 12, T] against the annotated R peaks ``ann``, overall and ``per_rhythm``."""
+    [N, 12, T] against the annotated R peaks ``ann``, overall and ``per_rhythm`` (``det``: the
+    detections when the caller has them)."""
     T = int(ecg.shape[-1])
-    det = M.detect_windows(ecg, fs)
+    det = M.detect_windows(ecg, fs) if det is None else det
     out = M.beat_metrics(ann, det, T, fs)
     per: dict[str, dict[str, Any]] = {}
     for g in GROUP_ORDER:
@@ -429,36 +451,141 @@ def beat_scores(ecg: np.ndarray, ann: list[np.ndarray], groups: np.ndarray, fs: 
     return out
 
 
+WindowEvidence = dict[str, np.ndarray]  # one replica's per-window errors (and beat counts) from score()
+
+
+def _replicas(e: WindowEvidence | Sequence[WindowEvidence]) -> list[WindowEvidence]:
+    return [e] if isinstance(e, dict) else list(e)
+
+
 def paired_vs(
     ref: str,
-    werr: dict[str, dict[str, np.ndarray]],
+    werr: dict[str, WindowEvidence] | dict[str, list[WindowEvidence]],
     groups: np.ndarray | None = None,
     clusters: np.ndarray | None = None,
+    *,
+    n_boot: int = 2000,
 ) -> dict[str, dict[str, Any]]:
     """For every other row: ``{metric: paired_difference(row, ref)}`` (> 0: ``ref`` better),
     plus ``"per_rhythm": {group: {metric: ...}}`` when the windows' rhythm ``groups`` are given.
     With ``clusters`` (one id per window, e.g. the subject) the interval resamples clusters
-    (:func:`engine.model.metrics.paired_difference_clustered`), else windows."""
+    (:func:`engine.model.metrics.paired_difference_clustered`), else windows.
+
+    ``werr[name]`` is what :func:`score` returned for the row, or a list of them, one per seed
+    replica: the window errors (:data:`PAIRED_WINDOW_METRICS` present in both rows) are
+    averaged over the replicas, so every seed of the row is paired with every seed of ``ref``.
+    When both rows have beat counts, ``"beat_f1"`` is F1(ref) - F1(row) (each the mean over its
+    replicas of the pooled F1; > 0: ``ref`` better, like the errors) with the same bootstrap:
+    clusters (or windows) resampled, F1 re-pooled from the drawn windows."""
+    reps = {name: _replicas(e) for name, e in werr.items()}
+    ref_reps = reps[ref]
+    n = next(iter(ref_reps[0].values())).shape[0]
+    cl = np.arange(n) if clusters is None else np.asarray(clusters)
+    mean_err = {
+        name: {m: _nanmean_rows([r[m] for r in rs]) for m in PAIRED_WINDOW_METRICS if all(m in r for r in rs)}
+        for name, rs in reps.items()
+    }
 
     def diff(a: np.ndarray, b: np.ndarray, sel: np.ndarray | None = None) -> dict[str, Any]:
         if sel is not None:
             a, b = a[sel], b[sel]
         if clusters is None:
-            return M.paired_difference(a, b)
-        return M.paired_difference_clustered(a, b, clusters if sel is None else clusters[sel])
+            return M.paired_difference(a, b, n_boot=n_boot)
+        return M.paired_difference_clustered(a, b, cl if sel is None else cl[sel], n_boot=n_boot)
 
+    def f1_diff(rs: list[WindowEvidence], sel: np.ndarray) -> dict[str, Any]:
+        w = M.cluster_weights(cl[sel], n_boot=n_boot, seed=0)
+        one = np.ones((1, int(sel.size)))
+
+        def f1(reps_: list[WindowEvidence], wts: np.ndarray) -> np.ndarray:
+            vals: np.ndarray = np.mean([M.f1_weighted(r[BEAT_COUNTS][sel], wts) for r in reps_], axis=0)
+            return vals
+
+        point = float(f1(ref_reps, one)[0] - f1(rs, one)[0])
+        return M.boot_interval(point, f1(ref_reps, w) - f1(rs, w))
+
+    has_beats = all(BEAT_COUNTS in r for r in ref_reps)
+    everything = np.arange(n)
     out: dict[str, dict[str, Any]] = {}
-    for name, e in werr.items():
+    for name, rs in reps.items():
         if name == ref:
             continue
-        row: dict[str, Any] = {m: diff(e[m], werr[ref][m]) for m in M.WINDOW_METRICS}
+        ms = [m for m in mean_err[name] if m in mean_err[ref]]
+        beats = has_beats and all(BEAT_COUNTS in r for r in rs)
+        row: dict[str, Any] = {m: diff(mean_err[name][m], mean_err[ref][m]) for m in ms}
+        if beats:
+            row["beat_f1"] = f1_diff(rs, everything)
         if groups is not None:
-            row["per_rhythm"] = {
-                g: {m: diff(e[m], werr[ref][m], groups == g) for m in M.WINDOW_METRICS}
-                for g in GROUP_ORDER
-                if (groups == g).any()
-            }
+            per: dict[str, dict[str, Any]] = {}
+            for g in GROUP_ORDER:
+                sel = np.flatnonzero(groups == g)
+                if sel.size == 0:
+                    continue
+                per[g] = {m: diff(mean_err[name][m], mean_err[ref][m], sel) for m in ms}
+                if beats:
+                    per[g]["beat_f1"] = f1_diff(rs, sel)
+            row["per_rhythm"] = per
         out[name] = row
+    return out
+
+
+def fd_paired(
+    ref: str,
+    true: np.ndarray,
+    recons: dict[str, list[np.ndarray]],
+    fd_values: dict[str, float],
+    clusters: np.ndarray,
+    *,
+    progress: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Subject-level paired interval of FD against ``ref``: ``{row: {"diff", "ci95", "se",
+    "method", "n_jack"}}`` with diff = FD(row) - FD(ref) (> 0: ``ref`` better), FD being the mean
+    over a row's seed replicas (``recons[row]``, each [N, 12, T] on the same windows as
+    ``true``) and ``fd_values`` the table's values (the point estimates).
+
+    Delete-one-subject jackknife: each of the K subjects is left out once with all its windows,
+    every row's Gaussians are re-fitted to the rest (:func:`engine.model.metrics.fd_weighted`),
+    so the rows stay paired; se = sqrt((K-1)/K * sum (d_j - mean d)^2), interval diff +- 1.96 se.
+    Not the cluster bootstrap of the per-window metrics: FD has no per-window value, and a
+    bootstrap draw repeats windows, which shrinks the effective sample the covariances are fitted
+    to and shifts FD itself (on the 512-record test split the percentile interval of the DDPM's FD
+    gap did not even contain the gap).  Costly: ~20 ms per lead, replica and subject."""
+    _, inv = np.unique(np.asarray(clusters), return_inverse=True)
+    k = int(inv.max()) + 1 if inv.size else 0
+    names = list(recons)
+    nan = {"diff": math.nan, "ci95": [math.nan, math.nan], "se": math.nan, "n_jack": k}
+    if k < 2:
+        return {nm: {**nan, "method": "subject jackknife"} for nm in names if nm != ref}
+    flat = [r for nm in names for r in recons[nm]]
+    w = (inv[None, :] != np.arange(k)[:, None]).astype(np.float64)  # [K, N]: subject j left out
+    bar = tqdm(
+        total=k, desc=f"FD jackknife ({len(flat)} reconstructions)", unit="subject", disable=not progress
+    )
+    parts = []
+    for c in np.array_split(np.arange(k), max(1, k // 8)):  # chunks pace the progress bar
+        parts.append(M.fd_weighted(true, flat, w[c]))
+        bar.update(len(c))
+    bar.close()
+    jack = np.concatenate(parts, axis=1)  # [replicas, K]
+    per_row: dict[str, np.ndarray] = {}
+    i = 0
+    for nm in names:
+        per_row[nm] = jack[i : i + len(recons[nm])].mean(axis=0)
+        i += len(recons[nm])
+    out: dict[str, dict[str, Any]] = {}
+    for nm in names:
+        if nm == ref:
+            continue
+        d = per_row[nm] - per_row[ref]
+        diff = float(fd_values[nm] - fd_values[ref])
+        se = float(np.sqrt((k - 1) / k * ((d - d.mean()) ** 2).sum())) if np.isfinite(d).all() else math.nan
+        out[nm] = {
+            "diff": diff,
+            "ci95": [diff - 1.96 * se, diff + 1.96 * se],
+            "se": se,
+            "method": "subject jackknife",
+            "n_jack": k,
+        }
     return out
 
 
@@ -478,6 +605,7 @@ def evaluate(
     data: str = "sim",
     uncertainty: bool = True,
     rate_profile: str = DEFAULT_RATE_PROFILE,
+    fd_interval: bool = False,
 ) -> dict[str, Any]:
     """Score every model of a checkpoint set on ``records`` held-out test windows.
 
@@ -488,6 +616,9 @@ def evaluate(
     ``uncertainty=False`` skips the extra k-sample runs of the non-p2es diffusion models.
     ``rate_profile``: the simulator's heart-rate profile of the test records (``"wide"``: the
     data of models trained with ``--sim-rate-profile wide``).
+    ``fd_interval``: also the paired subject-level interval of FD vs ``p2es`` (:func:`fd_paired`,
+    a delete-one-subject jackknife: every row's Gaussians re-fitted once per subject, ~20 ms per
+    lead, seed replica and subject); it lands in ``paired_vs_p2es[row]["fd"]``.
     """
     checkpoint = DEFAULT_CHECKPOINT if checkpoint is None else checkpoint
     for name, v, lo in (("records", records, 1), ("steps", steps, 1), ("k", k, 1), ("batch", batch, 1)):
@@ -543,7 +674,8 @@ def evaluate(
             )
 
         out_models: dict[str, dict[str, Any]] = {}
-        werr: dict[str, dict[str, np.ndarray]] = {}
+        werr: dict[str, list[WindowEvidence]] = {}  # per row: one entry per seed replica
+        recons: dict[str, list[np.ndarray]] = {}  # kept only for the FD bootstrap
         kruns: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
 
         def krun(name: str) -> tuple[np.ndarray, np.ndarray, float]:
@@ -571,7 +703,10 @@ def evaluate(
             dm: torch.Tensor,
             unc: dict[str, float] | None = None,
         ) -> None:
-            row, werr[name] = score(true, recon, fs, true_cache, groups, ann=ann)
+            row, w = score(true, recon, fs, true_cache, groups, ann=ann)
+            werr[name] = [w]
+            if fd_interval:
+                recons[name] = [recon]
             row["ms_per_window"] = 1000.0 * secs / n
             row.update(
                 base_model=base,
@@ -598,7 +733,10 @@ def evaluate(
                 t0 = time.perf_counter()  # the build (train split, cached) is not per-window work
                 recon = B.template_ecg(tpl, np.asarray(raw["ppg"]), fs)
             secs = time.perf_counter() - t0
-            row, werr[name] = score(true, recon, fs, true_cache, groups, ann=ann)
+            row, w = score(true, recon, fs, true_cache, groups, ann=ann)
+            werr[name] = [w]
+            if fd_interval:
+                recons[name] = [recon]
             row["ms_per_window"] = 1000.0 * secs / n
             row.update(
                 base_model=None,
@@ -637,7 +775,6 @@ def evaluate(
             finish(name, base, recon, secs, 1, dv, unc)
             if name in reps:  # the same recipe, other training seeds: one row, mean and sd
                 seed_rows = {name: out_models[name]}
-                seed_werr = [werr[name]]
                 for rep in reps[name][1:]:
                     r_recon, _, r_secs = sample_windows(
                         entries[rep],
@@ -654,14 +791,27 @@ def evaluate(
                     r_row, r_werr = score(true, r_recon, fs, true_cache, groups, ann=ann)
                     r_row["ms_per_window"] = 1000.0 * r_secs / n
                     seed_rows[rep] = {**{m: r_row.pop(m) for m in HEADLINE}, **r_row}
-                    seed_werr.append(r_werr)
+                    werr[name].append(r_werr)
+                    if fd_interval:
+                        recons[name].append(r_recon)
                 out_models[name] = seed_aggregate(seed_rows)
-                werr[name] = {m: _nanmean_rows([w[m] for w in seed_werr]) for m in seed_werr[0]}
         if "p2es" in werr:
             for name, diffs in paired_vs("p2es", werr, groups, clusters).items():
                 out_models[name]["paired_vs_p2es"] = diffs
             for name, diffs in paired_vs("p2es", werr, groups).items():
                 out_models[name]["paired_vs_p2es_window"] = diffs
+            if fd_interval and len(recons) > 1:
+                fds = {nm: float(out_models[nm]["fd"]) for nm in recons}
+                try:
+                    fdp = fd_paired("p2es", true, recons, fds, clusters, progress=progress)
+                except ValueError as exc:  # window length not a multiple of the FD vector
+                    fdp = {
+                        nm: {"diff": math.nan, "ci95": [math.nan, math.nan], "n_jack": 0, "error": str(exc)}
+                        for nm in recons
+                        if nm != "p2es"
+                    }
+                for name, d in fdp.items():
+                    out_models[name]["paired_vs_p2es"]["fd"] = d
         if ann is not None:  # the same detector on the true lead II: what any row can reach
             extra["beat_ceiling_true_ecg"] = beat_scores(true, ann, groups, fs)
     finally:
@@ -703,6 +853,7 @@ def evaluate(
             "paired_vs_p2es_window": "window bootstrap (windows resampled independently), as before",
             "clusters": int(np.unique(clusters).size),
             "n_boot": 2000,
+            "fd": "delete-one-subject jackknife, diff +- 1.96 se (when fd_interval)" if fd_interval else None,
         },
         **extra,
         "seconds": time.perf_counter() - t_start,
@@ -777,16 +928,19 @@ def markdown_table(result: dict[str, Any]) -> str:
         lines += [
             "",
             "Paired vs p2es on the same windows: mean (model - p2es) of the per-window absolute "
-            "error, [95 % subject-clustered bootstrap interval: subjects resampled with all their "
-            "windows; rows with seed replicas: every seed pair on the same windows]; > 0 means p2es "
-            "is better, an interval without 0 a difference beyond chance.",
+            "error (HR against the annotated beats, HR against the detector on the true ECG, QRS, "
+            "QT), beat F1 as F1(p2es) - F1(model), FD as FD(model) - FD(p2es) (`-` when "
+            "`--fd-interval` is off; its interval is a delete-one-subject jackknife, diff +- 1.96 se), "
+            "[95 % subject-clustered bootstrap interval: subjects "
+            "resampled with all their windows; rows with seed replicas: every seed pair on the same "
+            "windows]; > 0 means p2es is better, an interval without 0 a difference beyond chance.",
             "",
-            "| model | HR bpm | QRS ms | QT ms |",
-            "|---|---:|---:|---:|",
+            "| model | HR ann bpm | HR bpm | beat F1 | FD | QRS ms | QT ms |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for n, pv in paired:
             cells = []
-            for m, nd in (("hr_mae_bpm", 2), ("qrs_ms_mae", 1), ("qt_ms_mae", 1)):
+            for m, nd in PAIRED_COLS:
                 d = pv.get(m) or {}
                 v, (lo, hi) = d.get("diff"), (d.get("ci95") or [None, None])
                 ok = all(isinstance(x, (int, float)) and math.isfinite(x) for x in (v, lo, hi))
@@ -799,6 +953,16 @@ def markdown_table(result: dict[str, Any]) -> str:
         f"{result.get('threads')} thread(s)."
     )
     return "\n".join(lines) + foot
+
+
+PAIRED_COLS = (
+    ("hr_mae_ann_bpm", 2),
+    ("hr_mae_bpm", 2),
+    ("beat_f1", 3),
+    ("fd", 2),
+    ("qrs_ms_mae", 1),
+    ("qt_ms_mae", 1),
+)
 
 
 def _fmt(v: Any, nd: int) -> str:

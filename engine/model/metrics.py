@@ -550,6 +550,7 @@ def beat_metrics(
     has = np.isfinite(ha)
     ok = has & np.isfinite(hd)
     n_has = int(has.sum())
+    err = np.abs(ha - hd)
     return {
         "beat_sensitivity": s.sensitivity,
         "beat_ppv": s.ppv,
@@ -557,10 +558,21 @@ def beat_metrics(
         "beat_tp": s.tp,
         "beat_fn": s.fn,
         "beat_fp": s.fp,
-        "hr_mae_ann_bpm": float(np.abs(ha[ok] - hd[ok]).mean()) if ok.any() else math.nan,
+        "hr_mae_ann_bpm": float(err[ok].mean()) if ok.any() else math.nan,
         "hr_ann_fail_rate": float((has & ~np.isfinite(hd)).sum() / n_has) if n_has else math.nan,
         "hr_ann_n": int(ok.sum()),
     }
+
+
+def hr_ann_window_errors(
+    ann: list[np.ndarray], det: list[np.ndarray], T: int, fs: float, *, edge_s: float = BEAT_EDGE_S
+) -> np.ndarray:
+    """Per-window |HR(annotations) - HR(detections)| (bpm), NaN where either has no HR: the
+    windows whose mean is ``hr_mae_ann_bpm`` of :func:`beat_metrics`."""
+    err: np.ndarray = np.abs(
+        hr_from_beats(ann, T, fs, edge_s=edge_s) - hr_from_beats(det, T, fs, edge_s=edge_s)
+    )
+    return err
 
 
 # --------------------------------------------------------------------------- clustered bootstrap
@@ -601,3 +613,99 @@ def paired_difference_clustered(
     boot = s[idx].sum(axis=1) / m[idx].sum(axis=1)
     lo, hi = np.percentile(boot, [2.5, 97.5])
     return {"diff": float(d.mean()), "ci95": [float(lo), float(hi)], "n": int(d.size), "clusters": k}
+
+
+def cluster_weights(clusters: npt.ArrayLike, *, n_boot: int, seed: int = 0) -> np.ndarray:
+    """Window weights [n_boot, N] of a cluster bootstrap: each draw resamples the clusters
+    (subjects) with replacement, as many as there are, and a window's weight is the number of
+    times its cluster was drawn (0 = left out).  The same ``seed`` gives the same draws, so
+    statistics computed from one matrix are paired draw by draw."""
+    c = np.asarray(clusters)
+    _, inv = np.unique(c, return_inverse=True)
+    k = int(inv.max()) + 1 if inv.size else 0
+    if k == 0:
+        return np.zeros((int(n_boot), 0))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, k, size=(int(n_boot), k))
+    drawn = np.stack([np.bincount(row, minlength=k) for row in idx]).astype(np.float64)  # [n_boot, k]
+    return drawn[:, inv]
+
+
+def f1_weighted(counts: npt.ArrayLike, weights: npt.ArrayLike) -> np.ndarray:
+    """Pooled beat F1 of per-window (TP, FN, FP) ``counts`` [N, 3] under window ``weights``
+    [B, N] (one F1 per row; NaN where nothing is counted) - :func:`beat_scores` with
+    weights; all-ones weights give its F1."""
+    c = np.asarray(counts, dtype=np.float64).reshape(-1, 3)
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    tp, fn, fp = (w @ c).T
+    den = 2.0 * tp + fp + fn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, 2.0 * tp / np.where(den > 0, den, 1.0), np.nan)
+
+
+def fd_weighted(
+    true: npt.ArrayLike, recons: list[np.ndarray], weights: npt.ArrayLike, dim: int = FD_DIM
+) -> np.ndarray:
+    """FD (mean over leads, as :func:`fd`) of each of ``recons`` (each [N, L, T], the same
+    windows as ``true``) under window ``weights`` [B, N]: [len(recons), B].
+
+    A window of weight w counts as w copies of its ``T / dim`` vectors in the Gaussian fits
+    (weighted mean, unbiased weighted covariance), so all-ones weights give :func:`fd`.  Needs
+    ``T`` to be a multiple of ``dim`` (a vector must belong to one window).  tr sqrt(S1 S2) =
+    ||A2 F1||_* for S1 = F1 F1^T (one factorisation of the true covariance per lead and draw)
+    and S2 = A2^T A2 (A2 the weighted, centred vectors), summed from the eigenvalues of its Gram
+    matrix; float64."""
+    x = np.asarray(true, dtype=np.float64)
+    ys = [np.asarray(y, dtype=np.float64) for y in recons]
+    N, L, T = x.shape
+    if T % dim:
+        raise ValueError(f"fd_weighted: T = {T} is not a multiple of the FD vector length {dim}")
+    for y in ys:
+        if y.shape != x.shape:
+            raise ValueError(f"fd_weighted: shapes differ {x.shape} vs {y.shape}")
+    w_all = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    per = T // dim
+    out = np.full((len(ys), w_all.shape[0], L), np.nan)
+
+    def stats(v: np.ndarray, wv: np.ndarray, n: float) -> tuple[np.ndarray, np.ndarray, float]:
+        mu = wv @ v / n
+        a = (v - mu) * np.sqrt(wv / (n - 1.0))[:, None]  # cov = a^T a
+        return mu, a, float((a * a).sum())
+
+    for b, w in enumerate(w_all):
+        keep = np.flatnonzero(w > 0)
+        wv = np.repeat(w[keep], per)
+        n = float(wv.sum())
+        if n < 2:
+            continue
+        for ld in range(L):
+            mu1, a1, tr1 = stats(x[keep, ld].reshape(-1, dim), wv, n)
+            if a1.shape[0] <= dim:  # S1 = f f^T with f = a1^T [d, m]
+                f1 = a1.T
+            else:
+                ev, q = np.linalg.eigh(a1.T @ a1)
+                f1 = q * np.sqrt(np.clip(ev, 0.0, None))[None, :]
+            for r, y in enumerate(ys):
+                mu2, a2, tr2 = stats(y[keep, ld].reshape(-1, dim), wv, n)
+                h = a2 @ f1  # tr sqrt(S1 S2) = tr sqrt(f^T S2 f) = ||a2 f||_*
+                g = h.T @ h if h.shape[0] >= h.shape[1] else h @ h.T
+                nuc = float(np.sqrt(np.clip(np.linalg.eigvalsh(g), 0.0, None)).sum())
+                d = mu1 - mu2
+                out[r, b, ld] = float(d @ d) + tr1 + tr2 - 2.0 * nuc
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(out)
+        res: np.ndarray = np.where(
+            ok.any(-1), np.where(ok, out, 0.0).sum(-1) / np.maximum(ok.sum(-1), 1), np.nan
+        )
+    return res
+
+
+def boot_interval(diff: float, boot: npt.ArrayLike) -> dict[str, Any]:
+    """``{"diff", "ci95", "n_boot"}``: the point estimate and the 95 % percentile interval of
+    bootstrap draws of the same difference (NaN draws left out)."""
+    bd = np.asarray(boot, dtype=np.float64)
+    bd = bd[np.isfinite(bd)]
+    if bd.size < 2 or not math.isfinite(diff):
+        return {"diff": float(diff), "ci95": [math.nan, math.nan], "n_boot": int(bd.size)}
+    lo, hi = np.percentile(bd, [2.5, 97.5])
+    return {"diff": float(diff), "ci95": [float(lo), float(hi)], "n_boot": int(bd.size)}

@@ -33,10 +33,9 @@ from typing import TYPE_CHECKING, Any
 from p2es.errors import P2esError
 from p2es.transport.settings import (
     SERVICE_FLAGS,
-    TLS_FLAG_NAMES,
     add_broker_flags,
     add_service_flags,
-    mqtt_tls_context,
+    mqtt_tls_from_flags,
 )
 from p2es.transport.tls import redact_url
 
@@ -248,13 +247,7 @@ def _publish_command(args: argparse.Namespace, payload: dict[str, Any]) -> None:
             password=args.mqtt_password or os.environ.get("P2ES_MQTT_PASSWORD"),
             client_id=f"p2es-alerts-cli-{secrets.token_hex(4)}",
             version=args.mqtt_version,
-            tls_context=mqtt_tls_context(
-                args.broker,
-                args.mqtt_ca_file,
-                args.mqtt_cert_file,
-                args.mqtt_key_file,
-                options=TLS_FLAG_NAMES,
-            ),
+            tls_context=mqtt_tls_from_flags(args),
         )
     except ValueError as e:
         raise P2esError(str(e)) from None

@@ -16,7 +16,7 @@ from p2es.argtypes import finite_float as _float
 from p2es.argtypes import positive_int as _positive_int
 from p2es.errors import P2esError
 from p2es.leads import LEADS
-from p2es.transport.settings import TLS_FLAG_NAMES, add_broker_flags, mqtt_tls_context
+from p2es.transport.settings import add_broker_flags, mqtt_tls_from_flags
 from wearable.readers import read_any
 
 
@@ -201,12 +201,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise P2esError(f"--prefix must match [A-Za-z0-9_.-], got {args.prefix!r}")
     if not (args.broker.startswith("mqtt://") or args.broker.startswith("mqtts://")):
         raise P2esError(f"--broker must be mqtt://HOST:PORT or mqtts://HOST:PORT, got {args.broker!r}")
-    try:
-        tls = mqtt_tls_context(
-            args.broker, args.mqtt_ca_file, args.mqtt_cert_file, args.mqtt_key_file, options=TLS_FLAG_NAMES
-        )
-    except ValueError as e:
-        raise P2esError(str(e)) from None
+    tls = mqtt_tls_from_flags(args)
     res = simulate(
         args.broker,
         patients=args.patients,

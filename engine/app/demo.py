@@ -59,7 +59,7 @@ from p2es.contracts.alerts import AlertMessage
 from p2es.contracts.topics import alerts_subscription
 from p2es.errors import P2esError
 from p2es.transport.mqtt import Backoff, run_reconnecting
-from p2es.transport.settings import TLS_FLAG_NAMES, add_broker_flags, mqtt_tls_context
+from p2es.transport.settings import add_broker_flags, mqtt_tls_from_flags
 from wearable.publisher import SimPatient, _resample, simulate_async
 from wearable.sim import RHYTHMS, save_npz, synthesize
 
@@ -731,16 +731,7 @@ def _validate(args: argparse.Namespace) -> None:
                 f"{given[0]} needs --broker (the embedded broker has no login or TLS, MQTT 3.1.1 only)"
             )
     else:
-        try:  # files that do not load, or TLS files for a plain mqtt:// broker: one line
-            mqtt_tls_context(
-                args.broker,
-                args.mqtt_ca_file,
-                args.mqtt_cert_file,
-                args.mqtt_key_file,
-                options=TLS_FLAG_NAMES,
-            )
-        except ValueError as e:
-            raise P2esError(str(e)) from None
+        mqtt_tls_from_flags(args)  # files that do not load, or TLS files for mqtt://: one line
     if args.influx_url and not (
         args.influx_url.startswith("http://") or args.influx_url.startswith("https://")
     ):

@@ -168,6 +168,18 @@ def mqtt_tls_context(
     return client_context(ca_file, cert_file, key_file, options=options)
 
 
+def mqtt_tls_from_flags(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """:func:`mqtt_tls_context` of a one-shot command's ``--broker`` and ``--mqtt-*-file`` flags
+    (:func:`add_broker_flags`): a file that does not load, or TLS flags for a plain ``mqtt://``
+    broker -> ``P2esError``, one line naming the flag."""
+    try:
+        return mqtt_tls_context(
+            args.broker, args.mqtt_ca_file, args.mqtt_cert_file, args.mqtt_key_file, options=TLS_FLAG_NAMES
+        )
+    except ValueError as e:
+        raise P2esError(str(e)) from None
+
+
 def influx_tls_context(url: str, ca_file: str | None = None) -> ssl.SSLContext | None:
     """The verifying TLS context of an ``https://`` InfluxDB URL, None for ``http://`` (a CA
     file with ``http://`` -> ``ValueError``)."""

@@ -460,6 +460,12 @@ def test_floor_rows_and_new_report_keys(tiny_set):
         assert {"beat_f1", "hr_mae_ann_bpm"} <= set(next(iter(row["per_rhythm"].values())))
     ceil = res["beat_ceiling_true_ecg"]
     assert ceil["beat_f1"] > 0.9 and ceil["per_rhythm"]
+    # beat scores label by label too (the gates name sinus, bradycardia and tachycardia apart)
+    labels = [str(v) for v in fixed_set("test", 8, 3, duration_s=2.0, fs=FS)["rhythm"]]
+    for per in (ceil["per_label"], res["models"]["p2es"]["per_label"]):
+        assert set(per) == set(labels) and sum(d["n"] for d in per.values()) == 8
+        for lab, d in per.items():
+            assert d["n"] == labels.count(lab) and "beat_f1" in d
     assert res["beat_matching"]["tolerance_s"] == 0.05 and res["beat_matching"]["edge_s"] == 0.1
     assert res["train_seeds"] == {"p2es": 0}  # the fresh ddpm of the tiny set has no seed in its meta
     assert res["template"]["split"] == "train"

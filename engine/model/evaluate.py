@@ -397,12 +397,15 @@ def score(
     groups: np.ndarray,
     *,
     ann: list[np.ndarray] | None = None,
+    labels: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Score one model's reconstructions: (metrics row with ``per_rhythm``, per-window errors for
     the paired comparison).  ``true_cache`` = ``metrics.measure(true, fs)``; ``groups`` = the
     windows' :func:`rhythm_group`.  With the windows' annotated R peaks ``ann``
     (:func:`engine.model.metrics.annotated_beats`) the row (and each rhythm group) also gets
-    the :data:`BEAT_METRICS` of lead II of ``recon`` against them."""
+    the :data:`BEAT_METRICS` of lead II of ``recon`` against them, and with the windows' rhythm
+    ``labels`` those per label too (``per_label``: the gates name sinus, bradycardia and
+    tachycardia apart)."""
     rc = M.measure(recon, fs)
     row = M.compute_all(true, recon, fs, true_cache=true_cache, recon_cache=rc)
     per_rhythm = {}
@@ -418,10 +421,10 @@ def score(
     if ann is not None:
         T = int(recon.shape[-1])
         det = M.detect_windows(recon, fs)
-        beats = beat_scores(recon, ann, groups, fs, det=det)
+        beats = beat_scores(recon, ann, groups, fs, det=det, labels=labels)
         for g, v in beats.pop("per_rhythm").items():
             per_rhythm[g].update(v)
-        row.update(beats)
+        row.update(beats)  # per_label (when labels are given) stays a key of the row
         werr["hr_mae_ann_bpm"] = M.hr_ann_window_errors(ann, det, T, fs)
         werr[BEAT_COUNTS] = M.beat_counts(ann, det, T, fs)
     row["per_rhythm"] = per_rhythm
@@ -435,10 +438,12 @@ def beat_scores(
     fs: float,
     *,
     det: list[np.ndarray] | None = None,
+    labels: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """:func:`engine.model.metrics.beat_metrics` of ``detect_r_peaks`` on lead II of ``ecg``
     [N, 12, T] against the annotated R peaks ``ann``, overall and ``per_rhythm`` (``det``: the
-    detections when the caller has them)."""
+    detections when the caller has them); with the windows' rhythm ``labels`` also
+    ``per_label`` ({label: metrics, "n": windows})."""
     T = int(ecg.shape[-1])
     det = M.detect_windows(ecg, fs) if det is None else det
     out = M.beat_metrics(ann, det, T, fs)
@@ -448,6 +453,16 @@ def beat_scores(
         if idx.size:
             per[g] = M.beat_metrics([ann[i] for i in idx], [det[i] for i in idx], T, fs)
     out["per_rhythm"] = per
+    if labels is not None:
+        lab = np.asarray(labels).astype(str)
+        out["per_label"] = {
+            str(v): {
+                **M.beat_metrics([ann[i] for i in idx], [det[i] for i in idx], T, fs),
+                "n": int(idx.size),
+            }
+            for v in sorted(set(lab.tolist()))
+            for idx in [np.flatnonzero(lab == v)]
+        }
     return out
 
 
@@ -703,7 +718,7 @@ def evaluate(
             dm: torch.Tensor,
             unc: dict[str, float] | None = None,
         ) -> None:
-            row, w = score(true, recon, fs, true_cache, groups, ann=ann)
+            row, w = score(true, recon, fs, true_cache, groups, ann=ann, labels=labels)
             werr[name] = [w]
             if fd_interval:
                 recons[name] = [recon]
@@ -733,7 +748,7 @@ def evaluate(
                 t0 = time.perf_counter()  # the build (train split, cached) is not per-window work
                 recon = B.template_ecg(tpl, np.asarray(raw["ppg"]), fs)
             secs = time.perf_counter() - t0
-            row, w = score(true, recon, fs, true_cache, groups, ann=ann)
+            row, w = score(true, recon, fs, true_cache, groups, ann=ann, labels=labels)
             werr[name] = [w]
             if fd_interval:
                 recons[name] = [recon]
@@ -788,7 +803,7 @@ def evaluate(
                         desc=rep,
                         progress=progress,
                     )
-                    r_row, r_werr = score(true, r_recon, fs, true_cache, groups, ann=ann)
+                    r_row, r_werr = score(true, r_recon, fs, true_cache, groups, ann=ann, labels=labels)
                     r_row["ms_per_window"] = 1000.0 * r_secs / n
                     seed_rows[rep] = {**{m: r_row.pop(m) for m in HEADLINE}, **r_row}
                     werr[name].append(r_werr)
@@ -813,7 +828,7 @@ def evaluate(
                 for name, d in fdp.items():
                     out_models[name]["paired_vs_p2es"]["fd"] = d
         if ann is not None:  # the same detector on the true lead II: what any row can reach
-            extra["beat_ceiling_true_ecg"] = beat_scores(true, ann, groups, fs)
+            extra["beat_ceiling_true_ecg"] = beat_scores(true, ann, groups, fs, labels=labels)
     finally:
         torch.set_num_threads(old_threads)
 
@@ -969,6 +984,14 @@ def _fmt(v: Any, nd: int) -> str:
     return f"{v:.{nd}f}" if isinstance(v, (int, float)) and math.isfinite(v) else "-"
 
 
+def _beat_cell(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "-"
+    return (
+        f"{_fmt(d.get('beat_f1'), 3)} ({_fmt(d.get('beat_sensitivity'), 3)} / {_fmt(d.get('beat_ppv'), 3)})"
+    )
+
+
 def _beat_table(result: dict[str, Any]) -> list[str]:
     """Beat F1 per rhythm group (rows) for every model and the detector ceiling (columns)."""
     ceil = result.get("beat_ceiling_true_ecg")
@@ -991,14 +1014,18 @@ def _beat_table(result: dict[str, Any]) -> list[str]:
         src = [r if g == "all" else (r.get("per_rhythm") or {}).get(g) for _, r in cols]
         if not any(src):
             continue
-        cells = [
-            f"{_fmt(d.get('beat_f1'), 3)} ({_fmt(d.get('beat_sensitivity'), 3)} / {_fmt(d.get('beat_ppv'), 3)})"
-            if d
-            else "-"
-            for d in src
-        ]
+        cells = [_beat_cell(d) for d in src]
         label = g if g == "all" else f"{g} ({counts.get(g, '?')})"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        members = RHYTHM_GROUPS.get(g, ())
+        if len(members) > 1:  # the sinus family label by label (bradycardia, tachycardia)
+            for lab in members:
+                sub = [((r.get("per_label") or {}).get(lab)) for _, r in cols]
+                if not any(sub):
+                    continue
+                n_lab = next((d.get("n") for d in sub if d), "?")
+                cells = [_beat_cell(d) for d in sub]
+                lines.append(f"| · {lab} ({n_lab}) | " + " | ".join(cells) + " |")
     hr = ceil.get("hr_mae_ann_bpm")
     lines += ["", f"Detector ceiling on the true lead II: HR MAE vs annotations {_fmt(hr, 2)} bpm."]
     return lines

@@ -6,8 +6,8 @@
 lead II with 0.10.  A reconstruction that misses or adds one beat makes a regular rhythm look
 irregular, so the rule only evaluates windows whose reconstructed rate agrees with the PPG's own
 pulse rate (``rate_agreement``).  This script reconstructs simulated 8 s windows the way the
-live engine does -- PPG band-passed causally as ingest does, features from
-``engine.serve.runtime.prepare_batch``, K samples and their mean, vitals from
+live engine does for a registered patient -- PPG band-passed causally as ingest does, features
+and demographics from ``engine.serve.runtime.prepare_batch``, K samples and their mean, vitals from
 ``engine.serve.runtime.window_vitals`` -- and reports per rhythm: the fraction of windows over 0.10,
 the fraction whose rates agree within 5 / 10 %, and the fraction that are both (what the rule
 acts on).  The truth column is nRMSSD of the simulator's own beats.
@@ -57,14 +57,18 @@ def main() -> None:
     ]:
         d = synthesize(args.records, args.seed, duration_s=8.0, fs=fs, rhythm_mix=rhythm, hr_bpm=hr)
         ppg = d["ppg"]  # what ingest hands the engine: the resampled, unfiltered window
-        reqs = [WindowRequest(f"sim-{i}", 0.0, fs, ppg[i]) for i in range(len(ppg))]
-        feats, _, _ = prepare_batch(reqs)
+        t0 = 1.7e9  # any Unix time: the vitals contract refuses clocks outside 2000-2100
+        reqs = [
+            WindowRequest(f"sim-{i}", t0, fs, ppg[i], demographics=demographics_of(d, i))
+            for i in range(len(ppg))
+        ]
+        feats, demo, mask = prepare_batch(reqs)
         g = torch.Generator().manual_seed(args.seed)
         r = sample(
             e.model,
             e.schedule,
             torch.from_numpy(feats),
-            None,
+            (torch.from_numpy(demo), torch.from_numpy(mask)),
             steps=10,
             k=args.k,
             generator=g,
@@ -85,6 +89,17 @@ def main() -> None:
             ok = mis <= tol
             cells += [f"{100 * ok.mean():.0f} %", f"{100 * (irr & ok).mean():.0f} %"]
         print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+def demographics_of(d: dict, i: int) -> dict:
+    """Record ``i``'s demographics as a registered patient's (what the live engine passes)."""
+    sex = d["sex"][i]
+    return {
+        "age": float(d["age"][i]),
+        "sex": sex if isinstance(sex, str) else int(sex),
+        "height_cm": float(d["height_cm"][i]),
+        "weight_kg": float(d["weight_kg"][i]),
+    }
 
 
 if __name__ == "__main__":

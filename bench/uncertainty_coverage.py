@@ -29,21 +29,26 @@ def main() -> None:
     from scipy import stats
 
     from engine.model.checkpoint import DEFAULT_CHECKPOINT, load_model
-    from engine.model.data import fixed_set
-    from engine.model.preprocess import ppg_features
+    from engine.model.data import fixed_set, prepare
+    from engine.model.evaluate import trained_rate_profile
     from engine.model.sampler import sample
 
     torch.set_num_threads(2)
     e = load_model(DEFAULT_CHECKPOINT, args.model)
-    d = fixed_set("test", args.records, args.seed)
-    feats = torch.from_numpy(ppg_features(d["ppg"], float(d["fs"])))
+    profile = trained_rate_profile({args.model: e})  # the data the model was trained on
+    d = fixed_set("test", args.records, args.seed, rate_profile=profile)
+    prep = prepare(d)  # features and demographics exactly as in training and `p2es eval`
+    feats, demo = prep["ppg"], (prep["demo"], prep["demo_mask"])
     y = np.asarray(d["ecg"], dtype=np.float64)
-    print(f"{args.records} held-out records (test split, seed {args.seed}), model {args.model}, 10 steps")
+    print(
+        f"{args.records} held-out records (test split, seed {args.seed}, rate profile {profile}), "
+        f"model {args.model}, 10 steps"
+    )
     print("| K | band | factor | coverage of the true ECG |")
     print("| ---: | --- | ---: | ---: |")
     for k in (int(v) for v in args.k.split(",")):
         g = torch.Generator().manual_seed(args.seed)
-        r = sample(e.model, e.schedule, feats, None, steps=10, k=k, generator=g, keep_samples=False)
+        r = sample(e.model, e.schedule, feats, demo, steps=10, k=k, generator=g, keep_samples=False)
         m, s = r.mean.double().numpy(), r.std.double().numpy()
         c_t = float(stats.t.ppf(0.975, k - 1) * np.sqrt(1 + 1 / k))
         for label, c in (("mean +- 2 s", 2.0), ("95 % prediction band (t)", c_t)):

@@ -13,9 +13,9 @@ of the HR MAE (over windows), beat F1 of lead II against the simulator's annotat
 rhythm label next to the same detector on the true ECG (the ceiling), and each candidate's mean
 rank over the selection metrics (1 = best).
 
-``--sampler STEPS[:ETA[:SPACING]]`` (repeatable) scores every candidate under each sampler
-setting (reverse steps; eta 0 = DDIM, 1 = ancestral; time-grid spacing 1 = uniform, > 1 denser
-at low t) and adds the sampling time per window: the quality/speed frontier.  Without it every
+``--sampler STEPS[:ETA[:SPACING[:TEMPERATURE]]]`` (repeatable) scores every candidate under each
+sampler setting (reverse steps; eta 0 = DDIM, 1 = ancestral; time-grid spacing 1 = uniform, > 1
+denser at low t; temperature scales the initial noise, 1 = the learned distribution) and adds the sampling time per window: the quality/speed frontier.  Without it every
 candidate runs ``--steps`` DDIM steps on the uniform grid, as ``p2es eval`` does.
 
 ``--shuffled`` adds, for every candidate, a row with each record's demographics replaced by
@@ -59,17 +59,19 @@ def parse_candidate(text: str) -> tuple[str, str, str]:
     return name, path or rest, model or "p2es"
 
 
-def parse_sampler(text: str) -> tuple[int, float, float]:
+def parse_sampler(text: str) -> tuple[int, float, float, float]:
     parts = text.split(":")
+    usage = f"validation: --sampler must be STEPS[:ETA[:SPACING[:TEMPERATURE]]], got {text!r}"
     try:
         steps = int(parts[0])
         eta = float(parts[1]) if len(parts) > 1 else 0.0
         spacing = float(parts[2]) if len(parts) > 2 else 1.0
+        temp = float(parts[3]) if len(parts) > 3 else 1.0
     except ValueError:
-        raise SystemExit(f"validation: --sampler must be STEPS[:ETA[:SPACING]], got {text!r}") from None
-    if len(parts) > 3 or steps < 1 or not 0.0 <= eta <= 1.0 or not spacing > 0:
-        raise SystemExit(f"validation: --sampler must be STEPS[:ETA[:SPACING]], got {text!r}")
-    return steps, eta, spacing
+        raise SystemExit(usage) from None
+    if len(parts) > 4 or steps < 1 or not 0.0 <= eta <= 1.0 or not spacing > 0 or not 0.0 <= temp <= 1.0:
+        raise SystemExit(usage)
+    return steps, eta, spacing, temp
 
 
 def main() -> None:
@@ -80,7 +82,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
-    ap.add_argument("--sampler", action="append", default=None, metavar="STEPS[:ETA[:SPACING]]")
+    ap.add_argument("--sampler", action="append", default=None, metavar="STEPS[:ETA[:SPACING[:TEMPERATURE]]]")
     ap.add_argument(
         "--shuffled", action="store_true", help="also score each candidate with deranged demographics"
     )
@@ -148,13 +150,15 @@ def main() -> None:
     rows: dict[str, dict] = {}
     perm = derangement(true.shape[0], args.seed)
     runs = [
-        (name if len(samplers) == 1 else f"{name} {st}/{eta:g}/{sp:g}", e, st, eta, sp, False)
+        (name if len(samplers) == 1 else f"{name} {st}/{eta:g}/{sp:g}/{tp:g}", e, st, eta, sp, tp, False)
         for name, e in entries.items()
-        for st, eta, sp in samplers
+        for st, eta, sp, tp in samplers
     ]
     if args.shuffled:
-        runs += [(f"{n} shuffled demographics", e, st, eta, sp, True) for n, e, st, eta, sp, _ in runs]
-    for name, e, st, eta, sp, shuffled in runs:  # sampled and scored as `p2es eval` does, k = 1
+        runs += [
+            (f"{n} shuffled demographics", e, st, eta, sp, tp, True) for n, e, st, eta, sp, tp, _ in runs
+        ]
+    for name, e, st, eta, sp, tp, shuffled in runs:  # sampled and scored as `p2es eval` does, k = 1
         demo, mask = (
             (prep["demo"][perm], prep["demo_mask"][perm]) if shuffled else (prep["demo"], prep["demo_mask"])
         )
@@ -171,6 +175,7 @@ def main() -> None:
             progress=True,
             eta=eta,
             spacing=sp,
+            temperature=tp,
         )
         row, werr = score(true, recon, fs, tc, groups, ann=ann)
         row["f1_by_rhythm"] = f1_by_label(recon)
@@ -178,7 +183,7 @@ def main() -> None:
         row["hr_se"] = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
         row["hr_by_rhythm"] = {g: v["hr_mae_bpm"] for g, v in row.pop("per_rhythm").items()}
         row.pop("per_lead", None)
-        row["sampler"] = {"steps": st, "eta": eta, "spacing": sp}
+        row["sampler"] = {"steps": st, "eta": eta, "spacing": sp, "temperature": tp}
         row["shuffled_demographics"] = shuffled
         row["ms_per_window"] = 1000.0 * secs / true.shape[0]
         rows[name] = row
@@ -226,7 +231,10 @@ def main() -> None:
                 {
                     "records": args.records,
                     "seed": args.seed,
-                    "samplers": [{"steps": st, "eta": eta, "spacing": sp} for st, eta, sp in samplers],
+                    "samplers": [
+                        {"steps": st, "eta": eta, "spacing": sp, "temperature": tp}
+                        for st, eta, sp, tp in samplers
+                    ],
                     "rate_profile": args.rate_profile,
                     "select": select,
                     "ceiling_true_ecg": ceiling,

@@ -98,10 +98,11 @@ def test_old_checkpoint_dict_without_the_new_fields_loads_and_gives_identical_ou
     assert torch.equal(want, got)
 
 
-def test_shipped_checkpoint_is_old_style_and_loads_with_the_switches_off():
+def test_shipped_checkpoint_loads_with_the_beat_timing_switches_off():
     d = ckpt.read_set(ckpt.DEFAULT_CHECKPOINT)["models"]
-    for name, m in d.items():
-        assert "rpeak_head" not in m["model_config"] and "ppg_onset_channel" not in m["model_config"], name
+    for name, m in d.items():  # absent (older configs) or stored as off
+        mc = m["model_config"]
+        assert not mc.get("rpeak_head") and not mc.get("ppg_onset_channel") and not mc.get("pat_align"), name
     e = ckpt.load_model(ckpt.DEFAULT_CHECKPOINT, "p2es")
     assert e.model.rpeak is None and e.model_config.ppg_channels == 3 and not e.model_config.ppg_onset_channel
 

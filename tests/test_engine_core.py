@@ -350,3 +350,43 @@ def test_checkpoint_errors(tmp_path):
     ckpt.save_set(tmp_path / "s.pt", {"p2es": ckpt.pack(model, sch)})
     with pytest.raises(P2esError, match="not in"):
         ckpt.load_model(tmp_path / "s.pt", "ddpm")
+
+
+def test_merge_sets_copies_models_exactly_and_refuses_clashes(tmp_path):
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    m1, s1 = tiny_model()
+    m2, s2 = tiny_model(seed=1)
+    ckpt.save_set(a, {"p2es": ckpt.pack(m1, s1, meta={"seed": 0}), "ddpm": ckpt.pack(m1, s1)})
+    ckpt.save_set(b, {"p2es": ckpt.pack(m2, s2, meta={"seed": 1})})
+    out = tmp_path / "out.pt"
+    origin = ckpt.merge_sets(out, [(a, "p2es", "p2es"), (b, "p2es", "p2es_seed1")])
+    assert list(origin) == ["p2es", "p2es_seed1"]
+    got = ckpt.load_set(out)
+    assert got["p2es_seed1"].meta == {"seed": 1}
+    for name, ref in (("p2es", m1), ("p2es_seed1", m2)):
+        for k, v in ref.state_dict().items():
+            assert torch.equal(got[name].model.state_dict()[k], v.float()), (name, k)
+    # a name twice, a missing model: one-line errors, nothing written
+    with pytest.raises(P2esError, match="given twice"):
+        ckpt.merge_sets(tmp_path / "x.pt", [(a, "p2es", "p2es"), (b, "p2es", "p2es")])
+    with pytest.raises(P2esError, match="not in"):
+        ckpt.merge_sets(tmp_path / "x.pt", [(b, "ddpm", "ddpm")])
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_sampler_temperature_scales_the_start_and_defaults_to_the_learned_distribution(batch):
+    model, sch = tiny_model()
+    x = batch["ppg"][:2]
+    dm = (batch["demo"][:2], batch["demo_mask"][:2])
+    noise = torch.randn(2, model.cfg.n_leads, x.shape[-1], generator=torch.Generator().manual_seed(4))
+    plain = sample(model, sch, x, dm, steps=3, noise=noise).mean
+    assert torch.equal(sample(model, sch, x, dm, steps=3, noise=noise, temperature=1.0).mean, plain)
+    cool = sample(model, sch, x, dm, steps=3, noise=noise, temperature=0.5).mean
+    assert torch.allclose(cool, sample(model, sch, x, dm, steps=3, noise=0.5 * noise).mean, atol=1e-6)
+    assert not torch.allclose(cool, plain)
+    # ancestral steps: the per-step noise is scaled too, so temperature 0 is deterministic
+    g = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    a, b = (sample(model, sch, x, dm, steps=3, eta=1.0, generator=gg, temperature=0.0).mean for gg in g)
+    assert torch.equal(a, b)
+    with pytest.raises(P2esError, match="temperature"):
+        sample(model, sch, x, dm, steps=3, temperature=1.5)

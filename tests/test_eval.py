@@ -637,3 +637,26 @@ def test_beat_f1_and_fd_pairs_find_a_real_difference_and_not_a_null_one():
     # the jackknife se of a smooth statistic: leaving a subject out moves FD, so se > 0, and the
     # interval is centred on the full-sample difference
     assert res["flat"]["se"] > 0 and np.mean(res["flat"]["ci95"]) == pytest.approx(res["flat"]["diff"])
+
+
+def test_test_split_follows_the_rate_profile_the_models_were_trained_on(tmp_path):
+    """`p2es eval` without --rate-profile draws the test records from the simulator profile
+    recorded in the set's training config (the shipped set is trained on "wide"); a set without
+    one (older files) gets the default, and an explicit profile wins."""
+    from engine.model.evaluate import trained_rate_profile
+
+    mc, sc = variant("p2es", **TINY)
+    m = P2ES(mc).eval()
+    wide, old = tmp_path / "wide.pt", tmp_path / "old.pt"
+    ckpt.add_to_set(
+        wide, "p2es", ckpt.pack(m, make_schedule(sc, mc.T), train_config={"sim_rate_profile": "wide"})
+    )
+    ckpt.add_to_set(old, "p2es", ckpt.pack(m, make_schedule(sc, mc.T)))
+    assert trained_rate_profile(ckpt.load_set(wide)) == "wide"
+    assert trained_rate_profile(ckpt.load_set(old)) == "v1"
+    kw = dict(records=4, seed=2, models="zero", progress=False, uncertainty=False)
+    assert evaluate(wide, **kw)["rate_profile"] == "wide"
+    assert evaluate(old, **kw)["rate_profile"] == "v1"
+    assert evaluate(wide, rate_profile="v1", **kw)["rate_profile"] == "v1"
+    # the records differ with the profile (same split and seed)
+    assert evaluate(wide, **kw)["data"] != evaluate(old, **kw)["data"]

@@ -52,8 +52,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--rate-profile",
         choices=("v1", "wide"),
         default="v1",
-        help="heart-rate profile: v1 (default; what the shipped models were trained on) or wide "
-        "(sinus 35-180 bpm, AF 50-170 bpm; see docs/simulator.md)",
+        help="heart-rate profile: v1 (default) or wide (sinus 35-180 bpm, AF 50-170 bpm: what the "
+        "shipped set was trained on; see docs/simulator.md)",
     )
     s.set_defaults(func=cmd_synth)
 

@@ -64,9 +64,10 @@ def register_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     e.add_argument("--data", default="sim", help="sim (default), fake, or a .npz with the simulator's keys")
     e.add_argument(
         "--rate-profile",
-        default="v1",
+        default=None,
         choices=("v1", "wide"),
-        help="simulator heart-rate profile of the test records (default v1; wide: sinus 35-180 bpm)",
+        help="simulator heart-rate profile of the test records (default: the one the set's p2es was "
+        "trained on; v1, or wide: sinus 35-180 bpm)",
     )
     e.add_argument(
         "--figure",
@@ -140,6 +141,7 @@ def eval_main(args: argparse.Namespace) -> int:
             k=args.k,
             data=args.data,
             threads=args.threads,
+            rate_profile=res.get("rate_profile"),
         )
         print(f"wrote {p}")
     print(f"eval took {res['seconds']:.1f} s")

@@ -197,6 +197,33 @@ def add_to_set(path: str | os.PathLike[str], name: str, packed: dict[str, Any]) 
         _atomic_save({"format": FORMAT, "version": VERSION, "models": models}, path)
 
 
+def merge_sets(
+    out: str | os.PathLike[str], picks: Iterable[tuple[str | os.PathLike[str], str, str]]
+) -> dict[str, str]:
+    """Write a new set ``out`` from models of other sets: ``picks`` = (source set, model, name
+    in ``out``).  Weights, configs and meta are copied as stored (no re-encoding); a name
+    given twice, a missing model or an unreadable source is a one-line P2esError and nothing
+    is written.  Returns name -> source path.  This is how the shipped set is assembled from
+    the training legs' sets (docs/training.md)."""
+    models: dict[str, dict[str, Any]] = {}
+    origin: dict[str, str] = {}
+    cache: dict[str, dict[str, Any]] = {}
+    for src, model, name in picks:
+        src = os.fspath(src)
+        if name in models:
+            raise P2esError(f"model name {name!r} given twice ({origin[name]} and {src})")
+        if src not in cache:
+            cache[src] = read_set(src)["models"]
+        if model not in cache[src]:
+            raise P2esError(f"model {model!r} not in {src} (has: {', '.join(cache[src]) or 'none'})")
+        models[name] = cache[src][model]
+        origin[name] = f"{src}:{model}"
+    if not models:
+        raise P2esError("nothing to write: no models picked")
+    save_set(out, models)
+    return origin
+
+
 def resume_path(out_path: str | os.PathLike[str], name: str) -> str:
     base = os.fspath(out_path)
     base = base[:-3] if base.endswith(".pt") else base

@@ -222,7 +222,7 @@ class TrainConfig:
     noise: float = 1.0  # simulator wearable-noise level
     ppg_frontend: float = 0.0  # fraction of records with random PPG sensor front-ends
     rhythm_mix: str | None = None  # simulator rhythm mix (None: its default)
-    sim_rate_profile: str = "v1"  # simulator heart-rate profile: "v1" (shipped models) | "wide" (35-180 bpm)
+    sim_rate_profile: str = "v1"  # simulator heart-rate profile: "v1" | "wide" (35-180 bpm, the shipped set)
     chunk_records: int = 256  # records per simulator call
     workers: int = 0  # DataLoader workers for the simulator (0: in-process)
     half_weights: bool = False  # store fp16 weights in the checkpoint set

@@ -321,9 +321,10 @@ def sample_windows(
     progress: bool,
     eta: float = 0.0,
     spacing: float = 1.0,
+    temperature: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Sample every window in batches: (mean [N,12,T], std [N,12,T], seconds).  ``eta`` and
-    ``spacing``: the sampler's (:func:`engine.model.sampler.sample`; defaults = DDIM on the
+    """Sample every window in batches: (mean [N,12,T], std [N,12,T], seconds).  ``eta``,
+    ``spacing`` and ``temperature``: the sampler's (:func:`engine.model.sampler.sample`; defaults = DDIM on the
     uniform grid, what ``p2es eval`` uses)."""
     n = ppg.shape[0]
     gen = torch.Generator().manual_seed(int(seed))
@@ -342,6 +343,7 @@ def sample_windows(
                 k=k,
                 eta=eta,
                 spacing=spacing,
+                temperature=temperature,
                 generator=gen,
                 keep_samples=False,
             )
@@ -607,6 +609,18 @@ def fd_paired(
 # --------------------------------------------------------------------------- evaluate
 
 
+def trained_rate_profile(entries: dict[str, ckpt.Entry]) -> str:
+    """The simulator heart-rate profile the models were trained on (``train_config``'s
+    ``sim_rate_profile``; ``p2es``'s when present): what a test split for them is drawn with.
+    Models without a recorded profile (trained before it existed) count as the default."""
+    names = (["p2es"] if "p2es" in entries else []) + [n for n in entries if n != "p2es"]
+    for n in names:
+        tc = entries[n].train_config or {}
+        if tc.get("sim_rate_profile"):
+            return str(tc["sim_rate_profile"])
+    return DEFAULT_RATE_PROFILE
+
+
 def evaluate(
     checkpoint: str | os.PathLike[str] | None = None,
     records: int = 512,
@@ -619,7 +633,7 @@ def evaluate(
     progress: bool = True,
     data: str = "sim",
     uncertainty: bool = True,
-    rate_profile: str = DEFAULT_RATE_PROFILE,
+    rate_profile: str | None = None,
     fd_interval: bool = False,
 ) -> dict[str, Any]:
     """Score every model of a checkpoint set on ``records`` held-out test windows.
@@ -630,7 +644,8 @@ def evaluate(
     ``models``: names (list or comma string) to evaluate, default all + derived rows.
     ``uncertainty=False`` skips the extra k-sample runs of the non-p2es diffusion models.
     ``rate_profile``: the simulator's heart-rate profile of the test records (``"wide"``: the
-    data of models trained with ``--sim-rate-profile wide``).
+    data of models trained with ``--sim-rate-profile wide``); None = the profile the set's
+    models were trained on (:func:`trained_rate_profile`) for ``data="sim"``, the default otherwise.
     ``fd_interval``: also the paired subject-level interval of FD vs ``p2es`` (:func:`fd_paired`,
     a delete-one-subject jackknife: every row's Gaussians re-fitted once per subject, ~20 ms per
     lead, seed replica and subject); it lands in ``paired_vs_p2es[row]["fd"]``.
@@ -655,6 +670,8 @@ def evaluate(
     if len(cfgs) != 1:
         raise P2esError(f"models of the set use different window sizes {sorted(cfgs)}")
     T, fs = cfgs.pop()
+    if rate_profile is None:  # profiles are the simulator's; the stand-in and .npz files have none
+        rate_profile = trained_rate_profile(entries) if data == "sim" else DEFAULT_RATE_PROFILE
 
     old_threads = torch.get_num_threads()
     if threads is not None:
@@ -846,6 +863,7 @@ def evaluate(
         "fd_batch": int(fd_batch),
         "checkpoint": os.fspath(checkpoint),
         "data": raw["_desc"],
+        "rate_profile": rate_profile,
         "rhythm_counts": {g: int((groups == g).sum()) for g in GROUP_ORDER},
         "demographics_permutation": "derangement (random cycle), seed-fixed",
         "checkpoint_meta": {
@@ -1052,9 +1070,11 @@ def figure(
     k: int = 4,
     data: str = "sim",
     threads: int | None = None,
+    rate_profile: str | None = None,
 ) -> Path:
     """True vs reconstructed 12-lead ECG of held-out record ``index`` on ECG paper, with the
-    uncertainty band mean +- 2 std of ``k`` samples (the plotted trace is their mean)."""
+    uncertainty band mean +- 2 std of ``k`` samples (the plotted trace is their mean).
+    ``rate_profile``: as :func:`evaluate` (None: the data the model was trained on)."""
     from p2es.plot import plot_ecg_paper  # lazy: p2es.plot imports matplotlib (heavy)
 
     checkpoint = DEFAULT_CHECKPOINT if checkpoint is None else checkpoint
@@ -1065,7 +1085,10 @@ def figure(
     if threads is not None:
         torch.set_num_threads(int(threads))
     try:
-        raw = load_test_data(data, index + 1, int(seed), e.model_config.T, e.model_config.fs)
+        prof = rate_profile
+        if prof is None:
+            prof = trained_rate_profile({model: e}) if data == "sim" else DEFAULT_RATE_PROFILE
+        raw = load_test_data(data, index + 1, int(seed), e.model_config.T, e.model_config.fs, prof)
         d = prepare({kk: v for kk, v in raw.items() if kk != "_desc"})
         sl = slice(index, index + 1)
         r = sample(

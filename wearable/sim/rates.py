@@ -1,11 +1,11 @@
 """Heart-rate profiles: which rates each rhythm is drawn from, and how physiology follows the rate.
 
-``"v1"`` (the default, what the shipped models were trained and evaluated on) draws sinus
+``"v1"`` (the default; what the models shipped until December 2026 were trained on) draws sinus
 bradycardia at 42-57 bpm, sinus tachycardia at 102-150 and atrial fibrillation at 60-140, and
 keeps its rate laws: QT by Fridericia (RR clipped to 0.3-2 s), PR shortening 0.8 ms/bpm (PR
 0.10-0.24 s), a rate-independent PPG pulse shape and rate-independent HRV amplitudes.
 
-``"wide"`` (opt-in) extends the rates (bradycardia 35-57, tachycardia 102-180, AF 50-170 bpm)
+``"wide"`` (opt-in; the shipped set's training data) extends the rates (bradycardia 35-57, tachycardia 102-180, AF 50-170 bpm)
 and adds the rate dependence that keeps beats plausible at 180 bpm.  Each law below is the
 identity at RR >= 0.6 s (<= 100 bpm), so the two profiles share their physiology at ordinary
 rates and differ where ``v1`` was never meant to go:

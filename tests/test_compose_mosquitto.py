@@ -275,13 +275,17 @@ def test_device_certificate_login_rotation_and_revocation(broker):
     asyncio.run(publish(old_cert, old_key))  # still valid: not revoked yet
     pki_sh("revoke", str(old_cert))
     broker["proc"].send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     while True:  # the reload is asynchronous
         try:
             asyncio.run(publish(old_cert, old_key))
         except P2esError as e:
             assert "TLS handshake failed" in str(e) and "revoked" in str(e), e
             break
+        except aiomqtt.MqttError:
+            # a connection caught in the middle of the reload can hang and time out (seen once
+            # in CI): neither accepted nor refused, so it decides nothing -- try again
+            pass
         assert time.monotonic() < deadline, "revoked certificate still accepted after SIGHUP"
         time.sleep(0.2)
     asyncio.run(publish(new_cert, new_key))  # the new one is unaffected

@@ -660,3 +660,19 @@ def test_test_split_follows_the_rate_profile_the_models_were_trained_on(tmp_path
     assert evaluate(wide, rate_profile="v1", **kw)["rate_profile"] == "v1"
     # the records differ with the profile (same split and seed)
     assert evaluate(wide, **kw)["data"] != evaluate(old, **kw)["data"]
+
+
+@pytest.mark.filterwarnings("ignore:Mean of empty slice")  # 2 s records: some have no PPG foot for pat_ms
+def test_template_floor_is_built_at_the_test_records_rate_profile():
+    """On the wide-rate test split the `template` floor comes from wide-rate training records
+    (a template built at other rates would be a weaker floor)."""
+    from engine.model import baselines as B
+    from engine.model import data as D
+
+    B.build_template.cache_clear()
+    v1 = B.build_template(FS, 256, records=24)
+    wide = B.build_template(FS, 256, records=24, rate_profile="wide")
+    assert v1.rate_profile == "v1" and wide.rate_profile == "wide"
+    assert wide.describe()["rate_profile"] == "wide" and wide.sim_seeds == v1.sim_seeds
+    assert wide.sim_seeds == (D.split_seed("train", B.TEMPLATE_SEED, 0),)
+    assert not np.array_equal(v1.beat12, wide.beat12)  # other records, other mean beat

@@ -8,7 +8,8 @@ The template and the mean pulse arrival time come from the **train split only**:
 ``engine.model.data.fixed_set("train", records, seed)`` (simulator seed
 ``split_seed("train", seed, 0)`` = the first chunk of training seed ``seed``, generated with
 the settings training uses: the window length and rate of the models, the default noise, and
-``noisy_ecg=False``), never from the test split that is being scored.
+``noisy_ecg=False``, and the heart-rate profile of the test records), never from the test split
+that is being scored.
 
 Build (:func:`build_template`):
 
@@ -46,6 +47,7 @@ from engine.model import data as D
 from p2es.errors import P2esError
 from p2es.leads import derive_12, independent_of
 from p2es.signal import detect_ppg_beats
+from wearable.sim.rates import DEFAULT_RATE_PROFILE
 
 FLOORS = ("zero", "template")
 TEMPLATE_RECORDS = 256  # one training chunk
@@ -71,12 +73,14 @@ class Template:
     sim_seeds: tuple[int, ...]  # simulator seeds the training records came from
     split: str
     source: str
+    rate_profile: str = DEFAULT_RATE_PROFILE
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary (for the evaluation result)."""
         return {
             "split": self.split,
             "source": self.source,
+            "rate_profile": self.rate_profile,
             "sim_seeds": list(self.sim_seeds),
             "records": self.records,
             "beats": self.n_beats,
@@ -102,13 +106,18 @@ def _taper(length: int, ramp: int) -> np.ndarray:
     return w
 
 
-def train_records(records: int, seed: int, T: int, fs: float, source: str = "sim") -> dict[str, Any]:
-    """The training records the template is built from (train split only)."""
+def train_records(
+    records: int, seed: int, T: int, fs: float, source: str = "sim", rate_profile: str = DEFAULT_RATE_PROFILE
+) -> dict[str, Any]:
+    """The training records the template is built from (train split only; ``rate_profile``:
+    the simulator's heart-rate profile, that of the test records being scored)."""
     if not (0 <= int(seed) < 100):
         raise P2esError(f"template train seed must be in 0..99, got {seed}")
     kw: dict[str, Any] = {"duration_s": T / fs, "fs": fs}
     if source == "sim" and "noisy_ecg" in inspect.signature(D.get_synthesize("sim")).parameters:
         kw["noisy_ecg"] = False
+    if rate_profile != DEFAULT_RATE_PROFILE:  # the default keeps the stand-in's call unchanged
+        kw["rate_profile"] = rate_profile
     return D.fixed_set("train", int(records), int(seed), source=source, **kw)
 
 
@@ -160,11 +169,13 @@ def build_template(
     post_s: float = POST_S,
     taper_s: float = TAPER_S,
     pat_max_s: float = PAT_MAX_S,
+    rate_profile: str = DEFAULT_RATE_PROFILE,
 ) -> Template:
     """Population-mean 12-lead beat and mean PAT from ``records`` training records of train
-    seed ``seed`` (see the module docstring).  Cached (4 entries) by its arguments; the
-    returned arrays are read-only."""
-    raw = train_records(records, seed, T, fs, source)
+    seed ``seed`` (see the module docstring), drawn with the simulator's ``rate_profile`` (that
+    of the test records: a floor built at other rates would be a weaker floor).  Cached (4
+    entries) by its arguments; the returned arrays are read-only."""
+    raw = train_records(records, seed, T, fs, source, rate_profile)
     beat12, pre, pat, nb, npat = _build(raw, float(fs), int(T), pre_s, post_s, taper_s, pat_max_s)
     beat12 = np.ascontiguousarray(beat12, dtype=np.float64)
     beat12.setflags(write=False)
@@ -180,6 +191,7 @@ def build_template(
         sim_seeds=(D.split_seed("train", seed, 0),),
         split="train",
         source=source,
+        rate_profile=rate_profile,
     )
 
 

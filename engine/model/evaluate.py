@@ -759,7 +759,11 @@ def evaluate(
                 recon = B.zero_ecg(n, T)
             else:
                 tpl = B.build_template(
-                    fs, T, seed=B.TEMPLATE_SEED, source=data if data in ("sim", "fake") else "sim"
+                    fs,
+                    T,
+                    seed=B.TEMPLATE_SEED,
+                    source=data if data in ("sim", "fake") else "sim",
+                    rate_profile=rate_profile if data == "sim" else DEFAULT_RATE_PROFILE,
                 )
                 extra["template"] = tpl.describe()
                 t0 = time.perf_counter()  # the build (train split, cached) is not per-window work
@@ -1042,6 +1046,8 @@ def _beat_table(result: dict[str, Any]) -> list[str]:
                 if not any(sub):
                     continue
                 n_lab = next((d.get("n") for d in sub if d), "?")
+                if isinstance(n_lab, float):  # a seed-replica row averages its counts too
+                    n_lab = round(n_lab)
                 cells = [_beat_cell(d) for d in sub]
                 lines.append(f"| · {lab} ({n_lab}) | " + " | ".join(cells) + " |")
     hr = ceil.get("hr_mae_ann_bpm")

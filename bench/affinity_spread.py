@@ -3,7 +3,7 @@
     python bench/affinity_spread.py [--checkpoint SET] [--model p2es] [--records 512] [--json OUT]
 
 On ``--records`` windows of the VALIDATION split (``fixed_set("val", ...)``, never the test
-split) it encodes every window and reports:
+split; the simulator rate profile the model was trained on) it encodes every window and reports:
 
 * per group g: ``||A_g - I||_F`` (how far each group's 8x8 lead-affinity matrix is from the
   identity it starts at) and the largest off-diagonal entry;
@@ -27,6 +27,7 @@ import torch
 
 from engine.model.checkpoint import DEFAULT_CHECKPOINT, load_model
 from engine.model.data import fixed_set, prepare
+from engine.model.evaluate import trained_rate_profile
 
 
 def main() -> int:
@@ -41,7 +42,8 @@ def main() -> int:
     e = load_model(a.checkpoint, a.model)
     if e.model.groups is None:
         raise SystemExit(f"affinity_spread: {a.model} has no demographic groups")
-    raw = fixed_set("val", a.records, a.seed)
+    profile = trained_rate_profile({a.model: e})  # the data the model was trained on
+    raw = fixed_set("val", a.records, a.seed, rate_profile=profile)
     d = prepare(raw, e.model_config.ecg_scale)
     with torch.no_grad():
         cond = e.model.encode(d["ppg"], d["demo"], d["demo_mask"])
@@ -83,6 +85,7 @@ def main() -> int:
         "checkpoint": a.checkpoint,
         "model": a.model,
         "records": a.records,
+        "rate_profile": profile,
         "split": "val",
         "seed": a.seed,
         "per_group": per_group,

@@ -1,6 +1,6 @@
 """RMSE of the multi-sample mean against the number of samples K (validation split).
 
-    python bench/mean_of_k.py [--candidate NAME=SET:MODEL ...] [--records 256] [--k-max 16]
+    python bench/mean_of_k.py [--candidate NAME=SET[:MODEL] ...] [--records 256] [--k-max 16]
 
 The model issue asks that the *multi-sample mean* of P2Es reach RMSE <= 0.80 x the all-zero
 output; ``p2es eval`` reports it for K = 4.  The mean of K samples tends to the model's
@@ -23,7 +23,7 @@ import numpy as np
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--candidate", action="append", default=None, metavar="NAME=SET:MODEL")
+    ap.add_argument("--candidate", action="append", default=None, metavar="NAME=SET[:MODEL]")
     ap.add_argument("--records", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--k-max", type=int, default=16)
@@ -31,6 +31,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+    from validation import parse_candidate  # bench/validation.py: the same NAME=SET[:MODEL] syntax
 
     from engine.model import metrics as M
     from engine.model.checkpoint import DEFAULT_CHECKPOINT, load_model
@@ -46,8 +47,7 @@ def main() -> None:
     print("| candidate | " + " | ".join(f"K = {k}" for k in ks) + " |")
     print("|---|" + "---:|" * len(ks))
     for c in cands:
-        name, _, spec = c.partition("=")
-        path, _, model = spec.rpartition(":")
+        name, path, model = parse_candidate(c)
         try:
             e = load_model(path, model)
         except P2esError as err:

@@ -34,7 +34,7 @@ def main() -> None:
     from engine.model.sampler import sample
     from engine.serve.runtime import WindowRequest, WindowResult, prepare_batch, window_vitals
     from p2es.signal import rr_irregularity
-    from wearable.sim import synthesize
+    from wearable.sim import record_profile, synthesize
 
     torch.set_num_threads(2)
     e = load_model(DEFAULT_CHECKPOINT, "p2es")
@@ -59,7 +59,7 @@ def main() -> None:
         ppg = d["ppg"]  # what ingest hands the engine: the resampled, unfiltered window
         t0 = 1.7e9  # any Unix time: the vitals contract refuses clocks outside 2000-2100
         reqs = [
-            WindowRequest(f"sim-{i}", t0, fs, ppg[i], demographics=demographics_of(d, i))
+            WindowRequest(f"sim-{i}", t0, fs, ppg[i], demographics=record_profile(d, i))
             for i in range(len(ppg))
         ]
         feats, demo, mask = prepare_batch(reqs)
@@ -89,17 +89,6 @@ def main() -> None:
             ok = mis <= tol
             cells += [f"{100 * ok.mean():.0f} %", f"{100 * (irr & ok).mean():.0f} %"]
         print(f"| {label} | " + " | ".join(cells) + " |")
-
-
-def demographics_of(d: dict, i: int) -> dict:
-    """Record ``i``'s demographics as a registered patient's (what the live engine passes)."""
-    sex = d["sex"][i]
-    return {
-        "age": float(d["age"][i]),
-        "sex": sex if isinstance(sex, str) else int(sex),
-        "height_cm": float(d["height_cm"][i]),
-        "weight_kg": float(d["weight_kg"][i]),
-    }
 
 
 if __name__ == "__main__":

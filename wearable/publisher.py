@@ -38,7 +38,7 @@ from p2es.contracts.ppg import encode_binary_chunk
 from p2es.contracts.topics import ppg_topic, profile_topic
 from p2es.transport.mqtt import Backoff, MqttEndpoint
 from p2es.transport.tls import check_server
-from wearable.sim import synthesize
+from wearable.sim import record_profile, synthesize
 
 log = logging.getLogger("p2es.publisher")
 
@@ -78,14 +78,14 @@ def make_patients(
     out = []
     for i in range(int(patients)):
         fs = float(fs_list[i % len(fs_list)]) if fs_list else float(rng.choice(list(fs_choices)))
-        prof = {
-            "age": float(d["age"][i]),
-            "sex": "M" if int(d["sex"][i]) == 1 else "F",
-            "height_cm": float(d["height_cm"][i]),
-            "weight_kg": float(d["weight_kg"][i]),
-        }
         out.append(
-            SimPatient(f"{prefix}-{i:03d}", fs, _resample(d["ppg"][i], 128.0, fs), prof, str(d["rhythm"][i]))
+            SimPatient(
+                f"{prefix}-{i:03d}",
+                fs,
+                _resample(d["ppg"][i], 128.0, fs),
+                record_profile(d, i),
+                str(d["rhythm"][i]),
+            )
         )
     return out
 

@@ -58,7 +58,7 @@ from engine.serve.export import cpu_entry
 from engine.serve.runtime import Backend, TorchBackend, WindowRequest, prepare_batch
 from p2es.errors import P2esError
 from wearable.publisher import simulate_async
-from wearable.sim import synthesize
+from wearable.sim import record_profile, synthesize
 
 __all__ = ["run_bench", "parse_batch_sizes", "parse_backends", "format_table", "SAFETY_MARGIN"]
 
@@ -100,12 +100,7 @@ def _requests(n: int, fs: float, window_s: float, seed: int) -> list[WindowReque
             1.7e9 + i,
             fs,
             d["ppg"][i],
-            {
-                "age": float(d["age"][i]),
-                "sex": int(d["sex"][i]),
-                "height_cm": float(d["height_cm"][i]),
-                "weight_kg": float(d["weight_kg"][i]),
-            },
+            record_profile(d, i),
             0.9,
         )
         for i in range(n)

@@ -61,7 +61,7 @@ from p2es.errors import P2esError
 from p2es.transport.mqtt import Backoff, run_reconnecting
 from p2es.transport.settings import add_broker_flags, mqtt_tls_from_flags
 from wearable.publisher import SimPatient, _resample, simulate_async
-from wearable.sim import RHYTHMS, save_npz, synthesize
+from wearable.sim import RHYTHMS, record_profile, save_npz, synthesize
 
 if TYPE_CHECKING:
     from rich.console import JustifyMethod
@@ -305,14 +305,14 @@ def demo_patients(n: int, *, seed: int, duration_s: float) -> list[SimPatient]:
             1, seed + 7919 * i, duration_s=float(duration_s), fs=128.0, rhythm_mix=rhythm, noisy_ecg=False
         )
         fs = DEFAULT_RATES[i % len(DEFAULT_RATES)]
-        prof = {
-            "age": float(d["age"][0]),
-            "sex": "M" if int(d["sex"][0]) == 1 else "F",
-            "height_cm": float(d["height_cm"][0]),
-            "weight_kg": float(d["weight_kg"][0]),
-        }
         pats.append(
-            SimPatient(f"ward-{i:03d}", fs, _resample(d["ppg"][0], 128.0, fs), prof, str(d["rhythm"][0]))
+            SimPatient(
+                f"ward-{i:03d}",
+                fs,
+                _resample(d["ppg"][0], 128.0, fs),
+                record_profile(d, 0),
+                str(d["rhythm"][0]),
+            )
         )
     return pats
 

@@ -763,7 +763,7 @@ def evaluate(
                     T,
                     seed=B.TEMPLATE_SEED,
                     source=data if data in ("sim", "fake") else "sim",
-                    rate_profile=rate_profile if data == "sim" else DEFAULT_RATE_PROFILE,
+                    rate_profile=rate_profile,
                 )
                 extra["template"] = tpl.describe()
                 t0 = time.perf_counter()  # the build (train split, cached) is not per-window work

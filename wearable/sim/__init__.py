@@ -7,12 +7,14 @@ weight do to their physiology), ``rhythm`` (beat timing), ``heart`` (3-D dipole 
 """
 
 from wearable.sim.core import synthesize
+from wearable.sim.demographics import record_profile
 from wearable.sim.io import load_npz, save_npz
 from wearable.sim.rates import DEFAULT_RATE_PROFILE, RATE_PROFILES
 from wearable.sim.rhythm import DEFAULT_MIX, RHYTHMS, parse_mix
 
 __all__ = [
     "synthesize",
+    "record_profile",
     "save_npz",
     "load_npz",
     "RHYTHMS",

@@ -177,3 +177,14 @@ def physiology(
 
 def sample_subjects(rng: np.random.Generator, n: int) -> Subjects:
     return physiology(rng, *sample_demographics(rng, n))
+
+
+def record_profile(records: dict[str, np.ndarray], i: int) -> dict[str, float | str]:
+    """Record ``i``'s demographics as a patient profile (what a wearable registers and the live
+    engine passes on): age, sex ``"M"``/``"F"`` (the simulator's 1 = male), height, weight."""
+    return {
+        "age": float(records["age"][i]),
+        "sex": "M" if int(records["sex"][i]) == 1 else "F",
+        "height_cm": float(records["height_cm"][i]),
+        "weight_kg": float(records["weight_kg"][i]),
+    }

@@ -38,6 +38,7 @@ MODEL_JSON=${MODEL_JSON:-}       # ModelConfig overrides, e.g. {"rpeak_head": tr
 W_QRS=${W_QRS:-0}                # extra x0 MSE within +-60 ms of annotated R peaks
 W_RPEAK=${W_RPEAK:-0}            # R-peak heatmap loss of the auxiliary head (needs rpeak_head)
 W_PAT=${W_PAT:-0}                # PAT loss of the demographic alignment (needs pat_align)
+PAT_TEACHER=${PAT_TEACHER:-0}    # share of windows aligned by the true PAT in training (needs W_PAT)
 OUT=${OUT:-engine/weights/p2es_set.pt}
 P2ES=${P2ES:-.venv/bin/p2es}
 LOG=${LOG:-out/train}
@@ -53,7 +54,7 @@ run() {
   esac
   local name="$1"
   (( SEED != 0 )) && name="$1_seed$SEED"
-  local extra=(--name "$name" --sim-rate-profile "$RATE_PROFILE" --w-qrs "$W_QRS" --w-rpeak "$W_RPEAK" --w-pat "$W_PAT")
+  local extra=(--name "$name" --sim-rate-profile "$RATE_PROFILE" --w-qrs "$W_QRS" --w-rpeak "$W_RPEAK" --w-pat "$W_PAT" --pat-teacher "$PAT_TEACHER")
   [[ -n "$RHYTHM_MIX" ]] && extra+=(--rhythm-mix "$RHYTHM_MIX")
   [[ -n "$MODEL_JSON" ]] && extra+=(--model "$MODEL_JSON")
   "$P2ES" train --variant "$1" --steps "$STEPS" --batch-size "$BATCH" --lr 1e-3 --warmup 200 \

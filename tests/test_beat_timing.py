@@ -510,3 +510,86 @@ def test_pat_align_set_trains_and_exports(tmp_path):
     _perturbed(e.model, seed=6)
     errs = check_passes(e, ensure_onnx(e, tmp_path / "cache"), batch=2)
     assert errs and max(errs.values()) < 1e-4, errs
+
+
+def test_pat_mode_only_feeds_the_shifted_copy_through_the_plain_encoder():
+    """``pat_mode "only"``: the network is the plain one run on the PPG moved earlier by the
+    predicted PAT (no second stem); a fresh head predicts 0.2 s, so the shift is 0.2 s."""
+    from engine.model.network import shift_earlier
+
+    torch.manual_seed(0)
+    plain = P2ES(ModelConfig(**TINY)).eval()
+    torch.manual_seed(0)
+    only = P2ES(ModelConfig(**TINY, pat_align=True, pat_mode="only")).eval()
+    assert only.pat_stem is None
+    g = torch.Generator().manual_seed(2)
+    ppg, demo = torch.randn(3, 3, 256, generator=g), torch.randn(3, 5, generator=g)
+    x, t = torch.randn(3, 8, 256, generator=g), torch.tensor([0.2, 0.5, 0.9])
+    fs = only.cfg.fs
+    with torch.no_grad():
+        c = only.encode(ppg, demo)
+        assert c.pat is not None and torch.allclose(c.pat, torch.full((3,), 0.2))
+        moved = shift_earlier(ppg, torch.full((3,), 0.2 * fs))
+        want = plain.denoise(x, t, plain.encode(moved, demo))
+        torch.testing.assert_close(only.denoise(x, t, c), want)
+        # and it is not the unshifted input
+        assert not torch.allclose(only.denoise(x, t, c), plain.denoise(x, t, plain.encode(ppg, demo)))
+
+
+def test_pat_ppg_head_reads_the_pulse_and_exports(tmp_path):
+    from engine.serve.export import check_passes, ensure_onnx
+
+    head_cfg = ModelConfig(**TINY, pat_align=True, pat_mode="only", pat_ppg=True)
+    m = P2ES(head_cfg).eval()
+    assert m.pat is not None and m.pat.ppg_net is not None
+    _perturbed(m, seed=3)
+    g = torch.Generator().manual_seed(4)
+    ppg, demo = torch.randn(2, 3, 256, generator=g), torch.randn(2, 5, generator=g)
+    with torch.no_grad():
+        a = m.encode(ppg, demo).pat
+        b = m.encode(2.0 * ppg, demo).pat
+    assert a is not None and b is not None and (a - b).abs().max() > 1e-4  # the PPG moves the PAT
+    for bad in ({"pat_mode": "only"}, {"pat_ppg": True}, {"pat_align": True, "pat_mode": "sideways"}):
+        with pytest.raises(P2esError, match="pat_"):
+            ModelConfig(**TINY, **bad)
+    path = tmp_path / "set.pt"
+    res = train(
+        _train_cfg(steps=2, w_pat=0.5, model={"pat_align": True, "pat_mode": "only", "pat_ppg": True}), path
+    )
+    assert all(np.isfinite(h["pat"]) for h in res["history"])
+    e = ckpt.load_model(path)
+    assert e.model_config.pat_mode == "only" and e.model_config.pat_ppg
+    _perturbed(e.model, seed=6)
+    errs = check_passes(e, ensure_onnx(e, tmp_path / "cache"), batch=2)
+    assert errs and max(errs.values()) < 1e-4, errs
+
+
+def test_pat_teacher_shifts_by_the_true_pat_where_given_and_is_validated():
+    """``shift_pat`` (TrainConfig.pat_teacher): finite rows are shifted by it, NaN rows by the
+    head's prediction; Cond.pat stays the prediction (the PAT loss still trains the head)."""
+    from engine.model.network import shift_earlier
+    from engine.model.train import _teacher_pat
+
+    torch.manual_seed(0)
+    plain = P2ES(ModelConfig(**TINY)).eval()
+    torch.manual_seed(0)
+    only = P2ES(ModelConfig(**TINY, pat_align=True, pat_mode="only")).eval()
+    g = torch.Generator().manual_seed(5)
+    ppg, demo = torch.randn(2, 3, 256, generator=g), torch.randn(2, 5, generator=g)
+    x, t = torch.randn(2, 8, 256, generator=g), torch.tensor([0.3, 0.7])
+    true_pat = torch.tensor([0.31, float("nan")])
+    with torch.no_grad():
+        c = only.encode(ppg, demo, shift_pat=true_pat)
+        assert c.pat is not None and torch.allclose(c.pat, torch.full((2,), 0.2))
+        moved = shift_earlier(ppg, torch.tensor([0.31, 0.2]) * only.cfg.fs)
+        torch.testing.assert_close(only.denoise(x, t, c), plain.denoise(x, t, plain.encode(moved, demo)))
+    batch = {"pat": torch.tensor([0.2, 0.25, float("nan"), 0.3] * 64)}
+    picked = _teacher_pat(batch, _train_cfg(w_pat=1.0, pat_teacher=0.5), torch.Generator().manual_seed(0))
+    assert picked is not None
+    share = float(torch.isfinite(picked).float().mean())
+    assert 0.25 < share < 0.5  # half of the 3/4 of windows that have a PAT
+    assert torch.isnan(picked[2::4]).all()
+    assert _teacher_pat(batch, _train_cfg(), torch.Generator()) is None
+    for bad in ({"pat_teacher": 1.5, "w_pat": 1.0}, {"pat_teacher": 0.5}):
+        with pytest.raises(P2esError, match="pat-teacher"):
+            _train_cfg(**bad)

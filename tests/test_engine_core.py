@@ -11,7 +11,7 @@ import scipy.fft
 import torch
 
 from engine.model import checkpoint as ckpt
-from engine.model.config import ScheduleConfig, variant
+from engine.model.config import SamplerConfig, ScheduleConfig, from_dict, to_dict, variant
 from engine.model.data import demographics, fake_synthesize, prepare
 from engine.model.groups import demographic_positives, fit_groups, supcon_loss
 from engine.model.network import P2ES
@@ -390,3 +390,139 @@ def test_sampler_temperature_scales_the_start_and_defaults_to_the_learned_distri
     assert torch.equal(a, b)
     with pytest.raises(P2esError, match="temperature"):
         sample(model, sch, x, dm, steps=3, temperature=1.5)
+
+
+# -- sampler config: saved with the model (checkpoint format version 3) -------------------------
+
+
+def test_sampler_config_validates_its_temperature():
+    assert SamplerConfig().temperature == 1.0
+    assert to_dict(SamplerConfig(0.7)) == {"temperature": 0.7}
+    assert from_dict(SamplerConfig, {"temperature": 0}) == SamplerConfig(0.0)
+    for bad in (1.5, -0.1, float("nan"), float("inf"), True, "0.7", None):
+        with pytest.raises(P2esError, match="temperature") as ei:
+            SamplerConfig(bad)
+        assert "\n" not in str(ei.value)
+    with pytest.raises(P2esError, match="unknown field"):
+        from_dict(SamplerConfig, {"temperature": 0.7, "tempreature": 0.5})
+
+
+def _write_old_set(path, version, models):
+    """A set as format version 1 or 2 wrote it: no sampler_config in any entry."""
+    for m in models.values():
+        m.pop("sampler_config")
+        if version == 1:
+            m["schedule_config"].pop("blur_power")
+    torch.save({"format": ckpt.FORMAT, "version": version, "models": models}, path)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_old_set_without_sampler_config_loads_at_temperature_1_and_samples_as_before(
+    tmp_path, batch, version
+):
+    model, sch = tiny_model()
+    path = tmp_path / f"v{version}.pt"
+    _write_old_set(path, version, {"p2es": ckpt.pack(model, sch)})
+    assert "sampler_config" not in torch.load(path, weights_only=True)["models"]["p2es"]
+    e = ckpt.load_model(path)
+    assert e.sampler_config == SamplerConfig() and e.sampler_config.temperature == 1.0
+    assert ckpt.read_set(path)["version"] == ckpt.VERSION == 3  # migrated on reading
+    # the evaluation path samples it exactly as an explicit temperature 1 (bit-identical)
+    from engine.model.evaluate import sample_windows
+
+    args = (batch["ppg"][:3], batch["demo"][:3], batch["demo_mask"][:3])
+    kw = dict(steps=2, k=2, batch=2, seed=1, desc="", progress=False)
+    got, want = sample_windows(e, *args, **kw), sample_windows(e, *args, temperature=1.0, **kw)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_set_sampler_round_trip_and_refusals_leave_the_file_untouched(tmp_path, batch):
+    m1, s1 = tiny_model()
+    m2, s2 = tiny_model("ddpm", seed=1)
+    path = tmp_path / "s.pt"
+    _write_old_set(path, 2, {"p2es": ckpt.pack(m1, s1, half=True), "ddpm": ckpt.pack(m2, s2)})
+    loaded = ckpt.load_set(path)
+    old = ckpt.set_sampler(path, "p2es", SamplerConfig(0.7))
+    assert old == SamplerConfig(1.0)
+    raw = torch.load(path, weights_only=True)
+    assert raw["version"] == 3
+    assert raw["models"]["p2es"]["sampler_config"] == {"temperature": 0.7}
+    assert raw["models"]["ddpm"]["sampler_config"] == {"temperature": 1.0}  # migrated, explicit
+    assert raw["models"]["p2es"]["weights_dtype"] == "float16"  # weights as stored, not re-encoded
+    got = ckpt.load_set(path)
+    assert got["p2es"].sampler_config.temperature == 0.7 and got["ddpm"].sampler_config.temperature == 1.0
+    for name in ("p2es", "ddpm"):  # the weights are exactly what they were
+        want = loaded[name].model.state_dict()
+        assert all(torch.equal(v, want[k]) for k, v in got[name].model.state_dict().items()), name
+    assert ckpt.set_sampler(path, "p2es", SamplerConfig(0.5)).temperature == 0.7
+    assert ckpt.load_model(path).sampler_config.temperature == 0.5
+    # the evaluation path follows the saved temperature; an explicit one wins
+    from engine.model.evaluate import sample_windows
+
+    args = (batch["ppg"][:2], batch["demo"][:2], batch["demo_mask"][:2])
+    kw = dict(steps=2, k=1, batch=2, seed=1, desc="", progress=False)
+    e = ckpt.load_model(path)
+    saved = sample_windows(e, *args, **kw)[0]
+    assert np.array_equal(saved, sample_windows(e, *args, temperature=0.5, **kw)[0])
+    assert not np.allclose(saved, sample_windows(e, *args, temperature=1.0, **kw)[0], atol=1e-4)
+    # an unknown model, a bad config, a missing set: one line, the file byte-identical
+    before, mtime = path.read_bytes(), path.stat().st_mtime_ns
+    with pytest.raises(P2esError, match="'nope' not in") as ei:
+        ckpt.set_sampler(path, "nope", SamplerConfig(0.7))
+    assert "\n" not in str(ei.value)
+    with pytest.raises(P2esError, match="SamplerConfig"):
+        ckpt.set_sampler(path, "p2es", {"temperature": 0.7})  # type: ignore[arg-type]
+    assert path.read_bytes() == before and path.stat().st_mtime_ns == mtime
+    with pytest.raises(P2esError, match="not found"):
+        ckpt.set_sampler(tmp_path / "missing.pt", "p2es", SamplerConfig(0.7))
+    assert not (tmp_path / "missing.pt").exists() and not (tmp_path / "missing.pt.lock").exists()
+
+
+def test_pack_stores_the_sampler_config(tmp_path):
+    model, sch = tiny_model()
+    path = tmp_path / "s.pt"
+    ckpt.save_set(
+        path, {"a": ckpt.pack(model, sch, sampler_config=SamplerConfig(0.3)), "b": ckpt.pack(model, sch)}
+    )
+    got = ckpt.load_set(path)
+    assert got["a"].sampler_config.temperature == 0.3 and got["b"].sampler_config.temperature == 1.0
+    raw = torch.load(path, weights_only=True)
+    raw["models"]["a"]["sampler_config"] = {"temperature": 1.2}  # written by hand: refused on load
+    torch.save(raw, path)
+    with pytest.raises(P2esError, match="temperature"):
+        ckpt.load_model(path, "a")
+
+
+def test_cli_set_sampler(tmp_path, capsys):
+    from p2es.cli import main as cli_main
+
+    model, sch = tiny_model()
+    path = tmp_path / "s.pt"
+    ckpt.save_set(path, {"p2es": ckpt.pack(model, sch)})
+
+    def run(*argv):
+        try:
+            rc = cli_main(["set-sampler", *argv])
+        except SystemExit as e:  # argparse usage errors
+            rc = e.code
+        return rc, capsys.readouterr()
+
+    rc, cap = run("--checkpoint", str(path), "--model", "p2es", "--temperature", "0.7")
+    assert rc == 0 and "temperature 1 -> 0.7" in cap.out
+    assert ckpt.load_model(path).sampler_config.temperature == 0.7
+    before = path.read_bytes()
+    cases = [
+        (["--checkpoint", str(path), "--model", "nope", "--temperature", "0.5"], "'nope' not in"),
+        (["--checkpoint", str(path), "--temperature", "1.5"], "temperature must be"),
+        (["--checkpoint", str(path), "--temperature", "-0.1"], "temperature must be"),
+        (["--checkpoint", str(path), "--temperature", "nan"], "finite number"),
+        (["--checkpoint", str(path), "--temperature", "warm"], "expected a number"),
+        (["--checkpoint", str(tmp_path / "missing.pt"), "--temperature", "0.5"], "not found"),
+        (["--checkpoint", str(path)], "--temperature"),
+    ]
+    for argv, needle in cases:
+        rc, cap = run(*argv)
+        err = cap.err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and needle in err[0], (argv, err)
+        assert "Traceback" not in cap.err
+    assert path.read_bytes() == before

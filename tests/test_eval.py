@@ -13,7 +13,7 @@ import torch
 
 from engine.model import checkpoint as ckpt
 from engine.model import metrics as M
-from engine.model.config import variant
+from engine.model.config import SamplerConfig, variant
 from engine.model.data import fixed_set
 from engine.model.evaluate import DERIVED, FLOORS, HEADLINE, derangement, evaluate, figure, markdown_table
 from engine.model.network import P2ES
@@ -676,3 +676,44 @@ def test_template_floor_is_built_at_the_test_records_rate_profile():
     assert wide.describe()["rate_profile"] == "wide" and wide.sim_seeds == v1.sim_seeds
     assert wide.sim_seeds == (D.split_seed("train", B.TEMPLATE_SEED, 0),)
     assert not np.array_equal(v1.beat12, wide.beat12)  # other records, other mean beat
+
+
+def test_eval_samples_each_model_at_its_saved_temperature_and_records_it(tiny_set, tmp_path):
+    """``p2es eval`` on a set whose p2es was saved at temperature 0.5: its rows (and the derived
+    ones) sample at 0.5 and say so, the other models stay at 1; the same set without the
+    sampler config scores p2es differently."""
+    import shutil
+
+    from engine.model.evaluate import sample_windows
+
+    path = tmp_path / "tempered.pt"
+    shutil.copyfile(tiny_set, path)
+    assert ckpt.set_sampler(path, "p2es", SamplerConfig(0.5)).temperature == 1.0
+    kw = dict(records=4, seed=3, steps=2, k=2, batch=4, progress=False, threads=1)
+    rows = "p2es,p2es_mean_of_k,ddpm,unet_regression"
+    cool, plain = evaluate(path, models=rows, **kw), evaluate(tiny_set, models=rows, **kw)
+    assert {n: r["temperature"] for n, r in cool["models"].items()} == {
+        "p2es": 0.5,
+        "p2es_mean_of_k": 0.5,
+        "ddpm": 1.0,
+        "unet_regression": 1.0,
+    }
+    assert {r["temperature"] for r in plain["models"].values()} == {1.0}
+    assert cool["models"]["p2es"]["rmse"] != plain["models"]["p2es"]["rmse"]
+    for n in ("ddpm", "unet_regression"):  # untouched models: the same numbers
+        assert cool["models"][n]["rmse"] == plain["models"][n]["rmse"]
+    assert "Initial-noise temperature (saved with the model): p2es 0.5, p2es_mean_of_k 0.5." in (
+        markdown_table(cool)
+    )
+    assert "temperature" not in markdown_table(plain)
+    json.dumps(cool, allow_nan=False)
+    # the row is what sample_windows gives at the saved temperature (an explicit one wins)
+    from engine.model.data import prepare
+
+    e = ckpt.load_model(path)
+    d = prepare(fixed_set("test", 2, 3, duration_s=2.0))
+    args = (d["ppg"], d["demo"], d["demo_mask"])
+    w = dict(steps=2, k=1, batch=2, seed=3, desc="", progress=False)
+    saved = sample_windows(e, *args, **w)[0]
+    assert np.array_equal(saved, sample_windows(e, *args, temperature=0.5, **w)[0])
+    assert not np.array_equal(saved, sample_windows(e, *args, temperature=1.0, **w)[0])

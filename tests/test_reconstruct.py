@@ -137,7 +137,7 @@ def _run_with_stub(monkeypatch, x, fs, entry, mean_fn, std_fn, **kw):
     Pass 1 (stub returning zeros) gives the window plan; pass 2 feeds each window, in the
     order the windows are sampled, the known signal at its absolute position."""
 
-    def zeros(entry, feats, demo, *, steps, k, generator):
+    def zeros(entry, feats, demo, *, steps, k, generator, temperature=None):
         z = np.zeros((feats.shape[0], 12, feats.shape[-1]))
         return z, z
 
@@ -145,7 +145,7 @@ def _run_with_stub(monkeypatch, x, fs, entry, mean_fn, std_fn, **kw):
     plan = reconstruct(x, fs, checkpoint=entry, progress=False, **kw).windows
     it = iter(plan)
 
-    def stub(entry, feats, demo, *, steps, k, generator):
+    def stub(entry, feats, demo, *, steps, k, generator, temperature=None):
         assert feats.shape[1:] == (3, T_MODEL)
         starts = [next(it) for _ in range(feats.shape[0])]
         return np.stack([mean_fn(s) for s in starts]), np.stack([std_fn(s) for s in starts])
@@ -526,3 +526,34 @@ def test_real_ppg_lead_ii_follows_pulse_rate():
         f"{REAL_PPG_SEEDS} (model steps {entry.meta.get('steps')}): "
         + ", ".join(f"seed {s} {r['rec']} {r['t0']:.0f} s ({r['d']:+.1f} bpm)" for s, r in bad)
     )
+
+
+def test_reconstruct_samples_at_the_saved_temperature(tiny, tmp_path):
+    """A set whose p2es was saved at temperature 0.6 (``p2es set-sampler``): reconstruct samples
+    at 0.6 (recorded in meta and the summary), an explicit ``temperature`` wins, and at the
+    default it is exactly the set without a sampler config."""
+    import shutil
+
+    from engine.model.checkpoint import set_sampler
+    from engine.model.config import SamplerConfig
+
+    path, entry = tiny
+    cool = tmp_path / "cool.pt"
+    shutil.copyfile(path, cool)
+    rc_ = main(["set-sampler", "--checkpoint", str(cool), "--temperature", "0.6"])
+    assert rc_ == 0
+    x = _ppg(100.0, 16.0)
+    kw = dict(steps=2, k=2, seed=3, progress=False)
+    a = reconstruct(x, 100.0, checkpoint=cool, **kw)
+    b = reconstruct(x, 100.0, checkpoint=path, **kw)
+    c = reconstruct(x, 100.0, checkpoint=path, temperature=0.6, **kw)
+    d = reconstruct(x, 100.0, checkpoint=cool, temperature=1.0, **kw)
+    assert a.meta["temperature"] == 0.6 and b.meta["temperature"] == 1.0
+    assert "temperature 0.6" in a.summary() and "temperature" not in b.summary()
+    np.testing.assert_array_equal(a.ecg, c.ecg)
+    np.testing.assert_array_equal(b.ecg, d.ecg)
+    assert np.nanmax(np.abs(a.ecg - b.ecg)) > 1e-3 and np.nanmean(a.std) < np.nanmean(b.std)
+    with pytest.raises(InputError, match="temperature"):
+        reconstruct(x, 100.0, checkpoint=entry, temperature=1.5, **kw)
+    set_sampler(cool, "p2es", SamplerConfig(1.0))  # back to 1: bit-identical to no sampler config
+    np.testing.assert_array_equal(reconstruct(x, 100.0, checkpoint=cool, **kw).ecg, b.ecg)

@@ -214,3 +214,50 @@ def test_micro_batcher_gives_a_window_the_same_ecg_alone_and_in_traffic(tiny_ckp
     alone, crowd = asyncio.run(main())
     assert alone.batch_size == 1 and crowd.batch_size == 6
     assert np.max(np.abs(crowd.ecg - alone.ecg)) <= 1e-5 and np.max(np.abs(crowd.std - alone.std)) <= 1e-5
+
+
+# ------------------------------------------------------------------------------ sampler temperature
+def test_torch_backend_samples_keyed_noise_at_the_saved_temperature(tiny_ckpt, tmp_path):
+    """A model saved at temperature 0.7: the torch runtime's output is exactly the sampler's for
+    the window's keyed x_T at 0.7 (the keys, hence x_T, are those of the temperature-1 model);
+    at the default temperature it is the sampler's without one, and the two differ."""
+    import shutil
+
+    import torch
+
+    from engine.model.checkpoint import load_model, set_sampler
+    from engine.model.config import SamplerConfig
+    from engine.model.sampler import sample
+    from engine.serve.backends.common import keyed_noise
+    from engine.serve.runtime import TorchBackend
+    from p2es.errors import P2esError
+
+    path = tmp_path / "tempered.pt"
+    shutil.copyfile(tiny_ckpt, path)
+    set_sampler(path, "p2es", SamplerConfig(0.7))
+    e1, e7 = load_model(tiny_ckpt, "p2es"), load_model(path, "p2es")
+    reqs = _windows(3)
+    keys = [(r.patient, r.t0) for r in reqs]
+    feats, demo, mask = prepare_batch(reqs)
+    got = {}
+    for e in (e1, e7):
+        be = TorchBackend(e, steps=3, k=2, seed=4, threads=1)
+        x_t = keyed_noise(keys, seed=4, model=be.model_key, k=2, shape=(8, 1024), batch=3)
+        mean, std = be.run(feats, demo, mask, keys)
+        ref = sample(
+            e.model,
+            e.schedule,
+            torch.as_tensor(feats),
+            (torch.as_tensor(demo), torch.as_tensor(mask)),
+            steps=3,
+            k=2,
+            noise=torch.as_tensor(x_t),
+            keep_samples=False,
+            **({"temperature": 0.7} if e is e7 else {}),
+        )
+        assert np.array_equal(mean, ref.mean.numpy()) and np.array_equal(std, ref.std.numpy())
+        got[e.sampler_config.temperature] = (mean, std, be.model_key)
+    assert got[0.7][2] == got[1.0][2]  # the same noise keys
+    assert np.max(np.abs(got[0.7][0] - got[1.0][0])) > 1e-2
+    with pytest.raises(P2esError, match="temperature"):
+        SamplerConfig(1.01)

@@ -208,7 +208,7 @@ def test_blur_power_validation_and_variant_default():
     assert sch.config().blur_power == BLUR_POWER_LEGACY
 
 
-# -- checkpoints: version 2 writes the field, version 1 reads as legacy -----------------------
+# -- checkpoints: version >= 2 writes the field, version 1 reads as legacy ---------------------
 
 
 def _tiny(name: str = "p2es", **sched: object) -> tuple[P2ES, Schedule]:
@@ -235,13 +235,13 @@ def _outputs(model: P2ES, sch, seed: int = 3) -> tuple[torch.Tensor, torch.Tenso
         return model(x0, t, ppg), sch.q_sample(x0, t, noise)
 
 
-def test_new_set_writes_version_2_with_published_schedule(tmp_path):
-    assert ckpt.VERSION == 2
+def test_new_set_writes_version_3_with_published_schedule(tmp_path):
+    assert ckpt.VERSION == 3
     model, sch = _tiny()
     path = tmp_path / "new.pt"
     ckpt.save_set(path, {"p2es": ckpt.pack(model, sch)})
     raw = torch.load(path, weights_only=True)
-    assert raw["version"] == 2
+    assert raw["version"] == 3
     assert raw["models"]["p2es"]["schedule_config"]["blur_power"] == BLUR_POWER_PUBLISHED
     e = ckpt.load_model(path)
     assert e.schedule_config.blur_power == BLUR_POWER_PUBLISHED
@@ -263,11 +263,11 @@ def test_version_1_set_loads_with_legacy_schedule_and_round_trips(tmp_path):
     _, pub_q = _outputs(model, make_schedule(ScheduleConfig(), TINY["T"]))
     assert not torch.allclose(pub_q, want_q, atol=1e-3)
 
-    # adding a new model rewrites the file as version 2: the old entry keeps 2 explicitly
+    # adding a new model rewrites the file as the current version: the old entry keeps 2 explicitly
     new_model, new_sch = _tiny("p2es_no_groups")
     ckpt.add_to_set(path, "p2es_no_groups", ckpt.pack(new_model, new_sch))
     raw = torch.load(path, weights_only=True)
-    assert raw["version"] == 2
+    assert raw["version"] == ckpt.VERSION
     assert raw["models"]["p2es"]["schedule_config"]["blur_power"] == BLUR_POWER_LEGACY
     assert raw["models"]["p2es_no_groups"]["schedule_config"]["blur_power"] == BLUR_POWER_PUBLISHED
     again = ckpt.load_set(path)
@@ -283,24 +283,24 @@ def test_migrate_is_explicit_and_newer_versions_are_refused(tmp_path):
         "models": {"a": {"schedule_config": {"kind": "blur"}}, "b": {"schedule_config": {"kind": "none"}}},
     }
     out = ckpt.migrate(d)
-    assert out["version"] == 2
+    assert out["version"] == ckpt.VERSION
     assert {m["schedule_config"]["blur_power"] for m in out["models"].values()} == {BLUR_POWER_LEGACY}
     v2 = {"format": ckpt.FORMAT, "version": 2, "models": {"a": {"schedule_config": {"blur_power": 4}}}}
     assert ckpt.migrate(v2)["models"]["a"]["schedule_config"]["blur_power"] == 4  # untouched
     model, sch = _tiny()
-    path = tmp_path / "v3.pt"
-    torch.save({"format": ckpt.FORMAT, "version": 3, "models": {"p2es": ckpt.pack(model, sch)}}, path)
-    with pytest.raises(P2esError, match="format version 3"):
+    path = tmp_path / "v4.pt"
+    torch.save({"format": ckpt.FORMAT, "version": 4, "models": {"p2es": ckpt.pack(model, sch)}}, path)
+    with pytest.raises(P2esError, match="format version 4"):
         ckpt.load_model(path)
 
 
 def test_shipped_set_records_its_blur_schedule():
-    """The shipped set (the wide-data seed legs, docs/training.md) is a version-2 file that stores
-    each model's schedule: the blurring variants were trained with the legacy sin^2 schedule and
-    say so (blur_power 2 on disk, not filled in by migrate); version-1 files are covered by the
-    synthetic tests above."""
+    """The shipped set (the wide-data seed legs, docs/training.md) is a version-2 file (3 once
+    ``p2es set-sampler`` has stored a sampler config in it) that stores each model's schedule:
+    the blurring variants were trained with the legacy sin^2 schedule and say so (blur_power 2
+    on disk, not filled in by migrate); version-1 files are covered by the synthetic tests above."""
     raw = torch.load(ckpt.DEFAULT_CHECKPOINT, map_location="cpu", weights_only=True)
-    assert raw["version"] == ckpt.VERSION == 2
+    assert 2 <= raw["version"] <= ckpt.VERSION == 3
     blur = {n for n, m in raw["models"].items() if m["schedule_config"].get("kind") == "blur"}
     assert {"p2es", "p2es_seed1", "p2es_seed2", "p2es_no_groups", "p2es_no_deblur"} <= blur
     for n in blur:

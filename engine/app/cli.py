@@ -1,8 +1,8 @@
 """The engine's commands on the ``p2es`` command line, each registered next to what it runs:
 ``p2es demo`` (:mod:`engine.app.demo`), ``p2es train`` (:mod:`engine.model.train`), ``p2es eval``
 (here), ``p2es reconstruct`` (:mod:`engine.model.reconstruct`), ``p2es run``
-(:mod:`engine.app.cli_live`), ``p2es bench`` (:mod:`engine.app.cli_bench`) and ``p2es export``
-(:mod:`engine.app.cli_export`)."""
+(:mod:`engine.app.cli_live`), ``p2es bench`` (:mod:`engine.app.cli_bench`), ``p2es export``
+(:mod:`engine.app.cli_export`) and ``p2es set-sampler`` (here)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from engine.app.cli_export import register_export
 from engine.app.cli_live import register_live
 from engine.app.demo import register_demo
 from engine.model import checkpoint as ckpt
+from engine.model.config import SamplerConfig
 from engine.model.reconstruct import add_reconstruct_arguments, reconstruct_main
 from engine.model.train import add_train_arguments, train_main
+from p2es.argtypes import finite_float
 from p2es.errors import P2esError
 from wearable.cli import register_simulate
 
@@ -35,6 +37,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     register_simulate(sub)
     register_bench(sub)
     register_export(sub)
+    register_set_sampler(sub)
 
 
 # --------------------------------------------------------------------------- p2es eval
@@ -159,3 +162,31 @@ def register_reconstruct(sub: argparse._SubParsersAction[argparse.ArgumentParser
     r = sub.add_parser("reconstruct", help="reconstruct a 12-lead ECG (CSV, mV) from a PPG recording")
     add_reconstruct_arguments(r)
     r.set_defaults(func=reconstruct_main)
+
+
+# --------------------------------------------------------------------------- p2es set-sampler
+
+
+def register_set_sampler(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    s = sub.add_parser(
+        "set-sampler",
+        help="set a model's sampler config (initial-noise temperature) in a checkpoint set",
+    )
+    s.add_argument("--checkpoint", required=True, help="checkpoint set to rewrite (atomically)")
+    s.add_argument("--model", default="p2es", help="model name in the set (default p2es)")
+    s.add_argument(
+        "--temperature",
+        type=finite_float,
+        required=True,
+        help="scale of the initial noise x_T, 0..1 (1: the learned distribution, as before)",
+    )
+    s.set_defaults(func=set_sampler_main)
+
+
+def set_sampler_main(args: argparse.Namespace) -> int:
+    """Store the sampler config in the set; every sampling path (eval, reconstruct, the live
+    backends) then uses it for that model."""
+    cfg = SamplerConfig(temperature=args.temperature)  # out of range -> one-line P2esError
+    old = ckpt.set_sampler(args.checkpoint, args.model, cfg)
+    print(f"{args.checkpoint}: model {args.model!r} temperature {old.temperature:g} -> {cfg.temperature:g}")
+    return 0

@@ -2,8 +2,9 @@
 
 File layout (``torch.save`` of plain builtins + tensors, loaded with ``weights_only=True``)::
 
-    {"format": "p2es-checkpoint-set", "version": 2,
+    {"format": "p2es-checkpoint-set", "version": 3,
      "models": {name: {"model_config": {...}, "schedule_config": {...},
+                       "sampler_config": {"temperature": float},
                        "train_config": {...} | None, "meta": {...},
                        "weights_dtype": "float16" | "float32",
                        "state_dict": {param/buffer name: tensor}}}}
@@ -21,6 +22,10 @@ Format versions (files newer than :data:`VERSION` are refused):
   filling in ``blur_power = 2`` (:func:`migrate`), so they keep sampling exactly as before,
   and a set rewritten by :func:`add_to_set` stores that value explicitly.
 * 2 - ``schedule_config`` carries ``blur_power`` (4: the published ``sin^4`` schedule).
+* 3 - model entries may carry ``sampler_config`` (:class:`engine.model.config.SamplerConfig`:
+  the initial-noise temperature every sampling path uses); absent means temperature 1, the
+  sampling of every model saved before it.  :func:`migrate` fills it in for versions 1 and 2;
+  :func:`set_sampler` changes it in a shipped set without touching the weights.
 """
 
 from __future__ import annotations
@@ -29,13 +34,20 @@ import contextlib
 import fcntl
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from engine.model.config import BLUR_POWER_LEGACY, ModelConfig, ScheduleConfig, from_dict, to_dict
+from engine.model.config import (
+    BLUR_POWER_LEGACY,
+    ModelConfig,
+    SamplerConfig,
+    ScheduleConfig,
+    from_dict,
+    to_dict,
+)
 from engine.model.network import P2ES
 from engine.model.schedule import Schedule, make_schedule
 from p2es.errors import P2esError
@@ -45,7 +57,9 @@ from p2es.files import atomic_write
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "weights" / "p2es_set.pt"
 
 FORMAT = "p2es-checkpoint-set"
-VERSION = 2
+VERSION = 3
+#: ``sampler_config`` of a model entry stored without one (format versions 1 and 2)
+SAMPLER_LEGACY: dict[str, Any] = {"temperature": 1.0}
 
 
 @dataclass
@@ -57,6 +71,7 @@ class Entry:
     schedule_config: ScheduleConfig
     train_config: dict[str, Any] | None
     meta: dict[str, Any]
+    sampler_config: SamplerConfig = field(default_factory=SamplerConfig)  # temperature 1 if absent
 
 
 def pack(
@@ -66,8 +81,9 @@ def pack(
     train_config: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
     half: bool = False,
+    sampler_config: SamplerConfig | None = None,
 ) -> dict[str, Any]:
-    """One model as a plain dict for a checkpoint set."""
+    """One model as a plain dict for a checkpoint set (``sampler_config``: None = the defaults)."""
     params = {n for n, _ in model.named_parameters()}
     sd: dict[str, torch.Tensor] = {}
     for n, v in model.state_dict().items():
@@ -78,6 +94,7 @@ def pack(
     return {
         "model_config": to_dict(model.cfg),
         "schedule_config": to_dict(schedule.config()),
+        "sampler_config": to_dict(sampler_config or SamplerConfig()),
         "train_config": train_config,
         "meta": dict(meta or {}),
         "weights_dtype": "float16" if half else "float32",
@@ -86,9 +103,11 @@ def pack(
 
 
 def unpack(name: str, d: dict[str, Any], device: str | torch.device = "cpu") -> Entry:
+    """One model entry of a set (:func:`pack`'s dict) -> a ready :class:`Entry` on ``device``."""
     try:
         mc = from_dict(ModelConfig, d["model_config"])
         sc = from_dict(ScheduleConfig, d["schedule_config"])
+        samp = from_dict(SamplerConfig, d.get("sampler_config"))
         model = P2ES(mc)
         sd = {k: v.float() if v.is_floating_point() else v for k, v in d["state_dict"].items()}
         model.load_state_dict(sd, strict=True)
@@ -100,7 +119,14 @@ def unpack(name: str, d: dict[str, Any], device: str | torch.device = "cpu") -> 
         ) from None
     model.to(device).eval()
     return Entry(
-        name, model, make_schedule(sc, mc.T), mc, sc, d.get("train_config"), dict(d.get("meta") or {})
+        name,
+        model,
+        make_schedule(sc, mc.T),
+        mc,
+        sc,
+        d.get("train_config"),
+        dict(d.get("meta") or {}),
+        samp,
     )
 
 
@@ -133,6 +159,9 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
     Version 1 -> 2: every model's ``schedule_config`` without ``blur_power`` gets the legacy
     value (``BLUR_POWER_LEGACY`` = 2, ``tau_t ~ sin^2``), the schedule it was trained with;
     the new default (4, published) applies only to configs created by this version.
+
+    Versions 1, 2 -> 3: every model entry without ``sampler_config`` gets
+    :data:`SAMPLER_LEGACY` (temperature 1), how it was sampled before the field existed.
     """
     version = int(d.get("version", 0))
     if version < 2:
@@ -140,6 +169,11 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
             if isinstance(m, dict) and isinstance(m.get("schedule_config"), dict):
                 m["schedule_config"].setdefault("blur_power", BLUR_POWER_LEGACY)
         d["version"] = 2
+    if version < 3:
+        for m in d["models"].values():
+            if isinstance(m, dict):
+                m.setdefault("sampler_config", dict(SAMPLER_LEGACY))
+        d["version"] = 3
     return d
 
 
@@ -195,6 +229,35 @@ def add_to_set(path: str | os.PathLike[str], name: str, packed: dict[str, Any]) 
         models = read_set(path)["models"] if os.path.exists(path) else {}
         models[name] = packed
         _atomic_save({"format": FORMAT, "version": VERSION, "models": models}, path)
+
+
+def set_sampler(path: str | os.PathLike[str], name: str, cfg: SamplerConfig) -> SamplerConfig:
+    """Store ``cfg`` as the ``sampler_config`` of model ``name`` of the set at ``path``; returns
+    the one it replaces.
+
+    The set is rewritten under its lock, atomically (temp file + rename), with everything else
+    as stored (weights not re-encoded; an older format version comes out migrated to
+    :data:`VERSION`).  A missing file, an unknown model name or an unwritable directory is a
+    one-line P2esError and nothing is written.
+    """
+    path = os.fspath(path)
+    if not isinstance(cfg, SamplerConfig):
+        raise P2esError(f"set_sampler needs a SamplerConfig, got {type(cfg).__name__}")
+    if not os.path.exists(path):  # refused before a lock file is created next to it
+        raise P2esError(f"checkpoint not found: {path}")
+    try:
+        with _locked(path):
+            models = read_set(path)["models"]
+            if name not in models:
+                raise P2esError(f"model {name!r} not in {path} (has: {', '.join(models) or 'none'})")
+            if not isinstance(models[name], dict):
+                raise P2esError(f"model {name!r} of {path} is not a model entry")
+            old = from_dict(SamplerConfig, models[name].get("sampler_config"))
+            models[name]["sampler_config"] = to_dict(cfg)
+            _atomic_save({"format": FORMAT, "version": VERSION, "models": models}, path)
+    except OSError as e:
+        raise P2esError(f"cannot rewrite {path}: {e.strerror or e}") from None
+    return old
 
 
 def merge_sets(

@@ -1,10 +1,11 @@
 """Configuration records of the engine and the named model variants.
 
-Three small dataclasses, all defined here, travel inside every checkpoint (as plain dicts):
+Four small dataclasses, all defined here, travel inside every checkpoint (as plain dicts):
 
 * :class:`ModelConfig`     - the reverse network (:mod:`engine.model.network`),
 * :class:`ScheduleConfig`  - the forward noise process (:mod:`engine.model.schedule`),
-* :class:`TrainConfig`     - how it was trained (:mod:`engine.model.train`).
+* :class:`TrainConfig`     - how it was trained (:mod:`engine.model.train`),
+* :class:`SamplerConfig`   - how it is sampled (initial-noise temperature; every sampling path).
 
 ``VARIANTS`` names the seven models of a checkpoint set (the method and its baselines /
 ablations).  ``variant(name)`` returns the matching model + schedule configs.
@@ -57,10 +58,21 @@ class ModelConfig:
     # time from the demographics, shift a copy of the PPG features earlier by it, so the encoder
     # sees the pulses where the R peaks are; trained with w_pat against the simulator's pat_ms.
     pat_align: bool = False
+    # How the aligned copy enters (needs pat_align): "add" - through its own zero-initialised stem
+    # next to the unshifted PPG (the network may ignore it); "only" - it replaces the unshifted
+    # input, so every PPG feature the network sees is already moved to where the R peaks are.
+    pat_mode: str = "add"
+    # PatHead also reads the PPG (a small strided conv summary): the rate, on which the
+    # pre-ejection period depends, and the pulse shape, which carries arterial stiffness.
+    pat_ppg: bool = False
     # Frequency stage conditioned on the window (t + demographic/PPG group embedding), not on t only.
     deblur_cond: bool = False
 
     def __post_init__(self) -> None:
+        if self.pat_mode not in ("add", "only"):
+            raise P2esError(f"pat_mode must be 'add' or 'only', got {self.pat_mode!r}")
+        if (self.pat_mode != "add" or self.pat_ppg) and not self.pat_align:
+            raise P2esError("pat_mode / pat_ppg need pat_align")
         if self.rpeak_head and self.rpeak_cond:
             raise P2esError("rpeak_head and rpeak_cond are exclusive (one R-peak head per model)")
         if self.ppg_onset_channel:
@@ -205,6 +217,9 @@ class TrainConfig:
     w_qrs: float = 0.0  # extra MSE on the +-60 ms around the annotated R peaks (engine.model.train)
     w_rpeak: float = 0.0  # R-peak heatmap BCE of the auxiliary head (needs model rpeak_head)
     w_pat: float = 0.0  # squared PAT error in units of 20 ms (needs model pat_align)
+    # Share of training windows whose aligned copy is shifted by the simulator's PAT instead of
+    # the head's prediction (teacher forcing; sampling always uses the prediction).  Needs w_pat.
+    pat_teacher: float = 0.0
     w_adv: float = 0.05  # adversarial weight (adversarial variants: cardiogan)
     lr_disc: float = 2e-4  # discriminator Adam lr (betas 0.5, 0.999 as in pix2pix)
     contrast_temp: float = 0.1
@@ -245,7 +260,30 @@ class TrainConfig:
         for name in ("w_qrs", "w_rpeak", "w_pat"):
             if not float(getattr(self, name)) >= 0.0:
                 raise P2esError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= float(self.pat_teacher) <= 1.0:
+            raise P2esError(f"pat-teacher must be in [0, 1], got {self.pat_teacher}")
+        if self.pat_teacher > 0 and not self.w_pat > 0:
+            raise P2esError("pat-teacher > 0 needs the PAT target: --w-pat > 0")
         if self.sim_rate_profile not in ("v1", "wide"):  # wearable.sim.rates.RATE_PROFILES (a test checks)
             raise P2esError(f"sim-rate-profile must be 'v1' or 'wide', got {self.sim_rate_profile!r}")
         if self.sim_rate_profile != "v1" and self.data != "sim":
             raise P2esError(f"sim-rate-profile {self.sim_rate_profile!r} needs data 'sim', got {self.data!r}")
+
+
+@dataclass
+class SamplerConfig:
+    """How a model's windows are sampled at inference, saved with the model in its checkpoint
+    set (``sampler_config``; absent in files from before it: the defaults).
+
+    ``temperature``: scale of the initial noise x_T (:func:`engine.model.sampler.sample`), in
+    [0, 1]; 1 samples the learned distribution (the behaviour of every model saved without it),
+    < 1 draws nearer its centre.  Set on a shipped set with ``p2es set-sampler``.
+    """
+
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:
+            raise P2esError(f"sampler temperature must be a number in [0, 1], got {t!r}")
+        self.temperature = float(t)

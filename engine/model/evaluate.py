@@ -27,6 +27,11 @@ with every model of the set and scores them with :mod:`engine.model.metrics`:
   for given (checkpoint, records, seed, steps, k, batch, threads), and all rows share the
   initial noise (common random numbers: the shuffled row differs from ``p2es`` only by the
   demographics).
+* every model samples at its own checkpoint entry's initial-noise temperature
+  (``sampler_config``, :class:`engine.model.config.SamplerConfig`; 1 when the set has none),
+  recorded per row as ``temperature`` (the base model's for the derived rows; the regression
+  models have no initial noise, theirs is recorded as stored); the table's footer names the
+  models whose temperature is not 1.
 * uncertainty (diffusion models, ``k > 1``): ``k`` samples per window give a predicted std
   per sample; reported: ``uncertainty_mean_std`` (mV), ``uncertainty_error_corr`` (Pearson r
   over every window, lead and time sample between that std and the row's absolute error),
@@ -321,11 +326,14 @@ def sample_windows(
     progress: bool,
     eta: float = 0.0,
     spacing: float = 1.0,
-    temperature: float = 1.0,
+    temperature: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Sample every window in batches: (mean [N,12,T], std [N,12,T], seconds).  ``eta``,
     ``spacing`` and ``temperature``: the sampler's (:func:`engine.model.sampler.sample`; defaults = DDIM on the
-    uniform grid, what ``p2es eval`` uses)."""
+    uniform grid, what ``p2es eval`` uses); ``temperature`` None = the entry's
+    ``sampler_config.temperature``, an explicit value wins."""
+    if temperature is None:
+        temperature = entry.sampler_config.temperature
     n = ppg.shape[0]
     gen = torch.Generator().manual_seed(int(seed))
     means, stds, secs = [], [], 0.0
@@ -744,6 +752,7 @@ def evaluate(
                 base_model=base,
                 samples_per_window=samples,
                 diffusion=entries[base].model_config.diffusion,
+                temperature=entries[base].sampler_config.temperature,
                 targets_sha1=_sha1(true.astype(np.float32)),
                 ppg_sha1=_sha1(ppg.numpy()),
                 demo_sha1=_sha1(dm.numpy()),
@@ -989,7 +998,18 @@ def markdown_table(result: dict[str, Any]) -> str:
         f"k = {result.get('k')}, FD batch {result.get('fd_batch')} x 512 samples, "
         f"{result.get('threads')} thread(s)."
     )
-    return "\n".join(lines) + foot
+    return "\n".join(lines) + foot + _temperature_note(models)
+
+
+def _temperature_note(models: dict[str, Any]) -> str:
+    """Footer sentence naming the rows sampled at an initial-noise temperature other than 1
+    ("" when there are none, so a table of default-sampled models reads as before)."""
+    odd = [
+        f"{n} {r['temperature']:g}"
+        for n, r in models.items()
+        if isinstance(r.get("temperature"), (int, float)) and r["temperature"] != 1.0
+    ]
+    return f" Initial-noise temperature (saved with the model): {', '.join(odd)}." if odd else ""
 
 
 PAIRED_COLS = (
@@ -1080,7 +1100,8 @@ def figure(
 ) -> Path:
     """True vs reconstructed 12-lead ECG of held-out record ``index`` on ECG paper, with the
     uncertainty band mean +- 2 std of ``k`` samples (the plotted trace is their mean).
-    ``rate_profile``: as :func:`evaluate` (None: the data the model was trained on)."""
+    ``rate_profile``: as :func:`evaluate` (None: the data the model was trained on).  Sampled
+    at the model's saved temperature (``sampler_config``)."""
     from p2es.plot import plot_ecg_paper  # lazy: p2es.plot imports matplotlib (heavy)
 
     checkpoint = DEFAULT_CHECKPOINT if checkpoint is None else checkpoint
@@ -1106,6 +1127,7 @@ def figure(
             k=k,
             generator=torch.Generator().manual_seed(int(seed)),
             keep_samples=False,
+            temperature=e.sampler_config.temperature,
         )
     finally:
         torch.set_num_threads(old)

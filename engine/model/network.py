@@ -43,6 +43,11 @@ outputs are exactly those of models trained before the switches existed):
                           stem (zero-initialised), so the pulses line up with the R peaks they
                           follow.  Trained with ``w_pat`` against the simulator's ``pat_ms``;
                           the prediction rides on ``Cond.pat``.
+                          ``pat_mode "only"``: the shifted copy *replaces* the PPG input (no
+                          second stem), so the network cannot place beats by the unshifted
+                          pulses; ``pat_ppg``: the head also reads the PPG (strided convs,
+                          mean over the window) - the rate, on which the pre-ejection period
+                          depends, and the pulse shape.
 * ``deblur_cond``       - the frequency stage's gain depends on the window's embedding (t +
                           group embedding), not on t alone.
 * ``ppg_onset_channel`` - ppg [B, 4, T]: the default 3 channels + the pulse-onset channel
@@ -230,10 +235,27 @@ class PatHead(nn.Module):
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         self.mlp = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), last)
+        # pat_ppg: three strided convs (stride 4 each, ~1.3 s receptive field) averaged over the
+        # window -> one more summand of the field sum; the rate and the pulse shape enter here.
+        self.ppg_net: nn.Sequential | None = None
+        if cfg.pat_ppg:
+            c = cfg.ppg_channels
+            self.ppg_net = nn.Sequential(
+                nn.Conv1d(c, 16, 9, stride=4, padding=4),
+                nn.SiLU(),
+                nn.Conv1d(16, 32, 9, stride=4, padding=4),
+                nn.SiLU(),
+                nn.Conv1d(32, hidden, 9, stride=4, padding=4),
+            )
 
-    def forward(self, demo: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, demo: torch.Tensor, mask: torch.Tensor, ppg: torch.Tensor | None = None
+    ) -> torch.Tensor:
         m = mask[..., None]
         e = (m * (demo[..., None] * self.w + self.b) + (1.0 - m) * self.missing).sum(1)
+        if self.ppg_net is not None:
+            assert ppg is not None  # P2ES.encode passes it whenever the head reads the PPG
+            e = e + self.ppg_net(ppg).mean(-1)
         return PAT_PRIOR_S + 0.15 * torch.tanh(self.mlp(e)[:, 0])
 
 
@@ -374,15 +396,23 @@ class P2ES(nn.Module):
         self.pat, self.pat_stem = None, None
         if cfg.pat_align:
             self.pat = PatHead(cfg)
-            self.pat_stem = nn.Conv1d(cfg.ppg_channels, w[0], 7, padding=3)
-            nn.init.zeros_(self.pat_stem.weight)
-            assert self.pat_stem.bias is not None  # Conv1d is built with bias=True
-            nn.init.zeros_(self.pat_stem.bias)
+            if cfg.pat_mode == "add":  # "only" feeds the shifted copy through the encoder's own stem
+                self.pat_stem = nn.Conv1d(cfg.ppg_channels, w[0], 7, padding=3)
+                nn.init.zeros_(self.pat_stem.weight)
+                assert self.pat_stem.bias is not None  # Conv1d is built with bias=True
+                nn.init.zeros_(self.pat_stem.bias)
 
     # -- conditioning (once per window) --------------------------------------------------
     def encode(
-        self, ppg: torch.Tensor, demo: torch.Tensor | None = None, demo_mask: torch.Tensor | None = None
+        self,
+        ppg: torch.Tensor,
+        demo: torch.Tensor | None = None,
+        demo_mask: torch.Tensor | None = None,
+        shift_pat: torch.Tensor | None = None,
     ) -> Cond:
+        """Everything that does not depend on (x_t, t).  ``shift_pat`` [B] s (training only,
+        ``TrainConfig.pat_teacher``): shift the aligned copy by it instead of the PAT head's
+        prediction where it is finite (``Cond.pat`` stays the prediction)."""
         if self.cfg.ppg_onset_channel and ppg.shape[1] == self.cfg.ppg_channels - 1:
             ppg = self._with_onset(ppg)
         B = ppg.shape[0]
@@ -395,9 +425,16 @@ class P2ES(nn.Module):
         pat: torch.Tensor | None = None
         extra: torch.Tensor | None = None
         if self.pat is not None:
-            assert self.pat_stem is not None  # built together with self.pat
-            pat = self.pat(demo, demo_mask)
-            extra = self.pat_stem(shift_earlier(ppg, pat * self.cfg.fs))
+            pat = self.pat(demo, demo_mask, ppg)
+            used = pat
+            if shift_pat is not None:
+                sp = shift_pat.to(pat.dtype)
+                used = torch.where(torch.isfinite(sp), sp, pat)
+            shifted = shift_earlier(ppg, used * self.cfg.fs)
+            if self.pat_stem is None:  # pat_mode "only": the aligned copy is the input
+                ppg = shifted
+            else:
+                extra = self.pat_stem(shifted)
         feats, summary = self.ppg_enc(ppg, extra)
         if self.groups is None:
             return self._with_beats(Cond(feats, None, None, None, None, pat=pat))

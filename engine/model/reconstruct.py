@@ -21,7 +21,8 @@
    end, so every valid sample is covered); stretches shorter than one window stay NaN.
 5. **Sample**: each window is preprocessed exactly like training
    (:func:`engine.model.data.ppg_features`, zero-phase), then ``k`` reconstructions per window are
-   drawn in batches of ``batch`` windows (:func:`engine.model.sampler.sample`); mean and std.
+   drawn in batches of ``batch`` windows (:func:`engine.model.sampler.sample`, at the model's
+   saved initial-noise temperature unless ``temperature`` is given); mean and std.
 6. **Stitch** by weighted overlap-add: each window's weight is a Tukey taper (sin^2 ramps of
    ``min(T - hop, T/2)`` samples at both ends, never exactly 0, 1 in between) and the sum is
    divided by the summed weights, so overlapping windows cross-fade without seams and a
@@ -120,6 +121,11 @@ class Reconstruction:
         """Seconds of output that are NaN (gaps and stretches shorter than one window)."""
         return float(np.isnan(self.ecg[1]).sum() / self.fs_out) if self.ecg.size else 0.0
 
+    def _temperature_text(self) -> str:
+        """``", temperature T"`` when the windows were sampled at T != 1, else ``""``."""
+        t = self.meta.get("temperature", 1.0)
+        return f", temperature {t:g}" if t != 1.0 else ""
+
     def summary(self, source: str = "") -> str:
         src = f" from {source}" if source else ""
         gaps = ""
@@ -134,7 +140,7 @@ class Reconstruction:
             f"Reconstructed a 12-lead ECG{src}: {self.duration_s:.1f} s of PPG at "
             f"{self.fs_in:.6g} Hz resampled to {self.fs_model:g} Hz ({len(self.time_s)} samples), "
             f"{self.n_windows} window(s) of {self.window_s:g} s with hop {self.hop_s:g} s, model "
-            f"{self.model!r} ({self.steps} steps, K={self.k}); NaN bridged: "
+            f"{self.model!r} ({self.steps} steps, K={self.k}{self._temperature_text()}); NaN bridged: "
             f"{self.nan_bridged_s:.2f} s in {self.nan_bridged_runs} run(s){gaps}; "
             f"took {self.elapsed_s:.1f} s."
         )
@@ -178,11 +184,27 @@ def crossfade_weights(T: int, ramp: int) -> np.ndarray:
 
 
 def sample_windows(
-    entry: Entry, feats: torch.Tensor, demo: sampler.Demo, *, steps: int, k: int, generator: torch.Generator
+    entry: Entry,
+    feats: torch.Tensor,
+    demo: sampler.Demo,
+    *,
+    steps: int,
+    k: int,
+    generator: torch.Generator,
+    temperature: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One batch of windows through the model: (mean, std), each [B, 12, T] mV (numpy)."""
+    """One batch of windows through the model: (mean, std), each [B, 12, T] mV (numpy).
+    ``temperature``: the initial-noise scale; None = the entry's ``sampler_config``."""
     res = sampler.sample(
-        entry.model, entry.schedule, feats, demo, steps=steps, k=k, generator=generator, keep_samples=False
+        entry.model,
+        entry.schedule,
+        feats,
+        demo,
+        steps=steps,
+        k=k,
+        generator=generator,
+        keep_samples=False,
+        temperature=entry.sampler_config.temperature if temperature is None else temperature,
     )
     return res.mean.double().numpy(), res.std.double().numpy()
 
@@ -279,6 +301,7 @@ def reconstruct(
     batch: int = 32,
     seed: int = 0,
     progress: bool = True,
+    temperature: float | None = None,
 ) -> Reconstruction:
     """Reconstruct a 12-lead ECG (mV) from a PPG recording ``ppg`` [T] sampled at ``fs`` Hz.
 
@@ -288,6 +311,8 @@ def reconstruct(
     ``engine/weights/p2es_set.pt``) or an already loaded :class:`engine.model.checkpoint.Entry`;
     ``model``: the name in the set.  ``steps`` reverse steps, ``k`` samples per window,
     ``hop_s`` window hop (0 < hop <= window length), ``batch`` windows per model call.
+    ``temperature``: initial-noise scale in [0, 1]; None = the one saved with the model
+    (``sampler_config``; 1 for sets without one).
     See the module docstring for the NaN policy, resampling and stitching.
     """
     t0 = time.perf_counter()
@@ -299,6 +324,9 @@ def reconstruct(
     steps, k, batch = int(steps), int(k), int(batch)
 
     entry = _load_entry(checkpoint, model)
+    temp = entry.sampler_config.temperature if temperature is None else temperature
+    if not (isinstance(temp, (int, float)) and 0.0 <= temp <= 1.0):
+        raise InputError(f"temperature must be in [0, 1], got {temp!r}")
     cfg = entry.model.cfg
     T, fs_model = int(cfg.T), float(cfg.fs)
     win_s = T / fs_model
@@ -373,7 +401,9 @@ def reconstruct(
             st = starts[b0 : b0 + batch]
             win = np.stack([y[s : s + T] for s in st])
             feats = torch.from_numpy(ppg_features(win, fs_model))
-            mean, std = sample_windows(entry, feats, demo_b(len(st)), steps=steps, k=k, generator=gen)
+            mean, std = sample_windows(
+                entry, feats, demo_b(len(st)), steps=steps, k=k, generator=gen, temperature=temp
+            )
             mean8 = independent_of(np.asarray(mean, dtype=np.float64), axis=1)
             std = np.asarray(std, dtype=np.float64)
             for j, s in enumerate(st):
@@ -410,7 +440,13 @@ def reconstruct(
         steps=steps,
         k=k,
         elapsed_s=time.perf_counter() - t0,
-        meta={"resample": (up, down), "batch": batch, "seed": int(seed), "diffusion": cfg.diffusion},
+        meta={
+            "resample": (up, down),
+            "batch": batch,
+            "seed": int(seed),
+            "diffusion": cfg.diffusion,
+            "temperature": float(temp),
+        },
     )
 
 

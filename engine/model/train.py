@@ -160,6 +160,18 @@ class EMA:
             be.copy_(b)
 
 
+def _teacher_pat(
+    batch: dict[str, torch.Tensor], cfg: TrainConfig, gen: torch.Generator
+) -> torch.Tensor | None:
+    """``pat_teacher``: the simulator's PAT [B] for a random share of the windows, NaN (= use the
+    head's prediction) for the rest and for windows without one; None when off."""
+    if cfg.pat_teacher <= 0:
+        return None
+    pat = batch["pat"]
+    pick = torch.rand(pat.shape, generator=gen, device=gen.device).to(pat.device) < cfg.pat_teacher
+    return torch.where(pick & torch.isfinite(pat), pat, torch.full_like(pat, float("nan")))
+
+
 def loss_terms(
     model: P2ES,
     schedule: Schedule,
@@ -180,7 +192,9 @@ def loss_terms(
         x_t = cast(FrequencySchedule, schedule).q_sample(x0, t, noise)  # diffusion: a frequency schedule
     rpeak_logits: torch.Tensor | None = None
     with autocast():
-        cond = model.encode(batch["ppg"], batch["demo"], batch["demo_mask"])
+        cond = model.encode(
+            batch["ppg"], batch["demo"], batch["demo_mask"], shift_pat=_teacher_pat(batch, cfg, gen)
+        )
         if cfg.w_rpeak > 0 and cond.rpeak is not None:  # rpeak_cond: the encoder's beat map
             rpeak_logits = cond.rpeak
             x0_hat = model.denoise(x_t, t, cond)

@@ -126,6 +126,9 @@ class TorchBackend:
       "fp32"; the DCT step stays fp32) and, with ``cuda_graphs`` (default), the whole loop captured
       in one CUDA graph per batch-size bucket (powers of two up to ``max_batch``; a batch is padded
       to its bucket).  ``bf16=False`` (the old switch) means ``precision="fp32"``.
+
+    Both sample at the entry's ``sampler_config.temperature`` (x_T scaled before the loop; the
+    CPU path hands it to the sampler, which skips the multiply at 1).
     """
 
     name = "torch"
@@ -157,6 +160,7 @@ class TorchBackend:
         if hasattr(self.schedule, "to"):
             self.schedule = self.schedule.to(self.device)
         self.steps, self.k, self.seed = int(steps), int(k), int(seed)
+        self.temperature = float(entry.sampler_config.temperature)
         if precision is None:
             precision = "bf16" if bf16 else "fp32"
         if precision not in ("fp32", "bf16", "fp16"):
@@ -224,6 +228,8 @@ class TorchBackend:
                 noise = torch.randn(
                     (f.shape[0] * self.k, cfg.n_leads, cfg.T), generator=gen, device=self.device
                 )
+            if self.temperature != 1.0:  # as the sampler scales x_T (1: untouched, bit-identical)
+                noise = noise * self.temperature
             with torch.no_grad():
                 fn = self._graphs if self._graphs is not None else self._loop
                 mean, std = fn(f, d[0], d[1], noise)
@@ -239,6 +245,7 @@ class TorchBackend:
                 generator=gen,
                 keep_samples=False,
                 noise=noise,
+                temperature=self.temperature,
             )
         return res.mean.float().cpu().numpy(), res.std.float().cpu().numpy()
 

@@ -20,6 +20,10 @@ The sampling loop of the non-torch backends is the loop of :func:`engine.model.s
   device.  A window's reconstruction then depends on its own input only -- not on the other
   windows of its batch, the batch size, the order or the number of calls before it -- and every
   backend draws the same x_T for it.
+* **temperature**: the checkpoint entry's ``sampler_config.temperature`` scales the drawn x_T
+  (:func:`temper_noise`, float32, on the host for ONNX Runtime and TensorRT) before the loop,
+  as :func:`engine.model.sampler.sample` does; at 1 the noise is left untouched, so the output
+  is bit-identical to a model saved without a sampler config.  The noise keys stay the same.
 """
 
 from __future__ import annotations
@@ -90,6 +94,15 @@ def draw_noise(seed: int, shape: tuple[int, ...]) -> np.ndarray:
     """x_T exactly as :func:`engine.model.sampler.sample` draws it on the CPU for this seed."""
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     return torch.randn(shape, generator=gen, dtype=torch.float32).numpy()
+
+
+def temper_noise(x: np.ndarray, temperature: float) -> np.ndarray:
+    """x_T at ``temperature``: ``x * temperature`` in float32 (as the sampler scales it), or
+    ``x`` itself at temperature 1 (no multiply: bit-identical to the untempered draw)."""
+    if temperature == 1.0:
+        return x
+    out: np.ndarray = np.multiply(x, np.float32(temperature), dtype=np.float32)
+    return out
 
 
 def model_key(entry: Entry) -> str:

@@ -7,8 +7,9 @@ in memory (:func:`fuse_step`: clamp, DCT MatMul, the per-frequency update of
 coefficients fed per step from the schedule's :class:`StepPlan`.  The step runs inside ONNX
 Runtime on purpose: done in numpy, OpenBLAS's threads and ORT's spin on the same cores and the
 loop runs ~2x slower on a 2-core machine.  Same initial noise as
-:class:`engine.serve.runtime.TorchBackend` on the CPU for the same seed and call number, so both give
-the same reconstruction (fp32, relative error ~1e-6).  The files on disk stay the network passes
+:class:`engine.serve.runtime.TorchBackend` on the CPU for the same seed and call number, scaled
+by the entry's sampler temperature on the host (:func:`engine.serve.backends.common.temper_noise`),
+so both give the same reconstruction (fp32, relative error ~1e-6).  The files on disk stay the network passes
 only (what TensorRT gets).
 
 Sessions: graph optimisation level ALL, ``intra_op_num_threads = threads``, sequential
@@ -39,6 +40,7 @@ from engine.serve.backends.common import (
     finish,
     keyed_noise,
     model_key,
+    temper_noise,
 )
 from engine.serve.onnx_graphs import ensure_onnx, io_names
 from p2es.errors import P2esError
@@ -202,6 +204,7 @@ class OrtBackend:
         self.cfg = cfg
         self.device = str(device)
         self.steps, self.k, self.seed = int(steps), int(k), int(seed)
+        self.temperature = float(entry.sampler_config.temperature)  # scales x_T (module docstring)
         self.threads = threads
         self.T, self.fs = int(cfg.T), float(cfg.fs)
         self.model_dir = Path(model_dir) if model_dir else ensure_onnx(entry, cache_dir)
@@ -275,6 +278,7 @@ class OrtBackend:
             x = keyed_noise(keys, seed=self.seed, model=self.model_key, k=k, shape=shape, batch=B)
         else:
             x = draw_noise(seed, (n, self.cfg.n_leads, self.T))
+        x = temper_noise(x, self.temperature)
         x_next = np.empty_like(x)
         x0 = np.empty_like(x)
         t_buf = np.empty((n,), np.float32)

@@ -23,7 +23,9 @@ set once with ``set_input_shape``), every I/O tensor bound to a torch CUDA buffe
 ``set_tensor_address``, ``execute_async_v3`` on the capture stream; the whole sampling loop
 (:class:`engine.serve.backends.torch_loop.GraphableLoop`: encode, K-repeat, steps x (denoise engine +
 clamp + DDIM step in torch), 12-lead finish) captured in one CUDA graph per bucket after one
-eager warm-up run (TensorRT's requirement: an ``enqueueV3`` before capture).
+eager warm-up run (TensorRT's requirement: an ``enqueueV3`` before capture).  The initial noise
+is drawn on the host like the CPU backends' and scaled there by the entry's sampler temperature
+(:func:`engine.serve.backends.common.temper_noise`) before it is copied into the graph's buffer.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from engine.serve.backends.common import (
     keyed_noise,
     model_hash,
     model_key,
+    temper_noise,
 )
 from engine.serve.backends.torch_loop import CudaGraphRunner, GraphableLoop, default_buckets
 from engine.serve.onnx_graphs import ensure_onnx, io_names
@@ -311,6 +314,7 @@ class TensorRTBackend:
         cfg = entry.model.cfg
         self.entry, self.cfg = entry, cfg
         self.steps, self.k, self.seed = int(steps), int(k), int(seed)
+        self.temperature = float(entry.sampler_config.temperature)  # scales x_T on the host
         self.T, self.fs = int(cfg.T), float(cfg.fs)
         self.label = "tensorrt-fp16" if fp16 else "tensorrt-fp32"
         model_dir = ensure_onnx(entry, cache_dir)
@@ -427,7 +431,7 @@ class TensorRTBackend:
             if keys is not None
             else draw_noise(seed, (B * self.k, *shape))
         )
-        noise = torch.as_tensor(x_t, device=self.device)
+        noise = torch.as_tensor(temper_noise(x_t, self.temperature), device=self.device)
         f = torch.as_tensor(feats, dtype=torch.float32, device=self.device)
         d = torch.as_tensor(demo, dtype=torch.float32, device=self.device)
         m = torch.as_tensor(mask, dtype=torch.float32, device=self.device)
